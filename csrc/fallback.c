@@ -1,0 +1,227 @@
+/* SPDX-License-Identifier: MIT */
+/* Routes for sources that sendfile(2) refuses: pipes, sockets, devices. */
+#define _GNU_SOURCE
+#include "zc.h"
+#include "zc_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define CHUNK (64 * 1024)
+#define DEVICE_CHUNK (16 * 1024)
+
+struct route {
+	int sock;
+	int file;
+	off_t *pos;	/* explicit offset, or NULL: the fd's own position */
+	int timeout_ms;
+	int to_eof;
+	uint64_t count;
+	uint64_t *sent;
+};
+
+static size_t next_len(const struct route *r, size_t cap)
+{
+	uint64_t left = r->count - *r->sent;
+
+	return left < cap ? (size_t)left : cap;
+}
+
+/* After a 0-byte read: the source ended. */
+static int source_ended(const struct route *r)
+{
+	return r->to_eof ? 0 : -ENODATA;
+}
+
+/*
+ * Send buf[0..len) from a source we can re-read (pread, peek): report how
+ * much went, leave the rest for the next round.  Returns bytes sent or
+ * -errno; 0 never happens for len > 0.
+ */
+static ssize_t send_some(const struct route *r, const void *buf, size_t len)
+{
+	for (;;) {
+		ssize_t n = zc__send(r->sock, buf, len, 0);
+		int rc;
+
+		if (n != -EAGAIN)
+			return n;
+		rc = zc__wait_or_again(r->sock, r->timeout_ms);
+		if (rc < 0)
+			return rc;
+	}
+}
+
+static int after_progress(const struct route *r, size_t n, size_t want)
+{
+	if (n < want && *r->sent < r->count)
+		return zc__after_short_send(r->sock);
+	return 0;
+}
+
+/* A pipe: splice moves its pages straight to the socket, nothing is read. */
+static int from_pipe(const struct route *r)
+{
+	if (r->pos)
+		return -ESPIPE;
+	while (*r->sent < r->count) {
+		size_t want = next_len(r, ZC_SENDFILE_MAX);
+		ssize_t n = splice(r->file, NULL, r->sock, NULL, want,
+				   SPLICE_F_MOVE);
+		int rc;
+
+		if (n == 0)
+			return source_ended(r);
+		if (n < 0) {
+			/* EAGAIN may also mean an empty non-blocking pipe:
+			 * waiting on the socket then returns at once and the
+			 * loop retries, so only a non-blocking caller sees it */
+			if (errno != EAGAIN)
+				return -errno;
+			rc = zc__wait_or_again(r->sock, r->timeout_ms);
+			if (rc < 0)
+				return rc;
+			continue;
+		}
+		*r->sent += (uint64_t)n;
+		rc = after_progress(r, (size_t)n, want);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+/* A seekable file sendfile refuses (some /proc and FUSE files): pread+send. */
+static int from_seekable(const struct route *r, off_t start)
+{
+	unsigned char buf[CHUNK];
+	off_t pos = start;
+	int rc = 0;
+
+	while (*r->sent < r->count) {
+		size_t want = next_len(r, sizeof(buf));
+		ssize_t got = pread(r->file, buf, want, pos);
+		ssize_t n;
+
+		if (got < 0) {
+			rc = -errno;
+			break;
+		}
+		if (got == 0) {
+			rc = source_ended(r);
+			break;
+		}
+		n = send_some(r, buf, (size_t)got);
+		if (n < 0) {
+			rc = (int)n;
+			break;
+		}
+		pos += n;
+		*r->sent += (uint64_t)n;
+		rc = after_progress(r, (size_t)n, want);
+		if (rc < 0)
+			break;
+	}
+	if (r->pos)
+		*r->pos = pos;
+	else if (lseek(r->file, pos, SEEK_SET) < 0 && rc == 0)
+		rc = -errno;
+	return rc;
+}
+
+/* A socket: peek, send, then consume exactly what went out. */
+static int from_socket(const struct route *r)
+{
+	unsigned char buf[CHUNK];
+
+	if (r->pos)
+		return -ESPIPE;
+	while (*r->sent < r->count) {
+		size_t want = next_len(r, sizeof(buf));
+		ssize_t got = recv(r->file, buf, want, MSG_PEEK);
+		ssize_t n;
+		int rc;
+
+		if (got < 0)
+			return -errno;
+		if (got == 0)
+			return source_ended(r);
+		n = send_some(r, buf, (size_t)got);
+		if (n < 0)
+			return (int)n;
+		if (recv(r->file, buf, (size_t)n, 0) != n)
+			return -EIO; /* another reader took the peeked bytes */
+		*r->sent += (uint64_t)n;
+		rc = after_progress(r, (size_t)n, want);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+/*
+ * Anything else (character devices): what is read cannot be put back, so a
+ * chunk once read is finished, waiting for the socket even if it is
+ * non-blocking.  Chunks are small to keep such waits short.
+ */
+static int from_device(const struct route *r)
+{
+	unsigned char buf[DEVICE_CHUNK];
+	int wait_ms = r->timeout_ms == 0 ? ZC_WAIT_FOREVER : r->timeout_ms;
+
+	if (r->pos)
+		return -ESPIPE;
+	while (*r->sent < r->count) {
+		ssize_t got = read(r->file, buf, next_len(r, sizeof(buf)));
+		size_t off = 0;
+
+		if (got < 0)
+			return -errno;
+		if (got == 0)
+			return source_ended(r);
+		while (off < (size_t)got) {
+			ssize_t n = zc__send(r->sock, buf + off, (size_t)got - off, 0);
+			int rc;
+
+			if (n >= 0) {
+				off += (size_t)n;
+				*r->sent += (uint64_t)n;
+				continue;
+			}
+			if (n == -EINTR)
+				continue;
+			if (n != -EAGAIN)
+				return (int)n;
+			rc = zc_wait_writable(r->sock, wait_ms);
+			if (rc < 0 && rc != -EINTR)
+				return rc;
+		}
+	}
+	return 0;
+}
+
+int zc__send_fallback(int sock, int file, off_t *pos, uint64_t count,
+		      int to_eof, int timeout_ms, uint64_t *sent)
+{
+	struct route r = {
+		.sock = sock, .file = file, .pos = pos,
+		.timeout_ms = timeout_ms, .to_eof = to_eof, .count = count,
+		.sent = sent,
+	};
+	struct stat st;
+	off_t start;
+
+	if (fstat(file, &st) < 0)
+		return -errno;
+	if (S_ISFIFO(st.st_mode))
+		return from_pipe(&r);
+	if (S_ISSOCK(st.st_mode))
+		return from_socket(&r);
+	start = r.pos ? *r.pos : lseek(file, 0, SEEK_CUR);
+	if (start >= 0 && !S_ISCHR(st.st_mode))
+		return from_seekable(&r, start);
+	return from_device(&r);
+}

@@ -1,0 +1,103 @@
+/* SPDX-License-Identifier: MIT */
+#define _GNU_SOURCE
+#include "zc.h"
+#include "zc_internal.h"
+
+#include <errno.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+_Static_assert(sizeof(off_t) == 8, "build with -D_FILE_OFFSET_BITS=64");
+
+static int check_stream(int sock)
+{
+	int type = 0;
+	socklen_t len = sizeof(type);
+
+	if (getsockopt(sock, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+		return -errno;
+	return type == SOCK_STREAM ? 0 : -EPROTOTYPE;
+}
+
+/*
+ * ZC_TO_EOF on a regular file: fix the count now, so a blocking socket can
+ * tell a signal's short count from the end of the file.  Other files
+ * (pipes, devices, empty-looking pseudo files) keep ZC_TO_EOF and end at
+ * the first 0 return.
+ */
+static int resolve_count(int file, const off_t *pos, uint64_t *count)
+{
+	struct stat st;
+	off_t start;
+
+	if (fstat(file, &st) < 0)
+		return -errno;
+	if (!S_ISREG(st.st_mode) || st.st_size == 0)
+		return 0; /* /proc and sysfs files say 0 and have more */
+	start = pos ? *pos : lseek(file, 0, SEEK_CUR);
+	if (start < 0)
+		return -errno;
+	*count = st.st_size > start ? (uint64_t)(st.st_size - start) : 0;
+	return 0;
+}
+
+int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
+		int timeout_ms, unsigned flags, uint64_t *sent)
+{
+	const int to_eof = count == ZC_TO_EOF;
+	off_t pos = (off_t)offset;
+	off_t *posp = offset == ZC_FD_POSITION ? NULL : &pos;
+	uint64_t done = 0;
+	int rc = 0;
+
+	if (flags & ZC_CHECK_STREAM) {
+		rc = check_stream(sock);
+		if (rc < 0)
+			return rc;
+	}
+	if (offset < 0 && offset != ZC_FD_POSITION)
+		return -EINVAL;
+	if (count == 0)
+		return 0;
+	if (to_eof) {
+		rc = resolve_count(file, posp, &count);
+		if (rc < 0)
+			return rc;
+		if (count == 0)
+			return 0;
+	}
+
+	while (done < count) {
+		uint64_t left = count - done;
+		size_t want = left < ZC_SENDFILE_MAX ? (size_t)left : ZC_SENDFILE_MAX;
+		ssize_t n = sendfile(sock, file, posp, want);
+
+		rc = 0;
+		if (n > 0) {
+			done += (uint64_t)n;
+			if ((size_t)n < want && done < count)
+				rc = zc__after_short_send(sock);
+		} else if (n == 0) { /* the file ended (or shrank) before count */
+			rc = to_eof ? 0 : -ENODATA;
+			break;
+		} else if (errno == EAGAIN) {
+			rc = zc__wait_or_again(sock, timeout_ms);
+		} else {
+			rc = -errno;
+			/* The kernel refuses this source: switch routes, but only
+			 * before the first byte, so no stream mixes two methods. */
+			if (done == 0 && (rc == -EINVAL || rc == -ENOSYS ||
+					  rc == -EOPNOTSUPP)) {
+				rc = zc__send_fallback(sock, file, posp, count,
+						       to_eof, timeout_ms, &done);
+				break;
+			}
+		}
+		if (rc < 0)
+			break;
+	}
+	*sent += done;
+	return rc;
+}

@@ -1,0 +1,55 @@
+/* SPDX-License-Identifier: MIT */
+#define _GNU_SOURCE
+#include "zc.h"
+#include "zc_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+int zc_wait_writable(int sock, int timeout_ms)
+{
+	struct pollfd p = { .fd = sock, .events = POLLOUT };
+	int n = poll(&p, 1, timeout_ms < 0 ? -1 : timeout_ms);
+
+	if (n < 0)
+		return -errno;
+	if (n == 0)
+		return timeout_ms == 0 ? -EAGAIN : -ETIMEDOUT;
+	return 0; /* POLLOUT, or POLLERR/POLLHUP: the next send reports it */
+}
+
+int zc__is_nonblocking(int fd, int *nonblock)
+{
+	int fl = fcntl(fd, F_GETFL);
+
+	if (fl < 0)
+		return -errno;
+	*nonblock = (fl & O_NONBLOCK) != 0;
+	return 0;
+}
+
+int zc__after_short_send(int sock)
+{
+	int nonblock = 0;
+	int rc = zc__is_nonblocking(sock, &nonblock);
+
+	if (rc < 0)
+		return rc;
+	return nonblock ? 0 : -EINTR;
+}
+
+int zc__wait_or_again(int sock, int timeout_ms)
+{
+	if (timeout_ms == 0)
+		return -EAGAIN;
+	return zc_wait_writable(sock, timeout_ms);
+}
+
+ssize_t zc__send(int sock, const void *buf, size_t len, int more)
+{
+	ssize_t n = send(sock, buf, len, MSG_NOSIGNAL | (more ? MSG_MORE : 0));
+
+	return n < 0 ? -errno : n;
+}

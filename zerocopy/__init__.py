@@ -1,0 +1,17 @@
+# SPDX-License-Identifier: MIT
+"""zerocopy: send files and memory to sockets on Linux without copying them through user space."""
+import sys
+
+if not sys.platform.startswith("linux"):
+    raise ImportError(
+        f"zerocopy works on Linux only (it wraps sendfile, splice and MSG_ZEROCOPY); "
+        f"this is {sys.platform}"
+    )
+
+from ._errors import TruncatedFileError  # noqa: E402
+from .cork import cork  # noqa: E402
+from .sender import FileSender  # noqa: E402
+from .sendfile import sendfile_all  # noqa: E402
+
+__all__ = ["FileSender", "TruncatedFileError", "cork", "sendfile_all"]
+__version__ = "0.1.0"

@@ -1,0 +1,30 @@
+# SPDX-License-Identifier: MIT
+"""``python -m zerocopy COMMAND``: the command line."""
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+USAGE = """usage: python -m zerocopy COMMAND [ARGS]
+
+commands:
+  bench    compare read/write with sendfile and zerocopy side by side (--help for options)
+"""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "bench":
+        from . import bench
+
+        return bench.main(rest)
+    print(f"zerocopy: unknown command {command!r}\n{USAGE}", end="", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+# SPDX-License-Identifier: MIT
+"""Argument checks shared by the public functions, worded like the standard library's."""
+from __future__ import annotations
+
+import io
+import math
+import socket
+from typing import Any, NamedTuple, Optional, Union
+
+from ._native import lib
+
+SocketLike = Union[socket.socket, int]
+
+FD_POSITION: int = lib.ZC_FD_POSITION
+TO_EOF: int = lib.ZC_TO_EOF
+WAIT_FOREVER: int = lib.ZC_WAIT_FOREVER
+
+
+class Target(NamedTuple):
+    """Where bytes go: the socket's fd, how to wait when it is full, C flags."""
+
+    fd: int
+    timeout_ms: int  # 0: never wait (a blocking fd blocks in the kernel anyway)
+    flags: int
+
+
+def timeout_ms(timeout: Optional[float]) -> int:
+    if timeout is None:
+        return WAIT_FOREVER
+    return math.ceil(timeout * 1000)
+
+
+def socket_target(sock: SocketLike) -> Target:
+    """Check ``sock`` and say how to send to it."""
+    if isinstance(sock, socket.socket):
+        if sock.type != socket.SOCK_STREAM:
+            raise ValueError("sock must be a SOCK_STREAM socket")
+        fd = sock.fileno()
+        if fd < 0:
+            raise OSError(9, "the socket is closed")
+        return Target(fd, timeout_ms(sock.gettimeout()), 0)
+    if isinstance(sock, int):
+        if sock < 0:
+            raise ValueError(f"sock must be a file descriptor >= 0, got {sock}")
+        # An int fd says nothing about timeouts: a blocking fd blocks in the
+        # kernel, a non-blocking one raises BlockingIOError. C checks the type.
+        return Target(sock, 0, lib.ZC_CHECK_STREAM)
+    raise TypeError(f"sock must be a socket.socket or an int file descriptor, not {type(sock).__name__}")
+
+
+def check_range(offset: Optional[int], count: Optional[int]) -> None:
+    for name, value in (("offset", offset), ("count", count)):
+        if value is None:
+            continue
+        if not isinstance(value, int):
+            raise TypeError(f"{name} must be an integer or None, not {type(value).__name__}")
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+class Source(NamedTuple):
+    """Where bytes come from.
+
+    ``fd`` is None for objects read through Python (no usable fileno(), or a
+    buffered non-seekable stream whose buffer may already hold data).
+    ``start`` is an offset or FD_POSITION.  ``fileobj`` is the file object
+    whose position must end at start + bytes sent (None for int fds).
+    """
+
+    fd: Optional[int]
+    start: int
+    fileobj: Any
+
+
+def _fileno(file: Any) -> Optional[int]:
+    try:
+        fd = file.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def _seekable(file: Any) -> bool:
+    try:
+        return bool(file.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def file_source(file: Any, offset: Optional[int]) -> Source:
+    """Check ``file`` and find the fd and start offset to send from."""
+    if isinstance(file, int):
+        if file < 0:
+            raise ValueError(f"file must be a file descriptor >= 0, got {file}")
+        return Source(file, FD_POSITION if offset is None else offset, None)
+    if isinstance(file, io.TextIOBase) or "b" not in getattr(file, "mode", "b"):
+        raise ValueError("file must be opened in binary mode")
+    if not hasattr(file, "read") and not hasattr(file, "fileno"):
+        raise TypeError(f"file must be an int file descriptor or a binary file object, not {type(file).__name__}")
+    seekable = _seekable(file)
+    if not seekable:
+        if offset is not None:
+            raise ValueError("offset needs a seekable file")
+        fd = _fileno(file) if isinstance(file, io.FileIO) else None  # no buffer to honour
+        return Source(fd, FD_POSITION, None)
+    if getattr(file, "closed", False):
+        raise ValueError("I/O operation on closed file")
+    start = file.tell() if offset is None else offset
+    if _writable(file):
+        file.flush()  # bytes still in the write buffer belong to the file
+    return Source(_fileno(file), start, file)
+
+
+def _writable(file: Any) -> bool:
+    try:
+        return bool(file.writable())
+    except (AttributeError, OSError, ValueError):
+        return False

@@ -1,0 +1,49 @@
+# SPDX-License-Identifier: MIT
+"""cffi builder (out-of-line API mode): compiles csrc/ into zerocopy._native."""
+from __future__ import annotations
+
+import os
+
+from cffi import FFI
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_CSRC = os.path.relpath(os.path.join(_HERE, os.pardir, "csrc"))
+_SOURCES = ["sendfile.c", "fallback.c", "wait.c", "cork.c", "response.c"]
+
+# The subset of csrc/zc.h that Python calls; zc.h is the reference.
+CDEF = """
+#define ZC_TO_EOF ...
+#define ZC_FD_POSITION ...
+#define ZC_WAIT_FOREVER ...
+#define ZC_CHECK_STREAM ...
+
+int zc_wait_writable(int sock, int timeout_ms);
+int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
+                int timeout_ms, unsigned flags, uint64_t *sent);
+
+struct zc_cork_state { ...; };
+int zc_cork_begin(int sock, struct zc_cork_state *st);
+int zc_cork_end(int sock, struct zc_cork_state *st);
+
+struct zc_response { int sock; int file; uint64_t sent; uint64_t total; ...; };
+int zc_response_init(struct zc_response *r, int sock, int file, int64_t offset,
+                     uint64_t count, const void *header, size_t header_len,
+                     const void *trailer, size_t trailer_len);
+int zc_response_send(struct zc_response *r, int timeout_ms, uint64_t *sent_now);
+int zc_response_end(struct zc_response *r);
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "zerocopy._native",
+    '#include "zc.h"',
+    sources=[os.path.join(_CSRC, name) for name in _SOURCES],
+    include_dirs=[_CSRC],
+    define_macros=[("_FILE_OFFSET_BITS", "64")],
+    extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"],
+    py_limited_api=True,
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,32 @@
+# SPDX-License-Identifier: MIT
+"""``cork``: hold partial TCP segments back for the length of a ``with`` block."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from ._args import SocketLike, socket_target
+from ._errors import error_for
+from ._native import ffi, lib
+
+
+@contextmanager
+def cork(sock: SocketLike) -> Iterator[None]:
+    """Cork a TCP socket for the block; always restore its state on the way out.
+
+    Writes inside the block are coalesced into full segments; leaving the
+    block uncorks (which pushes what is queued) unless the socket was corked
+    already, in which case it stays corked.  Sockets other than TCP (AF_UNIX)
+    are left alone.
+    """
+    fd = socket_target(sock).fd
+    state = ffi.new("struct zc_cork_state *")
+    rc = lib.zc_cork_begin(fd, state)
+    if rc < 0:
+        raise error_for(rc, 0)
+    try:
+        yield
+    finally:
+        rc = lib.zc_cork_end(fd, state)
+        if rc < 0:
+            raise error_for(rc, 0)

@@ -1,0 +1,189 @@
+# SPDX-License-Identifier: MIT
+"""``FileSender``: one response (headers, a file range, trailers), resumable on any socket."""
+from __future__ import annotations
+
+import errno
+import socket
+import warnings
+from types import TracebackType
+from typing import Any, Optional, Type
+
+from ._args import FD_POSITION, TO_EOF, WAIT_FOREVER, SocketLike, check_range, file_source, socket_target
+from ._errors import error_for, with_progress
+from ._native import ffi, lib
+
+_EINTR = -errno.EINTR
+_EAGAIN = -errno.EAGAIN
+_U64 = ffi.typeof("uint64_t[1]")
+
+
+class FileSender:
+    """Send ``headers``, then ``count`` bytes of ``file`` from ``offset``, then ``trailers``.
+
+    On TCP the parts are coalesced, so a small header never leaves in a
+    segment of its own (``MSG_MORE`` for a header, ``TCP_CORK`` when a
+    trailer follows file data), and the socket is uncorked when the response
+    completes or fails, or at ``close()``.
+
+    ``send()`` makes progress: on a non-blocking socket it sends until the
+    kernel would block and returns the bytes sent by this step (0 is fine);
+    on a blocking socket it finishes.  ``send_all()`` finishes on any socket.
+    ``fileno()`` is the socket's fd, so a sender can be registered with
+    ``selectors`` for ``EVENT_WRITE`` directly.
+
+    Arguments and errors are those of :func:`zerocopy.sendfile_all`; a file
+    object's position is moved to start + file bytes sent after every step.
+    Objects without a usable ``fileno()`` (``io.BytesIO``) are read into
+    memory when the sender is made.  Exceptions carry ``bytes_sent``: the
+    bytes of the whole response that went out.
+    """
+
+    def __init__(
+        self,
+        sock: SocketLike,
+        file: Any,
+        offset: Optional[int] = None,
+        count: Optional[int] = None,
+        *,
+        headers: Any = b"",
+        trailers: Any = b"",
+    ) -> None:
+        self._closed = True
+        target = socket_target(sock)
+        check_range(offset, count)
+        if target.flags & lib.ZC_CHECK_STREAM:
+            _check_stream_fd(target.fd)
+        self._sock = sock
+        self._fd = target.fd
+        self._timeout_ms = target.timeout_ms
+        self._fileobj: Any = None
+        self._start = FD_POSITION
+        src = file_source(file, offset)
+        file_fd, start, file_len = -1, FD_POSITION, TO_EOF if count is None else count
+        if src.fd is None:  # read it now; the response then is memory only
+            headers = b"".join([bytes(headers), _read_range(file, src.start, count), bytes(trailers)])
+            trailers, file_len = b"", 0
+        else:
+            file_fd, start, self._fileobj, self._start = src.fd, src.start, src.fileobj, src.start
+        self._headers = ffi.from_buffer(headers)  # kept referenced until the sender dies
+        self._trailers = ffi.from_buffer(trailers)
+        self._header_len = len(self._headers)
+        self._resp = ffi.new("struct zc_response *")
+        self._step = ffi.new(_U64)
+        rc = lib.zc_response_init(
+            self._resp, self._fd, file_fd, start, file_len,
+            self._headers, len(self._headers), self._trailers, len(self._trailers),
+        )
+        if rc < 0:
+            raise error_for(rc, 0)
+        self._done = False
+        self._closed = False
+
+    @property
+    def sent(self) -> int:
+        """Bytes of the whole response sent so far."""
+        return int(self._resp.sent)
+
+    @property
+    def total(self) -> Optional[int]:
+        """Bytes of the whole response; None until a pipe-like source with ``count=None`` ends."""
+        total = int(self._resp.total)
+        return None if total == TO_EOF else total
+
+    @property
+    def done(self) -> bool:
+        """True once every byte of the response went out."""
+        return self._done
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (for ``selectors`` and epoll)."""
+        return self._fd
+
+    def send(self) -> int:
+        """Make progress; return the bytes sent by this call.
+
+        Non-blocking socket: sends until the kernel would block (may return 0).
+        Blocking socket or one with a timeout: finishes, or raises.
+        """
+        return self._drive(self._timeout_ms)
+
+    def send_all(self) -> int:
+        """Finish the response on any socket (waiting for a non-blocking one); return bytes sent."""
+        wait = WAIT_FOREVER if self._timeout_ms == 0 else self._timeout_ms
+        return self._drive(wait)
+
+    def _drive(self, timeout_ms: int) -> int:
+        if self._closed:
+            raise ValueError("I/O operation on a closed FileSender")
+        before = self._resp.sent
+        try:
+            while not self._done:
+                rc = lib.zc_response_send(self._resp, timeout_ms, self._step)
+                if rc == 0:
+                    self._done = True
+                elif rc == _EAGAIN and timeout_ms == 0:
+                    break
+                elif rc != _EINTR:  # after -EINTR a handler ran: resume
+                    raise error_for(rc, self.sent)
+        except BaseException as exc:
+            with_progress(exc, self.sent)
+            raise
+        finally:
+            self._sync_position()
+        return int(self._resp.sent - before)
+
+    def _sync_position(self) -> None:
+        if self._fileobj is None:
+            return
+        file_sent = min(max(self.sent - self._header_len, 0), int(self._resp.total))
+        self._fileobj.seek(self._start + file_sent)
+
+    def close(self) -> None:
+        """Restore the socket options the response changed; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        rc = lib.zc_response_end(self._resp)
+        if rc < 0:
+            raise error_for(rc, self.sent)
+
+    def __enter__(self) -> FileSender:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2)
+        # Restore the cork only while the socket object still owns the fd:
+        # a bare fd may have been closed and reused by now.
+        if isinstance(self._sock, socket.socket) and self._sock.fileno() == self._fd:
+            self.close()
+
+    def __repr__(self) -> str:
+        return f"<FileSender fd={self._fd} sent={self.sent} total={self.total} done={self._done}>"
+
+
+def _check_stream_fd(fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    try:
+        if sock.type != socket.SOCK_STREAM:
+            raise ValueError("sock must be a SOCK_STREAM socket")
+    finally:
+        sock.detach()
+
+
+def _read_range(file: Any, start: int, count: Optional[int]) -> bytes:
+    if start != FD_POSITION:
+        file.seek(start)
+    data = file.read() if count is None else file.read(count)
+    if count is not None and len(data) < count:
+        raise error_for(-errno.ENODATA, 0)
+    return bytes(data)

@@ -1,0 +1,134 @@
+# SPDX-License-Identifier: MIT
+"""``sendfile_all``: a whole file range to a stream socket, or a clear exception."""
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any, Optional
+
+from ._args import (
+    FD_POSITION,
+    TO_EOF,
+    WAIT_FOREVER,
+    SocketLike,
+    Source,
+    Target,
+    check_range,
+    file_source,
+    socket_target,
+)
+from ._errors import error_for, with_progress
+from ._native import ffi, lib
+
+_U64 = ffi.typeof("uint64_t[1]")
+_EINTR = -errno.EINTR
+_EPROTOTYPE = -errno.EPROTOTYPE
+_CHUNK = 256 * 1024
+
+
+def sendfile_all(
+    sock: SocketLike, file: Any, offset: Optional[int] = None, count: Optional[int] = None
+) -> int:
+    """Send ``count`` bytes (default: to the end) of ``file`` to ``sock``; return the bytes sent.
+
+    ``sock`` is a connected ``SOCK_STREAM`` socket or its int fd.  ``file`` is
+    an int fd or a binary file object.  ``offset=None`` starts at the file's
+    current position.  A file object's position ends at start + bytes sent,
+    also after an exception; an int fd's position is used and advanced only
+    when ``offset`` is None.
+
+    Raises ``TruncatedFileError`` when the file ends before ``count`` bytes,
+    ``BlockingIOError`` (``characters_written``) when a non-blocking socket is
+    full, ``TimeoutError`` when a socket's timeout expires while waiting, and
+    the usual ``OSError`` subclasses (``BrokenPipeError``,
+    ``ConnectionResetError``) otherwise.  Every exception raised once the
+    transfer started, ``KeyboardInterrupt`` included, has ``bytes_sent``.
+    """
+    target = socket_target(sock)
+    check_range(offset, count)
+    src = file_source(file, offset)
+    left = TO_EOF if count is None else count
+    if src.fd is None:
+        return _send_through_python(target, src, file, left)
+    if src.fileobj is None:
+        return send_fd(target, src.fd, src.start, left)
+    sent = ffi.new(_U64)
+    try:
+        return send_fd(target, src.fd, src.start, left, sent)
+    finally:
+        src.fileobj.seek(src.start + sent[0])
+
+
+def send_fd(target: Target, file_fd: int, start: int, count: int, sent: Any = None) -> int:
+    """The C loop, resumed after each signal; ``sent`` (uint64_t[1]) keeps the running total."""
+    if sent is None:
+        sent = ffi.new(_U64)
+    offset, left, flags = start, count, target.flags
+    try:
+        while True:
+            rc = lib.zc_sendfile(target.fd, file_fd, offset, left, target.timeout_ms, flags, sent)
+            if rc == 0:
+                return int(sent[0])
+            if rc == _EPROTOTYPE and flags:
+                raise ValueError("sock must be a SOCK_STREAM socket")
+            if rc != _EINTR:
+                raise error_for(rc, int(sent[0]))
+            # A signal cut the transfer short and its handler has run (it
+            # would have raised here otherwise): resume where it stopped.
+            flags = 0
+            if start != FD_POSITION:
+                offset = start + sent[0]
+            if count != TO_EOF:
+                left = count - sent[0]
+    except BaseException as exc:
+        with_progress(exc, int(sent[0]))
+        raise
+
+
+def _send_through_python(target: Target, src: Source, file: Any, count: int) -> int:
+    """read + write for objects the kernel cannot read (``io.BytesIO``, buffered pipes).
+
+    A seekable object gives back what the socket did not take, so a
+    non-blocking socket just raises ``BlockingIOError``; from a non-seekable
+    one, a chunk once read is finished, waiting for the socket if need be.
+    """
+    seekable = src.fileobj is not None
+    if seekable:
+        file.seek(src.start)
+    sent = 0
+    try:
+        while count == TO_EOF or sent < count:
+            data = file.read(_CHUNK if count == TO_EOF else min(_CHUNK, count - sent))
+            if not data:
+                if count == TO_EOF:
+                    break
+                raise error_for(-errno.ENODATA, sent)
+            view = memoryview(data)
+            while view:
+                try:
+                    n = os.write(target.fd, view)
+                except BlockingIOError:
+                    _wait_for_room(target, seekable, sent)
+                    continue
+                view = view[n:]
+                sent += n
+                if seekable and view:
+                    break  # re-read the rest from the file next round
+            if seekable and view:
+                file.seek(src.start + sent)
+        return sent
+    except BaseException as exc:
+        with_progress(exc, sent)
+        raise
+    finally:
+        if seekable:
+            file.seek(src.start + sent)
+
+
+def _wait_for_room(target: Target, can_stop: bool, sent: int) -> None:
+    timeout = target.timeout_ms
+    if timeout == 0 and not can_stop:
+        timeout = WAIT_FOREVER
+    rc = lib.zc_wait_writable(target.fd, timeout)
+    if rc < 0 and rc != _EINTR:
+        raise error_for(rc, sent)
