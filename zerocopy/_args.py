@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import math
 import socket
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Tuple, Union
 
 from ._native import lib
 
@@ -14,14 +14,12 @@ SocketLike = Union[socket.socket, int]
 FD_POSITION: int = lib.ZC_FD_POSITION
 TO_EOF: int = lib.ZC_TO_EOF
 WAIT_FOREVER: int = lib.ZC_WAIT_FOREVER
+_CHECK_STREAM: int = lib.ZC_CHECK_STREAM
 
 
-class Target(NamedTuple):
-    """Where bytes go: the socket's fd, how to wait when it is full, C flags."""
-
-    fd: int
-    timeout_ms: int  # 0: never wait (a blocking fd blocks in the kernel anyway)
-    flags: int
+# Where bytes go: (the socket's fd, how long to wait when it is full in ms, C flags).
+# A plain tuple: this is on the per-call path, where a NamedTuple costs.
+Target = Tuple[int, int, int]
 
 
 def timeout_ms(timeout: Optional[float]) -> int:
@@ -32,23 +30,29 @@ def timeout_ms(timeout: Optional[float]) -> int:
 
 def socket_target(sock: SocketLike) -> Target:
     """Check ``sock`` and say how to send to it."""
+    if type(sock) is int and sock >= 0:  # the per-call fast path
+        return (sock, 0, _CHECK_STREAM)
     if isinstance(sock, socket.socket):
         if sock.type != socket.SOCK_STREAM:
             raise ValueError("sock must be a SOCK_STREAM socket")
         fd = sock.fileno()
         if fd < 0:
             raise OSError(9, "the socket is closed")
-        return Target(fd, timeout_ms(sock.gettimeout()), 0)
+        return (fd, timeout_ms(sock.gettimeout()), 0)
     if isinstance(sock, int):
         if sock < 0:
             raise ValueError(f"sock must be a file descriptor >= 0, got {sock}")
         # An int fd says nothing about timeouts: a blocking fd blocks in the
         # kernel, a non-blocking one raises BlockingIOError. C checks the type.
-        return Target(sock, 0, lib.ZC_CHECK_STREAM)
+        return (sock, 0, _CHECK_STREAM)
     raise TypeError(f"sock must be a socket.socket or an int file descriptor, not {type(sock).__name__}")
 
 
 def check_range(offset: Optional[int], count: Optional[int]) -> None:
+    if (offset is None or (type(offset) is int and offset >= 0)) and (
+        count is None or (type(count) is int and count >= 0)
+    ):
+        return
     for name, value in (("offset", offset), ("count", count)):
         if value is None:
             continue

@@ -49,13 +49,13 @@ class FileSender:
         trailers: Any = b"",
     ) -> None:
         self._closed = True
-        target = socket_target(sock)
+        fd, timeout_ms, flags = socket_target(sock)
         check_range(offset, count)
-        if target.flags & lib.ZC_CHECK_STREAM:
-            _check_stream_fd(target.fd)
+        if flags & lib.ZC_CHECK_STREAM:
+            _check_stream_fd(fd)
         self._sock = sock
-        self._fd = target.fd
-        self._timeout_ms = target.timeout_ms
+        self._fd = fd
+        self._timeout_ms = timeout_ms
         self._fileobj: Any = None
         self._start = FD_POSITION
         src = file_source(file, offset)
