@@ -8,10 +8,10 @@ if not sys.platform.startswith("linux"):
         f"this is {sys.platform}"
     )
 
-from ._errors import TruncatedFileError  # noqa: E402
-from .cork import cork  # noqa: E402
-from .sender import FileSender  # noqa: E402
-from .sendfile import sendfile_all  # noqa: E402
+from ._errors import TruncatedFileError
+from .cork import cork
+from .sender import FileSender
+from .sendfile import sendfile_all
 
 __all__ = ["FileSender", "TruncatedFileError", "cork", "sendfile_all"]
 __version__ = "0.1.0"

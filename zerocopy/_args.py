@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import math
 import socket
-from typing import Any, NamedTuple, Optional, Tuple, Union
+from typing import Any, NamedTuple, Union
 
 from ._native import lib
 
@@ -19,10 +19,10 @@ _CHECK_STREAM: int = lib.ZC_CHECK_STREAM
 
 # Where bytes go: (the socket's fd, how long to wait when it is full in ms, C flags).
 # A plain tuple: this is on the per-call path, where a NamedTuple costs.
-Target = Tuple[int, int, int]
+Target = tuple[int, int, int]
 
 
-def timeout_ms(timeout: Optional[float]) -> int:
+def timeout_ms(timeout: float | None) -> int:
     if timeout is None:
         return WAIT_FOREVER
     return math.ceil(timeout * 1000)
@@ -45,10 +45,12 @@ def socket_target(sock: SocketLike) -> Target:
         # An int fd says nothing about timeouts: a blocking fd blocks in the
         # kernel, a non-blocking one raises BlockingIOError. C checks the type.
         return (sock, 0, _CHECK_STREAM)
-    raise TypeError(f"sock must be a socket.socket or an int file descriptor, not {type(sock).__name__}")
+    raise TypeError(
+        f"sock must be a socket.socket or an int file descriptor, not {type(sock).__name__}"
+    )
 
 
-def check_range(offset: Optional[int], count: Optional[int]) -> None:
+def check_range(offset: int | None, count: int | None) -> None:
     if (offset is None or (type(offset) is int and offset >= 0)) and (
         count is None or (type(count) is int and count >= 0)
     ):
@@ -71,12 +73,12 @@ class Source(NamedTuple):
     whose position must end at start + bytes sent (None for int fds).
     """
 
-    fd: Optional[int]
+    fd: int | None
     start: int
     fileobj: Any
 
 
-def _fileno(file: Any) -> Optional[int]:
+def _fileno(file: Any) -> int | None:
     try:
         fd = file.fileno()
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
@@ -91,7 +93,7 @@ def _seekable(file: Any) -> bool:
         return False
 
 
-def file_source(file: Any, offset: Optional[int]) -> Source:
+def file_source(file: Any, offset: int | None) -> Source:
     """Check ``file`` and find the fd and start offset to send from."""
     if isinstance(file, int):
         if file < 0:
@@ -100,7 +102,10 @@ def file_source(file: Any, offset: Optional[int]) -> Source:
     if isinstance(file, io.TextIOBase) or "b" not in getattr(file, "mode", "b"):
         raise ValueError("file must be opened in binary mode")
     if not hasattr(file, "read") and not hasattr(file, "fileno"):
-        raise TypeError(f"file must be an int file descriptor or a binary file object, not {type(file).__name__}")
+        raise TypeError(
+            "file must be an int file descriptor or a binary file object, "
+            f"not {type(file).__name__}"
+        )
     seekable = _seekable(file)
     if not seekable:
         if offset is not None:

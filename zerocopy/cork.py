@@ -2,8 +2,8 @@
 """``cork``: hold partial TCP segments back for the length of a ``with`` block."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from ._args import SocketLike, socket_target
 from ._errors import error_for
@@ -19,7 +19,7 @@ def cork(sock: SocketLike) -> Iterator[None]:
     already, in which case it stays corked.  Sockets other than TCP (AF_UNIX)
     are left alone.
     """
-    fd = socket_target(sock).fd
+    fd = socket_target(sock)[0]
     state = ffi.new("struct zc_cork_state *")
     rc = lib.zc_cork_begin(fd, state)
     if rc < 0:

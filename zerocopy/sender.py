@@ -6,9 +6,19 @@ import errno
 import socket
 import warnings
 from types import TracebackType
-from typing import Any, Optional, Type
+from typing import Any
 
-from ._args import FD_POSITION, TO_EOF, WAIT_FOREVER, SocketLike, check_range, file_source, socket_target
+from typing_extensions import Self
+
+from ._args import (
+    FD_POSITION,
+    TO_EOF,
+    WAIT_FOREVER,
+    SocketLike,
+    check_range,
+    file_source,
+    socket_target,
+)
 from ._errors import error_for, with_progress
 from ._native import ffi, lib
 
@@ -42,8 +52,8 @@ class FileSender:
         self,
         sock: SocketLike,
         file: Any,
-        offset: Optional[int] = None,
-        count: Optional[int] = None,
+        offset: int | None = None,
+        count: int | None = None,
         *,
         headers: Any = b"",
         trailers: Any = b"",
@@ -61,7 +71,8 @@ class FileSender:
         src = file_source(file, offset)
         file_fd, start, file_len = -1, FD_POSITION, TO_EOF if count is None else count
         if src.fd is None:  # read it now; the response then is memory only
-            headers = b"".join([bytes(headers), _read_range(file, src.start, count), bytes(trailers)])
+            body = _read_range(file, src.start, count)
+            headers = b"".join([bytes(headers), body, bytes(trailers)])
             trailers, file_len = b"", 0
         else:
             file_fd, start, self._fileobj, self._start = src.fd, src.start, src.fileobj, src.start
@@ -85,7 +96,7 @@ class FileSender:
         return int(self._resp.sent)
 
     @property
-    def total(self) -> Optional[int]:
+    def total(self) -> int | None:
         """Bytes of the whole response; None until a pipe-like source with ``count=None`` ends."""
         total = int(self._resp.total)
         return None if total == TO_EOF else total
@@ -147,14 +158,14 @@ class FileSender:
         if rc < 0:
             raise error_for(rc, self.sent)
 
-    def __enter__(self) -> FileSender:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
         self,
-        exc_type: Optional[Type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -180,7 +191,7 @@ def _check_stream_fd(fd: int) -> None:
         sock.detach()
 
 
-def _read_range(file: Any, start: int, count: Optional[int]) -> bytes:
+def _read_range(file: Any, start: int, count: int | None) -> bytes:
     if start != FD_POSITION:
         file.seek(start)
     data = file.read() if count is None else file.read(count)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any, List, Optional
+from typing import Any
 
 from ._args import (
     _CHECK_STREAM,
@@ -28,7 +28,7 @@ _CHUNK = 256 * 1024
 
 
 def sendfile_all(
-    sock: SocketLike, file: Any, offset: Optional[int] = None, count: Optional[int] = None
+    sock: SocketLike, file: Any, offset: int | None = None, count: int | None = None
 ) -> int:
     """Send ``count`` bytes (default: to the end) of ``file`` to ``sock``; return the bytes sent.
 
@@ -85,7 +85,7 @@ def sendfile_all(
 
 # uint64_t[1] running totals for the C loop, reused: ffi.new on every call
 # costs a measurable share of a 4 KiB send.  list.pop/append are atomic.
-_counters: List[Any] = []
+_counters: list[Any] = []
 
 
 def _take_counter() -> Any:
@@ -100,7 +100,11 @@ def send_fd(target: Target, file_fd: int, start: int, count: int, sent: Any = No
     if own:
         sent = _take_counter()
     try:
-        rc = lib.zc_sendfile(target[0], file_fd, start, count, target[1], target[2], sent)
+        try:
+            rc = lib.zc_sendfile(target[0], file_fd, start, count, target[1], target[2], sent)
+        except BaseException as exc:  # a signal handler raised as the call returned
+            with_progress(exc, int(sent[0]))
+            raise
         if rc == 0:
             return int(sent[0])
         return _resume(rc, target, file_fd, start, count, sent)
