@@ -67,8 +67,11 @@ int zc_wait_writable(int sock, int timeout_ms);
  * special files: -EINVAL, -ENOSYS, -EOPNOTSUPP), falls back to splice(2)
  * from a pipe, pread+send for seekable files, peek+send+consume for socket
  * sources, and read+send otherwise; it never switches method after a byte
- * went out.  For the read+send route a chunk already read is finished
- * (waiting for writability even on a non-blocking socket) so no byte is lost.
+ * went out.  On the read+send route (character devices) what was read
+ * cannot be put back, so a chunk once read is finished, waiting for the
+ * socket even when @timeout_ms is 0; if a positive @timeout_ms expires
+ * first, the unsent rest of that chunk (at most 16 KiB) is lost and *@sent
+ * says exactly what went out.
  *
  * Return: 0 when @count bytes went out (or the file ended, for ZC_TO_EOF);
  * -ENODATA when the file ended before @count bytes (truncated file);
