@@ -183,6 +183,10 @@ int zc_response_send(struct zc_response *r, int timeout_ms, uint64_t *sent_now);
  */
 int zc_response_end(struct zc_response *r);
 
+/* ---- MSG_ZEROCOPY sends and completion tracking ---------------------- */
+
+/* ---- splice: pipe pool, splice loops, relay ------------------------- */
+
 #ifdef __cplusplus
 }
 #endif

@@ -2,16 +2,18 @@
 """cffi builder (out-of-line API mode): compiles csrc/ into zerocopy._native."""
 from __future__ import annotations
 
+import glob
 import os
 
 from cffi import FFI
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _CSRC = os.path.relpath(os.path.join(_HERE, os.pardir, "csrc"))
-_SOURCES = ["sendfile.c", "fallback.c", "wait.c", "cork.c", "response.c"]
+_SOURCES = sorted(glob.glob(os.path.join(_CSRC, "*.c")))
 
-# The subset of csrc/zc.h that Python calls; zc.h is the reference.
-CDEF = """
+# The parts of csrc/zc.h that Python calls, one string per capability;
+# zc.h is the reference.
+CDEF_SENDFILE = """
 #define ZC_TO_EOF ...
 #define ZC_FD_POSITION ...
 #define ZC_WAIT_FOREVER ...
@@ -33,12 +35,18 @@ int zc_response_send(struct zc_response *r, int timeout_ms, uint64_t *sent_now);
 int zc_response_end(struct zc_response *r);
 """
 
+CDEF_ZEROCOPY = """
+"""
+
+CDEF_SPLICE = """
+"""
+
 ffibuilder = FFI()
-ffibuilder.cdef(CDEF)
+ffibuilder.cdef(CDEF_SENDFILE + CDEF_ZEROCOPY + CDEF_SPLICE)
 ffibuilder.set_source(
     "zerocopy._native",
     '#include "zc.h"',
-    sources=[os.path.join(_CSRC, name) for name in _SOURCES],
+    sources=_SOURCES,
     include_dirs=[_CSRC],
     define_macros=[("_FILE_OFFSET_BITS", "64")],
     extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra"],
