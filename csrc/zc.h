@@ -185,6 +185,161 @@ int zc_response_end(struct zc_response *r);
 
 /* ---- MSG_ZEROCOPY sends and completion tracking ---------------------- */
 
+/*
+ * The kernel numbers each successful non-empty MSG_ZEROCOPY send on a socket
+ * (0, 1, 2, ... wrapping at 2**32) and later reports on the socket's error
+ * queue, as inclusive ranges [lo, hi], which sends it no longer references.
+ * Until then the sent memory must stay allocated and unchanged.
+ */
+
+/**
+ * struct zc_completion - one completion range from the error queue
+ * @lo: first sequence number covered
+ * @hi: last sequence number covered (may be below @lo after wrapping)
+ * @copied: 1 when the kernel copied the data after all
+ *          (SO_EE_CODE_ZEROCOPY_COPIED: always so on loopback and veth)
+ */
+struct zc_completion {
+	uint32_t lo;
+	uint32_t hi;
+	uint32_t copied;
+};
+
+/**
+ * struct zc_track_rec - one in-flight send; caller-allocated array element
+ *
+ * All fields are private.
+ */
+struct zc_track_rec {
+	uint64_t _token;
+	uint8_t _done;
+	uint8_t _last;
+};
+
+/**
+ * struct zc_tracker - sequence numbers of in-flight sends -> buffer tokens
+ * @next_seq: the sequence number the next zero-copy send will take
+ *
+ * A ring of the caller's zc_track_rec array, oldest send first.  A buffer
+ * (token) may take several sends; it is free when the send marked last for
+ * it, and every send before, have completed.  Buffers are released in send
+ * order: a completion for a later send only marks it done until the ones
+ * before it complete too, so nothing is ever released early.
+ */
+struct zc_tracker {
+	struct zc_track_rec *_recs;
+	uint32_t _cap;
+	uint32_t _head;
+	uint32_t _count;
+	uint32_t next_seq;
+};
+
+/**
+ * zc_zerocopy_enable() - set SO_ZEROCOPY on a socket
+ * @sock: a TCP socket
+ *
+ * Return: 0; -EOPNOTSUPP (AF_UNIX, other families) or -ENOPROTOOPT (kernels
+ * before 4.14) when the socket cannot do zero-copy sends; other -errno.
+ */
+int zc_zerocopy_enable(int sock);
+
+/**
+ * zc_tracker_init() - an empty tracker over the caller's array
+ * @t: caller-allocated
+ * @recs: caller-allocated array, alive as long as @t
+ * @cap: its length (the most sends in flight at once)
+ *
+ * Return: 0, or -EINVAL for a NULL array or @cap 0.
+ */
+int zc_tracker_init(struct zc_tracker *t, struct zc_track_rec *recs, uint32_t cap);
+
+/**
+ * zc_tracker_pending() - sends still waiting for their completion
+ * @t: the tracker
+ *
+ * Return: the number of records in flight.
+ */
+uint32_t zc_tracker_pending(const struct zc_tracker *t);
+
+/**
+ * zc_send_tracked() - one send(2), with MSG_ZEROCOPY when @t is given
+ * @sock: connected stream socket (SO_ZEROCOPY enabled when @t is given)
+ * @t: tracker recording the sequence number, or NULL for a plain send
+ * @buf: the bytes; with @t they are on loan to the kernel until the
+ *       tracker reports @token free
+ * @len: their length, > 0
+ * @token: the caller's name for the buffer (reported back when free)
+ * @msg_flags: extra MSG_* flags (MSG_DONTWAIT, MSG_MORE)
+ *
+ * A send that took all of @len is recorded as the buffer's last.  Signals
+ * are not retried: -EINTR comes back to the caller.  MSG_NOSIGNAL is always
+ * added.
+ *
+ * Return: bytes sent (one sequence number consumed when @t is given);
+ * -ENOSPC when @t is full (nothing sent: reap first); -ENOBUFS when the
+ * kernel cannot track another zero-copy send (optmem_max or locked-memory
+ * limit: nothing sent, no number consumed; resend the same bytes without
+ * @t); -EAGAIN, -EPIPE, ... as send(2).
+ */
+long zc_send_tracked(int sock, struct zc_tracker *t, const void *buf, size_t len,
+		     uint64_t token, int msg_flags);
+
+/**
+ * zc_tracker_seal() - mark @token's newest send as its last
+ * @t: the tracker
+ * @token: a buffer whose sending stopped early (an error after some sends)
+ *
+ * Return: 1 when a record was marked; 0 when @token has no record in
+ * flight (nothing of it went out zero-copy, or all of it completed).
+ */
+int zc_tracker_seal(struct zc_tracker *t, uint64_t token);
+
+/**
+ * zc_reap_completions() - read completions from the error queue, never blocking
+ * @sock: the socket
+ * @out: caller-allocated array
+ * @max: its length
+ *
+ * Accepts IP_RECVERR and IPV6_RECVERR messages (a v6 socket may carry
+ * v4-mapped traffic).  Each message is one range, possibly merged from many
+ * sends by the kernel.
+ *
+ * Return: ranges written to @out (0 when the queue is empty); -EPROTO for
+ * a message that is not a zero-copy completion; -EIO when the control data
+ * was truncated (MSG_CTRUNC); the error itself when the queue holds one.
+ */
+int zc_reap_completions(int sock, struct zc_completion *out, size_t max);
+
+/**
+ * zc_tracker_complete() - apply completions, collect the tokens now free
+ * @t: the tracker
+ * @c: completion ranges (any order; ranges may repeat, overlap, wrap, or
+ *     cover sends the tracker no longer holds: those are ignored)
+ * @n: how many
+ * @freed: caller-allocated array for tokens now free, oldest first
+ * @max_freed: its length; more free tokens wait for the next call (pass
+ *             @n = 0 to collect them)
+ *
+ * Return: the number of tokens written to @freed.
+ */
+size_t zc_tracker_complete(struct zc_tracker *t, const struct zc_completion *c,
+			   size_t n, uint64_t *freed, size_t max_freed);
+
+/**
+ * zc_wait_completions() - wait until the error queue has something to reap
+ * @sock: the socket
+ * @timeout_ms: ZC_WAIT_FOREVER, 0 or a bound in milliseconds
+ *
+ * Polls for POLLERR.  Reap until empty before waiting again: an undrained
+ * queue makes this return at once.  On a hung-up socket without POLLERR it
+ * sleeps up to 10 ms instead of spinning.
+ *
+ * Return: 0 when there may be completions; -ETIMEDOUT (-EAGAIN for 0);
+ * -EINTR when a signal arrived.
+ */
+int zc_wait_completions(int sock, int timeout_ms);
+
+
 /* ---- splice: pipe pool, splice loops, relay ------------------------- */
 
 #ifdef __cplusplus

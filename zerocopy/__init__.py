@@ -10,8 +10,17 @@ if not sys.platform.startswith("linux"):
 
 from ._errors import TruncatedFileError
 from .cork import cork
+from .msg_zerocopy import SendHandle, Socket, SocketStats
 from .sender import FileSender
 from .sendfile import sendfile_all
 
-__all__ = ["FileSender", "TruncatedFileError", "cork", "sendfile_all"]
+__all__ = [
+    "FileSender",
+    "SendHandle",
+    "Socket",
+    "SocketStats",
+    "TruncatedFileError",
+    "cork",
+    "sendfile_all",
+]
 __version__ = "0.1.0"

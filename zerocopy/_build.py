@@ -36,6 +36,19 @@ int zc_response_end(struct zc_response *r);
 """
 
 CDEF_ZEROCOPY = """
+struct zc_completion { uint32_t lo; uint32_t hi; uint32_t copied; };
+struct zc_track_rec { ...; };
+struct zc_tracker { uint32_t next_seq; ...; };
+int zc_zerocopy_enable(int sock);
+int zc_tracker_init(struct zc_tracker *t, struct zc_track_rec *recs, uint32_t cap);
+uint32_t zc_tracker_pending(const struct zc_tracker *t);
+long zc_send_tracked(int sock, struct zc_tracker *t, const void *buf, size_t len,
+                     uint64_t token, int msg_flags);
+int zc_tracker_seal(struct zc_tracker *t, uint64_t token);
+int zc_reap_completions(int sock, struct zc_completion *out, size_t max);
+size_t zc_tracker_complete(struct zc_tracker *t, const struct zc_completion *c,
+                           size_t n, uint64_t *freed, size_t max_freed);
+int zc_wait_completions(int sock, int timeout_ms);
 """
 
 CDEF_SPLICE = """
