@@ -11,7 +11,7 @@
 
 _Static_assert(sizeof(off_t) == 8, "build with -D_FILE_OFFSET_BITS=64");
 
-static int check_stream(int sock)
+int zc_check_stream(int sock)
 {
 	int type = 0;
 	socklen_t len = sizeof(type);
@@ -53,7 +53,7 @@ int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
 	int rc = 0;
 
 	if (flags & ZC_CHECK_STREAM) {
-		rc = check_stream(sock);
+		rc = zc_check_stream(sock);
 		if (rc < 0)
 			return rc;
 	}

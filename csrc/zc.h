@@ -36,6 +36,15 @@ extern "C" {
 #define ZC_SENDFILE_MAX 0x7ffff000
 
 /**
+ * zc_check_stream() - is this fd a SOCK_STREAM socket?
+ * @sock: the file descriptor
+ *
+ * Return: 0 when it is; -EPROTOTYPE for another socket type; -ENOTSOCK for
+ * a file that is no socket; other -errno from getsockopt.
+ */
+int zc_check_stream(int sock);
+
+/**
  * zc_wait_writable() - wait until a socket can take more bytes
  * @sock: the socket
  * @timeout_ms: ZC_WAIT_FOREVER, 0 (just look) or a bound in milliseconds
@@ -341,6 +350,347 @@ int zc_wait_completions(int sock, int timeout_ms);
 
 
 /* ---- splice: pipe pool, splice loops, relay ------------------------- */
+
+/* What pooled pipes are grown to with F_SETPIPE_SZ (Go and HAProxy: 1 MiB). */
+#define ZC_PIPE_SIZE (1024 * 1024)
+
+/* zc_relay_run() returns at most this many epoll events per wait. */
+#define ZC_RELAY_EVENTS 64
+
+/**
+ * struct zc_pipe - one pipe used as an in-kernel buffer between two fds
+ * @rfd: read end (O_CLOEXEC|O_NONBLOCK), -1 when closed
+ * @wfd: write end (O_CLOEXEC|O_NONBLOCK), -1 when closed
+ * @size: capacity in bytes (smaller than asked when F_SETPIPE_SZ failed)
+ * @buffered: bytes in the pipe that were read from a source but not yet
+ *            written to their destination; a pipe with @buffered != 0 is
+ *            never put back into a pool
+ */
+struct zc_pipe {
+	int rfd;
+	int wfd;
+	uint32_t size;
+	uint32_t buffered;
+};
+
+/**
+ * struct zc_pipe_pool - a bounded stack of empty pipes, safe across threads
+ * @pipe_size: capacity new pipes are grown to
+ * @created: pipes made by zc_pipe_get()
+ * @reused: zc_pipe_get() calls served from the pool
+ * @discarded: zc_pipe_put() calls that closed the pipe (it held data, or
+ *             the pool was full)
+ * @small: pipes that kept a smaller capacity because F_SETPIPE_SZ failed
+ *
+ * The slots array is the caller's and must outlive the pool.  The counters
+ * are updated under the pool's lock; read them when no other thread uses
+ * the pool (they are statistics).
+ */
+struct zc_pipe_pool {
+	size_t pipe_size;
+	uint64_t created;
+	uint64_t reused;
+	uint64_t discarded;
+	uint64_t small;
+	struct zc_pipe *_slots;
+	unsigned _cap;
+	unsigned _count;
+	int _lock;
+};
+
+/**
+ * zc_pipe_open() - make one pipe and try to grow it
+ * @p: caller-allocated; filled in (fds -1 on failure)
+ * @size: capacity to ask for with F_SETPIPE_SZ (0 keeps the default)
+ *
+ * Both ends are O_CLOEXEC|O_NONBLOCK.  When F_SETPIPE_SZ fails (above
+ * /proc/sys/fs/pipe-max-size, or over pipe-user-pages-soft for an
+ * unprivileged user) the pipe keeps its smaller size: @p->size says which.
+ *
+ * Return: 1 when the pipe got @size (or @size was 0), 0 when it kept a
+ * smaller size, -errno from pipe2() (-EMFILE, -ENFILE).
+ */
+int zc_pipe_open(struct zc_pipe *p, size_t size);
+
+/**
+ * zc_pipe_close() - close both ends; safe on a closed pipe
+ * @p: the pipe
+ */
+void zc_pipe_close(struct zc_pipe *p);
+
+/**
+ * zc_pipe_pool_init() - set up an empty pool; makes no pipe
+ * @pool: caller-allocated
+ * @slots: @nslots entries the pool keeps idle pipes in (caller's memory)
+ * @nslots: bound on idle pipes (0: no pooling, every put closes)
+ * @pipe_size: capacity for new pipes, usually ZC_PIPE_SIZE
+ *
+ * Return: 0, or -EINVAL when @slots is NULL with @nslots != 0.
+ */
+int zc_pipe_pool_init(struct zc_pipe_pool *pool, struct zc_pipe *slots,
+		      unsigned nslots, size_t pipe_size);
+
+/**
+ * zc_pipe_get() - take an empty pipe from the pool, or make one
+ * @pool: the pool, or NULL for a fresh ZC_PIPE_SIZE pipe
+ * @p: out, the pipe (empty); the caller owns it until zc_pipe_put()
+ *
+ * Return: 0, or -errno from pipe2() (-EMFILE, -ENFILE).
+ */
+int zc_pipe_get(struct zc_pipe_pool *pool, struct zc_pipe *p);
+
+/**
+ * zc_pipe_put() - give a pipe back
+ * @pool: the pool it came from, or NULL (the pipe is closed)
+ * @p: the pipe; its fds are -1 afterwards, whatever happened
+ *
+ * A pipe that still holds data (@p->buffered != 0) is closed, never
+ * pooled: its bytes belong to a stream that failed.  So is a pipe that
+ * finds the pool full.  A closed pipe (fds -1) is ignored.
+ */
+void zc_pipe_put(struct zc_pipe_pool *pool, struct zc_pipe *p);
+
+/**
+ * zc_pipe_pool_destroy() - close every idle pipe; the pool is empty after
+ * @pool: the pool; pipes still out with callers are theirs to put or close
+ */
+void zc_pipe_pool_destroy(struct zc_pipe_pool *pool);
+
+/**
+ * zc_splice() - move bytes from one fd to another with splice(2)
+ * @src: where bytes come from: a socket, pipe or file
+ * @src_off: NULL to use (and advance) @src's own position, or an explicit
+ *           offset that this call advances by the bytes it read (the
+ *           descriptor's position is left alone); must be NULL for pipes
+ *           and sockets
+ * @dst: where they go: a socket, pipe or file
+ * @dst_off: as @src_off, for @dst
+ * @count: bytes to deliver to @dst, or ZC_TO_EOF (until @src ends)
+ * @via: NULL when @src or @dst is a pipe (one splice per step); otherwise
+ *       a pipe from zc_pipe_get() that carries the bytes (src -> pipe ->
+ *       dst).  It is in/out: after a call that did not finish it may hold
+ *       bytes already read from @src (@via->buffered); calling again with
+ *       the same @via delivers them first, and they count towards @count.
+ * @timeout_ms: what to do when @src has nothing to read or @dst is full:
+ *              0 returns -EAGAIN, ZC_WAIT_FOREVER waits, a positive value
+ *              waits that long for each stretch of inactivity.  A blocking
+ *              socket blocks in the kernel instead.
+ * @moved: in/out: this call ADDS the bytes it wrote to @dst (also on
+ *         errors); resume with @count lowered by them
+ *
+ * The pipe is only ever filled when it is empty, so -EAGAIN from a socket
+ * is never mistaken for a full pipe, and a 0 return always means the end
+ * of @src.  When @dst refuses splice (-EINVAL: a file opened O_APPEND) the
+ * bytes already in @via are copied with read(2)/write(2) instead.
+ *
+ * Return: 0 when @count bytes were delivered (or @src ended, for
+ * ZC_TO_EOF); -ENODATA when @src ended before @count bytes; -EINVAL when
+ * neither fd is a pipe and @via is NULL, or the kernel cannot splice
+ * these fds; -EAGAIN, -ETIMEDOUT as @timeout_ms says; -EINTR when a signal
+ * interrupted a wait (or cut a write to a blocking socket short): call
+ * again to resume; any other -errno from splice(2) (-ECONNRESET, -EPIPE,
+ * -ENOSPC, ...).
+ */
+int zc_splice(int src, int64_t *src_off, int dst, int64_t *dst_off,
+	      uint64_t count, struct zc_pipe *via, int timeout_ms,
+	      uint64_t *moved);
+
+struct zc_relay_loop;
+struct zc_proxy;
+
+/**
+ * struct zc_relay - two connected stream sockets pumped both ways
+ * @fd: the sockets: fd[0] ("a") and fd[1] ("b")
+ * @bytes: bytes[0] moved a -> b, bytes[1] moved b -> a (so far)
+ * @error: 0, or the -errno that ended the relay
+ * @done: 1 once the relay ended (both directions reached EOF and were
+ *        passed on, or an error)
+ * @data: the caller's, untouched
+ *
+ * Caller-allocated; it must stay in place from zc_relay_add() until
+ * zc_relay_run() reports it done or zc_relay_remove() takes it out.
+ * Fields starting with '_' are private.
+ */
+struct zc_relay {
+	int fd[2];
+	uint64_t bytes[2];
+	int error;
+	int done;
+	void *data;
+	struct zc_pipe _pipe[2];
+	int _fl[2];
+	unsigned _state[2];
+	int _queued;
+	struct zc_relay_loop *_loop;
+	struct zc_proxy *_proxy;
+	struct zc_relay *_next;
+	struct zc_relay *_prev;
+	struct zc_relay *_ready;
+};
+
+/**
+ * struct zc_relay_loop - one epoll loop that pumps any number of relays
+ * @pool: where relays take their pipes from (the caller's)
+ * @active: relays added and not yet reported or removed
+ * @bytes: bytes moved by every relay of this loop, a->b and b->a
+ *
+ * A relay holds a pipe only while bytes are in flight in that direction,
+ * so idle connections cost no pipe.  Use a loop from one thread at a time;
+ * zc_relay_wake() is the one call that any thread (or a signal handler)
+ * may make.  Fields starting with '_' are private.
+ */
+struct zc_relay_loop {
+	struct zc_pipe_pool *pool;
+	unsigned active;
+	uint64_t bytes[2];
+	int _epfd;
+	int _wakefd;
+	struct zc_relay *_all;
+	struct zc_relay *_done;
+	struct zc_relay *_done_tail;
+	struct zc_relay *_ready;
+	struct zc_proxy *_proxies;
+};
+
+/**
+ * zc_relay_loop_init() - make the epoll instance and the wake-up eventfd
+ * @loop: caller-allocated
+ * @pool: pipe pool for the relays (shared pools are fine)
+ *
+ * Return: 0, or -errno from epoll_create1()/eventfd() (-EMFILE, ...).
+ */
+int zc_relay_loop_init(struct zc_relay_loop *loop, struct zc_pipe_pool *pool);
+
+/**
+ * zc_relay_loop_close() - remove every relay and proxy, close the loop
+ * @loop: the loop; safe to call twice
+ *
+ * Relays still running are removed as by zc_relay_remove() (their sockets
+ * stay open: they are the caller's); proxies are closed as by
+ * zc_proxy_close().
+ */
+void zc_relay_loop_close(struct zc_relay_loop *loop);
+
+/**
+ * zc_relay_add() - start relaying between two connected stream sockets
+ * @loop: the loop
+ * @r: caller-allocated; @r->data is kept, everything else is set here
+ * @a: one socket
+ * @b: the other (a socket still connecting, non-blocking, is fine: the
+ *     relay starts when it connects, and a failed connect ends it)
+ *
+ * The sockets stay the caller's; they are switched to O_NONBLOCK while the
+ * relay runs and their flags are restored when it ends or is removed.
+ *
+ * Return: 0, or -errno (-EBADF, -EEXIST when a socket is already in a
+ * relay of this loop, -ENOMEM, ...); nothing changed on failure.
+ */
+int zc_relay_add(struct zc_relay_loop *loop, struct zc_relay *r, int a, int b);
+
+/**
+ * zc_relay_remove() - stop a relay that has not ended (or did already)
+ * @r: a relay given to zc_relay_add(); safe to call on one that ended
+ *
+ * Bytes in flight inside its pipes are dropped (the pipes are closed);
+ * the sockets are left open with their flags restored.
+ */
+void zc_relay_remove(struct zc_relay *r);
+
+/**
+ * zc_relay_run() - pump every relay of the loop
+ * @loop: the loop
+ * @timeout_ms: return after this long (busy or not); ZC_WAIT_FOREVER to
+ *              return only for the reasons below
+ * @done: caller's array for ended relays
+ * @max_done: its length
+ *
+ * Moves bytes until a relay ends, @timeout_ms passes, zc_relay_wake() is
+ * called or a signal arrives.  In each direction a relay reads from its
+ * source into a pipe only when the pipe is empty and writes it all to the
+ * destination before reading again; at the source's EOF the destination
+ * gets shutdown(SHUT_WR).  A relay ends when both directions did so, or at
+ * the first error on either socket: then both sockets are reset (a TCP
+ * socket is disconnected, which sends RST; others are shut down), so the
+ * peers on both sides learn that the stream broke.  Ended relays are
+ * taken out of the loop (the caller may close their sockets at once) and
+ * reported through @done, up to @max_done per call, oldest first; relays
+ * of a zc_proxy are not reported: the proxy closes them itself.
+ *
+ * Return: the number of relays written to @done (0 after a timeout or a
+ * wake-up); -EINTR when a signal arrived (call again to resume); other
+ * -errno from epoll_wait().
+ */
+int zc_relay_run(struct zc_relay_loop *loop, int timeout_ms,
+		 struct zc_relay **done, unsigned max_done);
+
+/**
+ * zc_relay_wake() - make a zc_relay_run() in another thread return soon
+ * @loop: the loop; async-signal-safe
+ *
+ * Return: 0, or -errno from write(2).
+ */
+int zc_relay_wake(struct zc_relay_loop *loop);
+
+/**
+ * struct zc_proxy - a listening socket whose connections are relayed to a
+ *                   target address, inside a zc_relay_loop
+ * @accepted: connections accepted
+ * @active: relays running now
+ * @completed: relays that ended with both directions finished
+ * @failed: connections that ended with an error (target unreachable,
+ *          reset, ...) or could not be set up
+ * @bytes: bytes moved by ended relays, client->target and target->client
+ *
+ * Connections beyond the slots given to zc_proxy_init() wait in the
+ * listen backlog.  Fields starting with '_' are private.
+ */
+struct zc_proxy {
+	uint64_t accepted;
+	uint64_t active;
+	uint64_t completed;
+	uint64_t failed;
+	uint64_t bytes[2];
+	int _listen_fd;
+	int _listening;
+	unsigned char _target[128];
+	unsigned _target_len;
+	struct zc_relay *_free;
+	struct zc_relay_loop *_loop;
+	struct zc_proxy *_next;
+};
+
+struct sockaddr;
+
+/**
+ * zc_proxy_init() - start accepting on @listen_fd and relaying to @target
+ * @px: caller-allocated
+ * @loop: the loop that runs it
+ * @listen_fd: a listening stream socket; it stays the caller's (switched
+ *             to O_NONBLOCK)
+ * @target: address to connect each client to (AF_INET, AF_INET6, AF_UNIX)
+ * @target_len: its length
+ * @slots: @nslots relays the proxy uses for its connections (caller's
+ *         memory, kept until zc_proxy_close())
+ * @nslots: the bound on concurrent connections
+ *
+ * Each client gets a non-blocking connect to @target (TCP_NODELAY on TCP
+ * sockets); the relay starts at once and a failed connect ends it.  Per
+ * connection failures are counted in @px->failed and touch nothing else.
+ *
+ * Return: 0, or -EINVAL (bad address, no slots), -errno from epoll_ctl().
+ */
+int zc_proxy_init(struct zc_proxy *px, struct zc_relay_loop *loop,
+		  int listen_fd, const struct sockaddr *target,
+		  unsigned target_len, struct zc_relay *slots, unsigned nslots);
+
+/**
+ * zc_proxy_close() - stop accepting and end every connection of the proxy
+ * @px: the proxy; safe to call twice
+ *
+ * Running connections are reset and closed; the listening socket is left
+ * open (it is the caller's).
+ */
+void zc_proxy_close(struct zc_proxy *px);
 
 #ifdef __cplusplus
 }

@@ -2,8 +2,11 @@
 """Argument checks shared by the public functions, worded like the standard library's."""
 from __future__ import annotations
 
+import _socket
+import errno
 import io
 import math
+import os
 import socket
 from typing import Any, NamedTuple, Union
 
@@ -14,12 +17,15 @@ SocketLike = Union[socket.socket, int]
 FD_POSITION: int = lib.ZC_FD_POSITION
 TO_EOF: int = lib.ZC_TO_EOF
 WAIT_FOREVER: int = lib.ZC_WAIT_FOREVER
-_CHECK_STREAM: int = lib.ZC_CHECK_STREAM
 
 
-# Where bytes go: (the socket's fd, how long to wait when it is full in ms, C flags).
-# A plain tuple: this is on the per-call path, where a NamedTuple costs.
-Target = tuple[int, int, int]
+# Where bytes go: (the socket's fd, how long to wait when it is full in ms,
+# whether its SOCK_STREAM type is still unchecked).  A plain tuple: this is on
+# the per-call path, where a NamedTuple costs.
+Target = tuple[int, int, bool]
+
+# socket.socket.type converts to an enum on every read; the raw getter does not.
+_raw_socket_type = _socket.socket.type.__get__
 
 
 def timeout_ms(timeout: float | None) -> int:
@@ -31,23 +37,32 @@ def timeout_ms(timeout: float | None) -> int:
 def socket_target(sock: SocketLike) -> Target:
     """Check ``sock`` and say how to send to it."""
     if type(sock) is int and sock >= 0:  # the per-call fast path
-        return (sock, 0, _CHECK_STREAM)
+        return (sock, 0, True)
     if isinstance(sock, socket.socket):
-        if sock.type != socket.SOCK_STREAM:
+        if _raw_socket_type(sock) != socket.SOCK_STREAM:
             raise ValueError("sock must be a SOCK_STREAM socket")
         fd = sock.fileno()
         if fd < 0:
-            raise OSError(9, "the socket is closed")
-        return (fd, timeout_ms(sock.gettimeout()), 0)
+            raise OSError(errno.EBADF, "the socket is closed")
+        return (fd, timeout_ms(sock.gettimeout()), False)
     if isinstance(sock, int):
         if sock < 0:
             raise ValueError(f"sock must be a file descriptor >= 0, got {sock}")
         # An int fd says nothing about timeouts: a blocking fd blocks in the
-        # kernel, a non-blocking one raises BlockingIOError. C checks the type.
-        return (sock, 0, _CHECK_STREAM)
+        # kernel, a non-blocking one raises BlockingIOError.
+        return (sock, 0, True)
     raise TypeError(
         f"sock must be a socket.socket or an int file descriptor, not {type(sock).__name__}"
     )
+
+
+def check_stream(fd: int) -> None:
+    """Raise unless ``fd`` is a ``SOCK_STREAM`` socket (one getsockopt)."""
+    rc = lib.zc_check_stream(fd)
+    if rc == -errno.EPROTOTYPE:
+        raise ValueError("sock must be a SOCK_STREAM socket")
+    if rc < 0:
+        raise OSError(-rc, os.strerror(-rc))
 
 
 def check_range(offset: int | None, count: int | None) -> None:

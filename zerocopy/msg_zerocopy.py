@@ -274,11 +274,13 @@ class Socket:
         return self._has_room(need) and self.zerocopy_active
 
     def _has_room(self, need: int) -> bool:
-        in_flight = lib.zc_tracker_pending(self._tracker)
+        in_flight: int = lib.zc_tracker_pending(self._tracker)
+        if not self._loans and in_flight == 0:
+            return True  # one buffer larger than the bound may still go
         return (
             in_flight < len(self._recs)
             and self._counts["pinned_bytes"] + need <= self.max_pinned_bytes
-        ) or not self._loans and in_flight == 0
+        )
 
     def _settle(self, token: int, loan: _Loan, loaned: bool) -> None:
         """After a buffer's last send: make sure its loan ends when its sends complete."""
@@ -311,15 +313,17 @@ class Socket:
                     self._count("copied_completions", sends)
                     if self.adaptive:
                         self.zerocopy_active = False
-            batch = self._completions
+            batch, count = self._completions, n
             while True:
-                k = lib.zc_tracker_complete(self._tracker, batch, n, self._freed, _FREED_BATCH)
+                k: int = lib.zc_tracker_complete(
+                    self._tracker, batch, count, self._freed, _FREED_BATCH
+                )
                 for i in range(k):
                     self._release(int(self._freed[i]))
                 released += k
                 if k < _FREED_BATCH:
                     break
-                batch, n = ffi.NULL, 0  # more free tokens than fit: collect the rest
+                batch, count = ffi.NULL, 0  # more free tokens than fit: collect the rest
             if n < _REAP_BATCH:
                 return released
 

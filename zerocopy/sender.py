@@ -8,14 +8,13 @@ import warnings
 from types import TracebackType
 from typing import Any
 
-from typing_extensions import Self
-
 from ._args import (
     FD_POSITION,
     TO_EOF,
     WAIT_FOREVER,
     SocketLike,
     check_range,
+    check_stream,
     file_source,
     socket_target,
 )
@@ -59,10 +58,10 @@ class FileSender:
         trailers: Any = b"",
     ) -> None:
         self._closed = True
-        fd, timeout_ms, flags = socket_target(sock)
+        fd, timeout_ms, unchecked = socket_target(sock)
         check_range(offset, count)
-        if flags & lib.ZC_CHECK_STREAM:
-            _check_stream_fd(fd)
+        if unchecked:
+            check_stream(fd)
         self._sock = sock
         self._fd = fd
         self._timeout_ms = timeout_ms
@@ -76,14 +75,16 @@ class FileSender:
             trailers, file_len = b"", 0
         else:
             file_fd, start, self._fileobj, self._start = src.fd, src.start, src.fileobj, src.start
-        self._headers = ffi.from_buffer(headers)  # kept referenced until the sender dies
-        self._trailers = ffi.from_buffer(trailers)
-        self._header_len = len(self._headers)
+        # exported and referenced until the sender dies; NULL costs nothing
+        self._headers = ffi.from_buffer(headers) if headers else ffi.NULL
+        self._trailers = ffi.from_buffer(trailers) if trailers else ffi.NULL
+        self._header_len = len(self._headers) if headers else 0
+        self._trailer_len = len(self._trailers) if trailers else 0
         self._resp = ffi.new("struct zc_response *")
         self._step = ffi.new(_U64)
         rc = lib.zc_response_init(
             self._resp, self._fd, file_fd, start, file_len,
-            self._headers, len(self._headers), self._trailers, len(self._trailers),
+            self._headers, self._header_len, self._trailers, self._trailer_len,
         )
         if rc < 0:
             raise error_for(rc, 0)
@@ -146,7 +147,8 @@ class FileSender:
     def _sync_position(self) -> None:
         if self._fileobj is None:
             return
-        file_sent = min(max(self.sent - self._header_len, 0), int(self._resp.total))
+        file_len = int(self._resp.total) - self._header_len - self._trailer_len
+        file_sent = min(max(self.sent - self._header_len, 0), file_len)
         self._fileobj.seek(self._start + file_sent)
 
     def close(self) -> None:
@@ -158,7 +160,7 @@ class FileSender:
         if rc < 0:
             raise error_for(rc, self.sent)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> FileSender:
         return self
 
     def __exit__(
@@ -180,15 +182,6 @@ class FileSender:
 
     def __repr__(self) -> str:
         return f"<FileSender fd={self._fd} sent={self.sent} total={self.total} done={self._done}>"
-
-
-def _check_stream_fd(fd: int) -> None:
-    sock = socket.socket(fileno=fd)
-    try:
-        if sock.type != socket.SOCK_STREAM:
-            raise ValueError("sock must be a SOCK_STREAM socket")
-    finally:
-        sock.detach()
 
 
 def _read_range(file: Any, start: int, count: int | None) -> bytes:

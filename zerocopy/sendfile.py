@@ -7,7 +7,6 @@ import os
 from typing import Any
 
 from ._args import (
-    _CHECK_STREAM,
     FD_POSITION,
     TO_EOF,
     WAIT_FOREVER,
@@ -15,6 +14,7 @@ from ._args import (
     Source,
     Target,
     check_range,
+    check_stream,
     file_source,
     socket_target,
 )
@@ -23,7 +23,6 @@ from ._native import ffi, lib
 
 _U64 = ffi.typeof("uint64_t[1]")
 _EINTR = -errno.EINTR
-_EPROTOTYPE = -errno.EPROTOTYPE
 _CHUNK = 256 * 1024
 
 
@@ -57,14 +56,14 @@ def sendfile_all(
         sent = _counters.pop() if _counters else ffi.new(_U64)
         sent[0] = 0
         try:
-            rc = lib.zc_sendfile(sock, file, offset, count, 0, _CHECK_STREAM, sent)
+            rc = lib.zc_sendfile(sock, file, offset, count, 0, 0, sent)
         except BaseException as exc:  # a signal handler raised as the call returned
             with_progress(exc, int(sent[0]))
             raise
         if rc == 0:
             _counters.append(sent)
             return count
-        return _resume(rc, (sock, 0, _CHECK_STREAM), file, offset, count, sent)
+        return _resume(rc, (sock, 0, True), file, offset, count, sent)
     target = socket_target(sock)
     check_range(offset, count)
     left = TO_EOF if count is None else count
@@ -101,7 +100,7 @@ def send_fd(target: Target, file_fd: int, start: int, count: int, sent: Any = No
         sent = _take_counter()
     try:
         try:
-            rc = lib.zc_sendfile(target[0], file_fd, start, count, target[1], target[2], sent)
+            rc = lib.zc_sendfile(target[0], file_fd, start, count, target[1], 0, sent)
         except BaseException as exc:  # a signal handler raised as the call returned
             with_progress(exc, int(sent[0]))
             raise
@@ -115,20 +114,21 @@ def send_fd(target: Target, file_fd: int, start: int, count: int, sent: Any = No
 
 def _resume(rc: int, target: Target, file_fd: int, start: int, count: int, sent: Any) -> int:
     """After a call that did not finish: resume after signals, or raise with ``bytes_sent``."""
-    sock_fd, timeout_ms, flags = target
+    sock_fd, timeout_ms, unchecked = target
     try:
         while True:
-            if rc == _EPROTOTYPE and flags:
-                raise ValueError("sock must be a SOCK_STREAM socket")
             if rc != _EINTR:
+                if unchecked and sent[0] == 0:
+                    # An int fd's type is checked only now: a getsockopt on
+                    # every call would cost a fifth of a 4 KiB send.
+                    check_stream(sock_fd)
                 raise error_for(rc, int(sent[0]))
             # A signal cut the transfer short and its handler has run (it
             # would have raised here otherwise): resume where it stopped.
             done = int(sent[0])
-            flags = 0
             offset = start if start == FD_POSITION else start + done
             left = count if count == TO_EOF else count - done
-            rc = lib.zc_sendfile(sock_fd, file_fd, offset, left, timeout_ms, flags, sent)
+            rc = lib.zc_sendfile(sock_fd, file_fd, offset, left, timeout_ms, 0, sent)
             if rc == 0:
                 return int(sent[0])
     except BaseException as exc:
