@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -55,11 +56,21 @@ static ssize_t send_some(const struct route *r, const void *buf, size_t len)
 	}
 }
 
-static int after_progress(const struct route *r, size_t n, size_t want)
+/* The socket took n of the `offered` bytes the source had ready. */
+static int after_progress(const struct route *r, size_t n, size_t offered)
 {
-	if (n < want && *r->sent < r->count)
+	if (n < offered && *r->sent < r->count)
 		return zc__after_short_send(r->sock);
 	return 0;
+}
+
+/* Bytes waiting in a pipe: a splice that moves fewer than were waiting
+ * before it was cut short by the socket, not by the pipe. */
+static size_t pipe_holds(int pipe_fd)
+{
+	int n = 0;
+
+	return ioctl(pipe_fd, FIONREAD, &n) == 0 && n > 0 ? (size_t)n : 0;
 }
 
 /* A pipe: splice moves its pages straight to the socket, nothing is read. */
@@ -69,6 +80,7 @@ static int from_pipe(const struct route *r)
 		return -ESPIPE;
 	while (*r->sent < r->count) {
 		size_t want = next_len(r, ZC_SENDFILE_MAX);
+		size_t ready = pipe_holds(r->file);
 		ssize_t n = splice(r->file, NULL, r->sock, NULL, want,
 				   SPLICE_F_MOVE);
 		int rc;
@@ -87,7 +99,7 @@ static int from_pipe(const struct route *r)
 			continue;
 		}
 		*r->sent += (uint64_t)n;
-		rc = after_progress(r, (size_t)n, want);
+		rc = after_progress(r, (size_t)n, ready < want ? ready : want);
 		if (rc < 0)
 			return rc;
 	}
@@ -121,7 +133,7 @@ static int from_seekable(const struct route *r, off_t start)
 		}
 		pos += n;
 		*r->sent += (uint64_t)n;
-		rc = after_progress(r, (size_t)n, want);
+		rc = after_progress(r, (size_t)n, (size_t)got);
 		if (rc < 0)
 			break;
 	}
@@ -155,7 +167,7 @@ static int from_socket(const struct route *r)
 		if (recv(r->file, buf, (size_t)n, 0) != n)
 			return -EIO; /* another reader took the peeked bytes */
 		*r->sent += (uint64_t)n;
-		rc = after_progress(r, (size_t)n, want);
+		rc = after_progress(r, (size_t)n, (size_t)got);
 		if (rc < 0)
 			return rc;
 	}
@@ -163,28 +175,32 @@ static int from_socket(const struct route *r)
 }
 
 /*
- * Anything else (character devices): what is read cannot be put back, so a
- * chunk once read is finished, waiting for the socket even if it is
- * non-blocking.  Chunks are small to keep such waits short.
+ * Anything else (character devices): what is read cannot be put back.  So
+ * the caller's timeout applies before each read (the socket must be
+ * writable first), and a chunk once read is finished, waiting as long as
+ * it takes.  Chunks are small, so a writable socket nearly always takes a
+ * whole one at once.
  */
 static int from_device(const struct route *r)
 {
 	unsigned char buf[DEVICE_CHUNK];
-	int wait_ms = r->timeout_ms == 0 ? ZC_WAIT_FOREVER : r->timeout_ms;
 
 	if (r->pos)
 		return -ESPIPE;
 	while (*r->sent < r->count) {
-		ssize_t got = read(r->file, buf, next_len(r, sizeof(buf)));
+		int rc = zc_wait_writable(r->sock, r->timeout_ms);
+		ssize_t got;
 		size_t off = 0;
 
+		if (rc < 0)
+			return rc;
+		got = read(r->file, buf, next_len(r, sizeof(buf)));
 		if (got < 0)
 			return -errno;
 		if (got == 0)
 			return source_ended(r);
 		while (off < (size_t)got) {
 			ssize_t n = zc__send(r->sock, buf + off, (size_t)got - off, 0);
-			int rc;
 
 			if (n >= 0) {
 				off += (size_t)n;
@@ -195,7 +211,7 @@ static int from_device(const struct route *r)
 				continue;
 			if (n != -EAGAIN)
 				return (int)n;
-			rc = zc_wait_writable(r->sock, wait_ms);
+			rc = zc_wait_writable(r->sock, ZC_WAIT_FOREVER);
 			if (rc < 0 && rc != -EINTR)
 				return rc;
 		}

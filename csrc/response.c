@@ -44,10 +44,12 @@ int zc_response_init(struct zc_response *r, int sock, int file, int64_t offset,
 	r->_offset = offset;
 	r->_file_len = count;
 	r->total = count == ZC_TO_EOF ? ZC_TO_EOF : header_len + count + trailer_len;
-	/* Header then file: MSG_MORE on the header is enough (sendfile's last
-	 * page pushes).  A trailer after file data needs the cork, because
-	 * sendfile offers no way to say "more follows". */
-	r->_corking = trailer_len > 0 && count > 0;
+	/* Header then file: MSG_MORE on the header is enough, as sendfile's
+	 * last page pushes.  A trailer after file data needs the cork, since
+	 * sendfile cannot say "more follows"; so does a file of unknown length,
+	 * which may turn out empty and leave the header waiting for a push. */
+	r->_corking = (trailer_len > 0 && count > 0) ||
+		      (header_len > 0 && count == ZC_TO_EOF);
 	r->_state = ST_NEW;
 	return 0;
 }

@@ -43,6 +43,22 @@ static int resolve_count(int file, const off_t *pos, uint64_t *count)
 	return 0;
 }
 
+/*
+ * After sendfile sent less than asked: did the file run out?  Then the next
+ * call returns 0 at once.  Pseudo files (size 0) count as run out: their
+ * short reads are normal, and the next call says whether more follows.
+ */
+static int file_ran_out(int file, const off_t *pos)
+{
+	struct stat st;
+	off_t at;
+
+	if (fstat(file, &st) < 0 || !S_ISREG(st.st_mode))
+		return 0;
+	at = pos ? *pos : lseek(file, 0, SEEK_CUR);
+	return st.st_size == 0 || at >= st.st_size;
+}
+
 int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
 		int timeout_ms, unsigned flags, uint64_t *sent)
 {
@@ -77,7 +93,8 @@ int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
 		rc = 0;
 		if (n > 0) {
 			done += (uint64_t)n;
-			if ((size_t)n < want && done < count)
+			if ((size_t)n < want && done < count &&
+			    !file_ran_out(file, posp))
 				rc = zc__after_short_send(sock);
 		} else if (n == 0) { /* the file ended (or shrank) before count */
 			rc = to_eof ? 0 : -ENODATA;

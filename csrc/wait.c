@@ -32,12 +32,17 @@ int zc__is_nonblocking(int fd, int *nonblock)
 
 int zc__after_short_send(int sock)
 {
+	struct pollfd p = { .fd = sock, .events = 0 };
 	int nonblock = 0;
 	int rc = zc__is_nonblocking(sock, &nonblock);
 
 	if (rc < 0)
 		return rc;
-	return nonblock ? 0 : -EINTR;
+	if (nonblock)
+		return 0;
+	if (poll(&p, 1, 0) > 0 && (p.revents & (POLLERR | POLLHUP)))
+		return 0;
+	return -EINTR;
 }
 
 int zc__wait_or_again(int sock, int timeout_ms)

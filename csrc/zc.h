@@ -77,16 +77,18 @@ int zc_wait_writable(int sock, int timeout_ms);
  * from a pipe, pread+send for seekable files, peek+send+consume for socket
  * sources, and read+send otherwise; it never switches method after a byte
  * went out.  On the read+send route (character devices) what was read
- * cannot be put back, so a chunk once read is finished, waiting for the
- * socket even when @timeout_ms is 0; if a positive @timeout_ms expires
- * first, the unsent rest of that chunk (at most 16 KiB) is lost and *@sent
- * says exactly what went out.
+ * cannot be put back: @timeout_ms applies before each read, and a chunk
+ * once read (at most 16 KiB) is finished, waiting as long as it takes.
+ *
+ * @timeout_ms matters only when the socket is non-blocking: a blocking
+ * socket blocks in the kernel (until a signal, which gives -EINTR).
  *
  * Return: 0 when @count bytes went out (or the file ended, for ZC_TO_EOF);
  * -ENODATA when the file ended before @count bytes (truncated file);
  * -EAGAIN, -ETIMEDOUT as @timeout_ms says; -EINTR when a signal interrupted
- * the transfer (also a short count on a blocking socket: call again to
- * resume); -EPROTOTYPE when ZC_CHECK_STREAM finds a non-stream socket;
+ * the transfer (a blocking socket that took less than offered, with no error
+ * pending on it: call again to resume); -EPROTOTYPE when ZC_CHECK_STREAM
+ * finds a non-stream socket;
  * any other -errno from the syscalls (-EPIPE, -ECONNRESET, -EBADF, ...).
  */
 int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
@@ -154,7 +156,9 @@ struct zc_response {
  * @sock: connected stream socket
  * @file: file descriptor, or -1 when @count is 0 (header and trailer only)
  * @offset: start in the file, or ZC_FD_POSITION (used and advanced)
- * @count: file bytes, or ZC_TO_EOF (resolved now with fstat)
+ * @count: file bytes, or ZC_TO_EOF (resolved now with fstat for a regular
+ *         file of non-zero size; otherwise known when the file ends, and
+ *         @r->total stays ZC_TO_EOF until then)
  * @header: bytes sent before the file (may be NULL when @header_len is 0)
  * @header_len: their length
  * @trailer: bytes sent after the file
@@ -174,9 +178,10 @@ int zc_response_init(struct zc_response *r, int sock, int file, int64_t offset,
  * @sent_now: out, bytes sent by this call (always set); the running total
  *            is @r->sent
  *
- * The first call corks the socket when a header or trailer surrounds file
- * data (a lone header goes with MSG_MORE instead, which costs no syscall);
- * the call that completes the response uncorks it.  On an error other than
+ * The first call corks the socket when a trailer follows file data, or
+ * when a header precedes file data of unknown length (a header before a
+ * known, non-empty range goes with MSG_MORE instead, which costs no
+ * syscall); the call that completes the response uncorks it.  On an error other than
  * -EAGAIN, -ETIMEDOUT or -EINTR the socket is uncorked before returning.
  *
  * Return: 0 when the response is complete; -EAGAIN/-ETIMEDOUT/-EINTR (call

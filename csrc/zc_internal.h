@@ -10,9 +10,12 @@
 int zc__is_nonblocking(int fd, int *nonblock);
 
 /*
- * After a send made partial progress: on a blocking socket only a signal
- * cuts a send short, so return -EINTR (the caller resumes); on a
- * non-blocking one return 0 and let the next call meet EAGAIN.
+ * The socket took fewer bytes than it was offered (the source had them).
+ * Non-blocking socket: its buffer filled; return 0 and let the next call
+ * meet EAGAIN.  Blocking socket: an error on the connection or a signal cut
+ * the send short; return 0 when poll shows POLLERR/POLLHUP (the next call
+ * reports the error), else -EINTR so the caller runs its handlers and
+ * resumes.
  */
 int zc__after_short_send(int sock);
 
@@ -22,7 +25,8 @@ int zc__wait_or_again(int sock, int timeout_ms);
 /* Send one memory range; like send(2) with MSG_NOSIGNAL, -errno on failure. */
 ssize_t zc__send(int sock, const void *buf, size_t len, int more);
 
-/* The non-sendfile routes; as zc_sendfile(), *sent starts at 0 here. */
+/* The non-sendfile routes; unlike zc_sendfile(), *sent is progress within
+ * count (the caller passes a counter at 0). */
 int zc__send_fallback(int sock, int file, off_t *pos, uint64_t count,
 		      int to_eof, int timeout_ms, uint64_t *sent);
 
