@@ -18,6 +18,7 @@ method that fails or hangs is reported as failed and the run goes on.
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
 import mmap
@@ -180,7 +181,10 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m zerocopy bench",
         description="Compare ways of sending a file over loopback TCP, side by side.",
-        epilog=_method_names_help(),
+        epilog=_method_names_help()
+        + "\n\nother experiments (each with its own --help):\n"
+        "  --memory   MSG_ZEROCOPY (zerocopy.Socket) against socket.sendall, buffers in memory\n"
+        "  --relay    splice relay and proxy against threaded, asyncio, socat and haproxy relays",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -1158,9 +1162,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns 0 when every method succeeded, 1 when one failed (it is reported, the others
     still run) or setup failed, 2 on a usage error and 130 on Ctrl-C.
     """
+    args = list(sys.argv[1:] if argv is None else argv)
+    for flag, module in (("--memory", "bench_memory"), ("--relay", "bench_relay")):
+        if flag in args:  # another experiment, with options of its own
+            other = importlib.import_module(f"zerocopy.{module}")
+            return int(other.main([a for a in args if a != flag]))
     parser = _build_parser()
     try:
-        options = parser.parse_args(argv)
+        options = parser.parse_args(args)
     except SystemExit as request:  # --help, or a usage error already printed
         return _exit_code(request)
     misuse = _misused_option(options)

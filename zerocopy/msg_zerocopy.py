@@ -70,23 +70,26 @@ class SendHandle:
 
     __slots__ = ("_loan", "_owner")
 
-    def __init__(self, owner: Socket, loan: _Loan | None) -> None:
+    def __init__(self, owner: Socket | None, loan: _Loan | None) -> None:
         self._owner = owner
         self._loan = loan
 
     def done(self) -> bool:
         """True when the kernel no longer reads the buffer (reaps first, without blocking)."""
-        if self._loan is None or self._loan.done:
+        if self._loan is None or self._loan.done or self._owner is None:
             return True
         self._owner.reap()
         return self._loan.done
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until :meth:`done`; False when ``timeout`` seconds passed first."""
-        if self._loan is None:
+        if self._loan is None or self._owner is None:
             return True
         loan = self._loan
         return self._owner._wait_until(lambda: loan.done, timeout)
+
+
+_ALREADY_FREE = SendHandle(None, None)  # for buffers that went without the flag
 
 
 class Socket:
@@ -194,6 +197,11 @@ class Socket:
         """Send some of ``data`` as ``socket.send`` does; return the bytes sent."""
         with self._lock:
             self._check_open()
+            if self._loans:
+                self._reap_locked()  # learn of COPIED early, free what is done
+            if self._plain_will_do(data):
+                self._counts["plain_sends"] += 1
+                return self._sock.send(data)
             return self._send(data, stop_after_one=True)[0]
 
     def sendall(self, data: Any) -> SendHandle:
@@ -205,7 +213,24 @@ class Socket:
         """
         with self._lock:
             self._check_open()
+            if self._loans:
+                self._reap_locked()  # learn of COPIED early, free what is done
+            if self._plain_will_do(data):
+                self._counts["plain_sends"] += 1
+                self._sock.sendall(data)
+                return _ALREADY_FREE
             return self._send(data, stop_after_one=False)[1]
+
+    def _plain_will_do(self, data: Any) -> bool:
+        """True when ``data`` goes without the flag and the socket's own send serves.
+
+        Not on a non-blocking socket, whose ``sendall`` would not say how much went.
+        """
+        if self.zerocopy_active and not (
+            type(data) is bytes and len(data) < self.zerocopy_threshold
+        ):
+            return False
+        return self._sock.gettimeout() != 0.0
 
     def _send(self, data: Any, stop_after_one: bool) -> tuple[int, SendHandle]:
         cdata = ffi.from_buffer(data)  # exports data: a bytearray cannot resize now
