@@ -117,11 +117,10 @@ static int parse_completion(struct msghdr *msg, struct zc_completion *out)
 	return -EPROTO;
 }
 
-int zc_reap_completions(int sock, struct zc_completion *out, size_t max)
+int zc_reap_completions(int sock, struct zc_completion *out, size_t max, size_t *n)
 {
-	size_t n = 0;
-
-	while (n < max) {
+	*n = 0;
+	while (*n < max) {
 		/* room for one sock_extended_err plus the offender address */
 		union {
 			char buf[CMSG_SPACE(sizeof(struct sock_extended_err) +
@@ -136,17 +135,17 @@ int zc_reap_completions(int sock, struct zc_completion *out, size_t max)
 
 		if (recvmsg(sock, &msg, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) {
 			if (errno == EAGAIN)
-				break;
+				return 0;
 			if (errno == EINTR)
 				continue;
-			return n ? (int)n : -errno;
+			return -errno;
 		}
-		rc = parse_completion(&msg, &out[n]);
+		rc = parse_completion(&msg, &out[*n]);
 		if (rc < 0)
-			return n ? (int)n : rc; /* report it on the next call */
-		n++;
+			return rc;
+		(*n)++;
 	}
-	return (int)n;
+	return 0;
 }
 
 /* Mark the sends of [lo, hi] that the tracker holds as done. */

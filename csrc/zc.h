@@ -313,16 +313,19 @@ int zc_tracker_seal(struct zc_tracker *t, uint64_t token);
  * @sock: the socket
  * @out: caller-allocated array
  * @max: its length
+ * @n: out: ranges written to @out, also when an error is returned (a
+ *     message read off the queue cannot be put back, so the ranges read
+ *     before a bad one come back together with its error)
  *
  * Accepts IP_RECVERR and IPV6_RECVERR messages (a v6 socket may carry
  * v4-mapped traffic).  Each message is one range, possibly merged from many
- * sends by the kernel.
+ * sends by the kernel.  Stops when the queue is empty or @out is full.
  *
- * Return: ranges written to @out (0 when the queue is empty); -EPROTO for
- * a message that is not a zero-copy completion; -EIO when the control data
- * was truncated (MSG_CTRUNC); the error itself when the queue holds one.
+ * Return: 0; for a message that is not a zero-copy completion, the error it
+ * carries (-ENOMSG for a TX timestamp) or -EPROTO; -EIO when the control
+ * data was truncated (MSG_CTRUNC); -errno from recvmsg.
  */
-int zc_reap_completions(int sock, struct zc_completion *out, size_t max);
+int zc_reap_completions(int sock, struct zc_completion *out, size_t max, size_t *n);
 
 /**
  * zc_tracker_complete() - apply completions, collect the tokens now free

@@ -45,13 +45,49 @@ uint32_t zc_tracker_pending(const struct zc_tracker *t);
 long zc_send_tracked(int sock, struct zc_tracker *t, const void *buf, size_t len,
                      uint64_t token, int msg_flags);
 int zc_tracker_seal(struct zc_tracker *t, uint64_t token);
-int zc_reap_completions(int sock, struct zc_completion *out, size_t max);
+int zc_reap_completions(int sock, struct zc_completion *out, size_t max, size_t *n);
 size_t zc_tracker_complete(struct zc_tracker *t, const struct zc_completion *c,
                            size_t n, uint64_t *freed, size_t max_freed);
 int zc_wait_completions(int sock, int timeout_ms);
 """
 
 CDEF_SPLICE = """
+#define ZC_PIPE_SIZE ...
+
+struct zc_pipe { int rfd; int wfd; uint32_t size; uint32_t buffered; };
+struct zc_pipe_pool {
+    size_t pipe_size; uint64_t created; uint64_t reused; uint64_t discarded;
+    uint64_t small; ...;
+};
+int zc_pipe_pool_init(struct zc_pipe_pool *pool, struct zc_pipe *slots,
+                      unsigned nslots, size_t pipe_size);
+int zc_pipe_get(struct zc_pipe_pool *pool, struct zc_pipe *p);
+void zc_pipe_put(struct zc_pipe_pool *pool, struct zc_pipe *p);
+void zc_pipe_pool_destroy(struct zc_pipe_pool *pool);
+int zc_splice(int src, int64_t *src_off, int dst, int64_t *dst_off,
+              uint64_t count, struct zc_pipe *via, int timeout_ms,
+              uint64_t *moved);
+
+struct zc_relay_loop { unsigned active; uint64_t bytes[2]; ...; };
+struct zc_relay {
+    int fd[2]; uint64_t bytes[2]; int error; int done; void *data; ...;
+};
+struct zc_proxy {
+    uint64_t accepted; uint64_t active; uint64_t completed; uint64_t failed;
+    uint64_t bytes[2]; ...;
+};
+struct sockaddr;
+int zc_relay_loop_init(struct zc_relay_loop *loop, struct zc_pipe_pool *pool);
+void zc_relay_loop_close(struct zc_relay_loop *loop);
+int zc_relay_add(struct zc_relay_loop *loop, struct zc_relay *r, int a, int b);
+void zc_relay_remove(struct zc_relay *r);
+int zc_relay_run(struct zc_relay_loop *loop, int timeout_ms,
+                 struct zc_relay **done, unsigned max_done);
+int zc_relay_wake(struct zc_relay_loop *loop);
+int zc_proxy_init(struct zc_proxy *px, struct zc_relay_loop *loop,
+                  int listen_fd, const struct sockaddr *target,
+                  unsigned target_len, struct zc_relay *slots, unsigned nslots);
+void zc_proxy_close(struct zc_proxy *px);
 """
 
 ffibuilder = FFI()

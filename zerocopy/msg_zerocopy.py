@@ -158,6 +158,7 @@ class Socket:
         lib.zc_tracker_init(self._tracker, self._recs, max_sends_in_flight)
         self._completions = ffi.new("struct zc_completion[]", _REAP_BATCH)
         self._freed = ffi.new("uint64_t[]", _FREED_BATCH)
+        self._reaped = ffi.new("size_t[1]")
         self._loans: dict[int, _Loan] = {}
         self._next_token = 1
         self._lock = threading.RLock()
@@ -224,13 +225,14 @@ class Socket:
     def _plain_will_do(self, data: Any) -> bool:
         """True when ``data`` goes without the flag and the socket's own send serves.
 
-        Not on a non-blocking socket, whose ``sendall`` would not say how much went.
+        Only on a blocking socket: with a timeout or none, ``socket.sendall``
+        would not say how much went out before it raised.
         """
         if self.zerocopy_active and not (
             type(data) is bytes and len(data) < self.zerocopy_threshold
         ):
             return False
-        return self._sock.gettimeout() != 0.0
+        return self._sock.gettimeout() is None
 
     def _send(self, data: Any, stop_after_one: bool) -> tuple[int, SendHandle]:
         cdata = ffi.from_buffer(data)  # exports data: a bytearray cannot resize now
@@ -327,9 +329,8 @@ class Socket:
     def _reap_locked(self) -> int:
         released = 0
         while True:
-            n = lib.zc_reap_completions(self._fd, self._completions, _REAP_BATCH)
-            if n < 0:
-                raise error_for(n, 0)
+            rc = lib.zc_reap_completions(self._fd, self._completions, _REAP_BATCH, self._reaped)
+            n: int = self._reaped[0]
             for i in range(n):
                 c = self._completions[i]
                 sends = ((c.hi - c.lo) & 0xFFFFFFFF) + 1
@@ -349,6 +350,8 @@ class Socket:
                 if k < _FREED_BATCH:
                     break
                 batch, count = ffi.NULL, 0  # more free tokens than fit: collect the rest
+            if rc < 0:  # a message that was no completion: after using those before it
+                raise error_for(rc, 0)
             if n < _REAP_BATCH:
                 return released
 

@@ -1,0 +1,643 @@
+"""zerocopy.Socket: MSG_ZEROCOPY sends, buffer loans, completions, fallbacks.
+
+Loopback never shows zero-copy for real: the kernel copies what it delivers
+to a local socket and flags every completion COPIED.  The tests accept that;
+they check bytes, buffer lifetimes and counters, never timings.
+
+A buffer whose completion must stay outstanding is sent to a stalled
+receiver: a small receive buffer, filled by plain filler bytes first, so the
+buffer waits in the sender's (roomy) queue and the kernel keeps it until the
+receiver reads.  (A receive buffer of a few KiB would do too, but TCP then
+recovers from the zero window by slow, backed-off probes: seconds per test.)
+"""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+import gc
+import json
+import mmap
+import os
+import random
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from _zcutil import HAVE_IPV6, Collector, _tcp_pair, recv_exactly
+
+import zerocopy
+
+Pair = tuple[socket.socket, socket.socket]
+CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_enobufs_child.py")
+THRESHOLD = 16384
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Buf(bytearray):
+    """A bytearray that can be weakly referenced."""
+
+
+def _rand(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+FILLER = _rand(128 * 1024, 99)
+
+
+@pytest.fixture
+def stalled() -> Iterator[Callable[..., Pair]]:
+    """Factory: stalled(family=AF_INET) -> (sender, receiver), receiver unread.
+
+    SO_RCVBUF on the receiver (32 KiB) and SO_SNDBUF on the sender (256 KiB)
+    are set before connect; FILLER (more than the receive window) is sent
+    plain first.  Whatever is sent next stays in the sender's queue until
+    the receiver reads FILLER and more.
+    """
+    made: list[socket.socket] = []
+
+    def factory(family: int = socket.AF_INET) -> Pair:
+        host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+        s, r = _tcp_pair(family, host, 256 * 1024, 32 * 1024)
+        made.extend((s, r))
+        s.settimeout(5)
+        s.sendall(FILLER)
+        s.settimeout(None)
+        return s, r
+
+    yield factory
+    for s in made:
+        s.close()
+
+
+def _need_zerocopy(z: zerocopy.Socket) -> None:
+    """Skip when the kernel would not take a zero-copy send at all."""
+    st = z.stats
+    if st.zerocopy_sends == 0 and st.enobufs_fallbacks > 0:
+        pytest.skip("the kernel refused MSG_ZEROCOPY (ENOBUFS: locked-memory limit)")
+    assert st.zerocopy_sends > 0
+
+
+def _read_to_eof(sock: socket.socket, limit: int) -> bytes:
+    sock.settimeout(10)
+    buf = bytearray()
+    while len(buf) <= limit:
+        b = sock.recv(1 << 20)
+        if not b:
+            break
+        buf += b
+    return bytes(buf)
+
+
+# -- byte-exact streams --------------------------------------------------------
+
+
+def _buffers(seed: int) -> tuple[list[Any], bytes]:
+    """Random sizes (below, at and above the threshold; up to 3 MiB), mixed types."""
+    rng = random.Random(seed)
+    sizes = [1, THRESHOLD - 1, THRESHOLD, THRESHOLD + 1, 3 * 1024 * 1024]
+    sizes += [rng.randint(1, THRESHOLD - 1) for _ in range(8)]
+    sizes += [rng.randint(THRESHOLD, 256 * 1024) for _ in range(8)]
+    sizes += [rng.randint(256 * 1024, 2 * 1024 * 1024) for _ in range(3)]
+    rng.shuffle(sizes)
+    out: list[Any] = []
+    for i, n in enumerate(sizes):
+        raw = _rand(n, seed * 1000 + i)
+        kind = i % 6
+        if kind == 0:
+            out.append(raw)
+        elif kind == 1:
+            out.append(bytearray(raw))
+        elif kind == 2:
+            out.append(memoryview(b"\0\0\0" + raw + b"\0")[3:-1])  # a slice
+        elif kind == 3:
+            m = mmap.mmap(-1, n)
+            m.write(raw)
+            out.append(m)
+        elif kind == 4:
+            out.append(array.array("B", raw))
+        else:  # itemsize 4: whole items only
+            out.append(array.array("I", raw[: n - n % 4] or b"\0\0\0\0"))
+    expected = b"".join(memoryview(o).tobytes() for o in out)
+    return out, expected
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["zerocopy-on", "adaptive"])
+@pytest.mark.parametrize("kind", ["tcp4", "tcp6"])
+def test_stream_byte_exact(
+    make_pair: Callable[..., Pair], collect: Callable[..., Collector], kind: str, adaptive: bool
+) -> None:
+    if kind == "tcp6" and not HAVE_IPV6:
+        pytest.skip("no IPv6 loopback (::1)")
+    s, r = make_pair(kind)
+    col = collect(r)
+    bufs, expected = _buffers(7 if adaptive else 8)
+    z = zerocopy.Socket(s, adaptive=adaptive)
+    assert z.zerocopy_supported and z.zerocopy_active
+    assert z.zerocopy_unsupported_reason is None
+    handles = [z.sendall(b) for b in bufs]
+    assert z.flush(timeout=10)
+    assert all(h.done() for h in handles)
+    assert all(h.wait(0) for h in handles)
+    st = z.stats
+    assert z.pending == 0 and z.pending_bytes == 0 and st.pinned_bytes == 0
+    small = sum(1 for b in bufs if memoryview(b).nbytes < THRESHOLD)
+    assert st.plain_sends >= small
+    # every completion reaped: one sequence number per zero-copy send
+    assert st.completions == st.zerocopy_sends
+    assert st.copied_completions <= st.completions
+    if st.zerocopy_sends:
+        assert st.peak_pinned_bytes >= THRESHOLD
+    if not adaptive:
+        big = len(bufs) - small
+        # each large buffer's first send tried the flag (ENOBUFS: resent plain)
+        assert st.zerocopy_sends + st.enobufs_fallbacks >= big
+        assert z.zerocopy_active  # stayed on for the whole stream
+    elif st.copied_completions:
+        assert not z.zerocopy_active
+    z.close()
+    assert s.fileno() == -1  # close() closes the socket
+    assert col.result() == expected
+    for b in bufs:
+        if isinstance(b, mmap.mmap):
+            b.close()  # raises BufferError if still exported
+
+
+# -- buffer lifetime -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["timeout", "nonblocking"])
+def test_buffer_alive_until_completion(stalled: Callable[..., Pair], mode: str) -> None:
+    s, r = stalled()
+    if mode == "timeout":
+        s.settimeout(5.0)
+    else:
+        s.setblocking(False)
+    z = zerocopy.Socket(s, adaptive=False)
+    buf = Buf(_rand(64 * 1024, 1))
+    expected = bytes(buf)
+    h = z.sendall(buf)
+    _need_zerocopy(z)
+    assert z.stats.zerocopy_sends == 1 and z.stats.plain_sends == 0
+    with pytest.raises(BufferError):
+        buf.append(0)  # exported while in flight
+    with pytest.raises(BufferError):
+        del buf[:1]
+    ref = weakref.ref(buf)
+    del buf
+    gc.collect()
+    assert ref() is not None  # the Socket keeps it
+    assert z.reap() == 0
+    assert z.pending == 1 and z.pending_bytes == len(expected)
+    assert not h.done()
+    assert not z.flush(timeout=0.05)
+    assert not h.wait(0.01)
+    # the receiver reads: the kernel lets go, the Socket does too
+    assert recv_exactly(r, len(FILLER) + len(expected)) == FILLER + expected
+    assert z.flush(timeout=10)
+    assert h.done() and h.wait(0)
+    assert z.pending == 0 and z.pending_bytes == 0
+    gc.collect()
+    assert ref() is None
+    st = z.stats
+    assert st.completions == 1 and st.peak_pinned_bytes == len(expected)
+    z.close()
+
+
+def test_blocking_io_error_reports_progress(stalled: Callable[..., Pair]) -> None:
+    s, r = stalled()
+    s.setblocking(False)
+    z = zerocopy.Socket(s, adaptive=False)
+    data = bytearray(_rand(4 * 1024 * 1024, 2))
+    with pytest.raises(BlockingIOError) as ei:
+        z.sendall(data)
+    n = ei.value.characters_written
+    assert 0 < n < len(data)
+    assert ei.value.bytes_sent == n  # type: ignore[attr-defined]
+    if z.stats.zerocopy_sends:
+        assert z.pending == 1
+        with pytest.raises(BufferError):
+            data.append(0)
+    got = recv_exactly(r, len(FILLER) + n)
+    assert got == FILLER + data[:n]
+    assert z.flush(timeout=10)
+    assert z.pending == 0
+    data.append(0)  # released: resizable again
+    z.close()
+    assert _read_to_eof(r, 0) == b""  # nothing beyond what was reported
+
+
+def test_send_like_socket_send(make_pair: Callable[..., Pair]) -> None:
+    s, r = make_pair("tcp4")
+    z = zerocopy.Socket(s, adaptive=False)
+    assert z.send(b"") == 0
+    assert z.send(b"hello") == 5
+    big = _rand(100_000, 3)
+    n = z.send(big)
+    assert 0 < n <= len(big)
+    assert recv_exactly(r, 5 + n) == b"hello" + big[:n]
+    assert z.flush(timeout=10)
+    z.close()
+
+
+# -- policies ------------------------------------------------------------------
+
+
+def test_copied_turns_zerocopy_off(
+    make_pair: Callable[..., Pair], collect: Callable[..., Collector]
+) -> None:
+    s, r = make_pair("tcp4")
+    col = collect(r)
+    z = zerocopy.Socket(s)  # adaptive by default
+    assert z.adaptive
+    small = [_rand(n, n) for n in (1, 100, THRESHOLD - 1)]
+    for b in small:
+        z.sendall(b)
+    assert z.stats.zerocopy_sends == 0 and z.stats.plain_sends == 3
+    big = _rand(1024 * 1024, 4)
+    z.sendall(big)
+    _need_zerocopy(z)
+    assert z.flush(timeout=10)
+    st = z.stats
+    assert st.completions >= 1
+    assert st.copied_completions > 0  # loopback: always copied
+    assert not z.zerocopy_active
+    assert z.zerocopy_supported
+    z.sendall(big)  # now plain
+    st2 = z.stats
+    assert st2.zerocopy_sends == st.zerocopy_sends
+    assert st2.plain_sends > st.plain_sends
+    assert z.pending == 0
+    z.close()
+    assert col.result() == b"".join(small) + big + big
+
+
+def test_below_threshold_never_zerocopy(
+    make_pair: Callable[..., Pair], collect: Callable[..., Collector]
+) -> None:
+    s, r = make_pair("tcp4")
+    col = collect(r)
+    z = zerocopy.Socket(s, zerocopy_threshold=1000, adaptive=False)
+    sent = [_rand(n, n) for n in (1, 10, 999, 500, 999)]
+    for b in sent:
+        h = z.sendall(b)
+        assert h.done()
+    st = z.stats
+    assert st.zerocopy_sends == 0 and st.completions == 0
+    assert st.plain_sends == len(sent)
+    assert z.zerocopy_active and z.pending == 0 and st.peak_pinned_bytes == 0
+    at = _rand(1000, 1000)  # the threshold itself goes zero-copy
+    z.sendall(at)
+    st = z.stats
+    assert st.zerocopy_sends + st.enobufs_fallbacks == 1
+    assert z.flush(timeout=10)
+    z.close()
+    assert col.result() == b"".join(sent) + at
+
+
+def test_max_pinned_nonblocking_sends_plain(stalled: Callable[..., Pair]) -> None:
+    s, r = stalled()
+    s.setblocking(False)
+    bound, size = 48 * 1024, 20 * 1024
+    z = zerocopy.Socket(s, max_pinned_bytes=bound, adaptive=False)
+    bufs = [bytearray(_rand(size, 100 + i)) for i in range(8)]
+    for b in bufs:
+        z.sendall(b)
+        assert z.pending_bytes <= bound + size
+    _need_zerocopy(z)
+    st = z.stats
+    assert st.zerocopy_sends >= 1
+    assert st.plain_sends >= 1  # past the bound: plain, not waiting
+    assert st.peak_pinned_bytes <= bound + size
+    assert st.zerocopy_sends + st.plain_sends >= len(bufs)
+    expected = FILLER + b"".join(bufs)
+    assert recv_exactly(r, len(expected)) == expected
+    assert z.flush(timeout=10)
+    assert z.pending_bytes == 0
+    z.close()
+
+
+def test_max_pinned_blocking_waits(stalled: Callable[..., Pair]) -> None:
+    s, r = stalled()
+    s.settimeout(10.0)
+    size = 64 * 1024
+    z = zerocopy.Socket(s, max_pinned_bytes=size, adaptive=False)
+    go = threading.Event()
+    col = Collector(r, start=go, start_timeout=0.3)  # reads a little later
+    try:
+        bufs = [bytes(_rand(size, 200 + i)) for i in range(3)]
+        for b in bufs:
+            z.sendall(b)  # waits for the previous buffer's completion
+            assert z.pending_bytes <= size
+        _need_zerocopy(z)
+        st = z.stats
+        assert st.plain_sends == 0
+        assert st.zerocopy_sends + st.enobufs_fallbacks == len(bufs)
+        assert st.peak_pinned_bytes == size
+        assert z.flush(timeout=10)
+        z.close()
+        assert col.result() == FILLER + b"".join(bufs)
+    finally:
+        go.set()
+        col.thread.join(1)
+
+
+def test_max_sends_in_flight(
+    make_pair: Callable[..., Pair], collect: Callable[..., Collector]
+) -> None:
+    s, r = make_pair("tcp4")
+    col = collect(r)
+    z = zerocopy.Socket(s, max_sends_in_flight=1, adaptive=False)
+    bufs = [_rand(32 * 1024, 300 + i) for i in range(20)]
+    for b in bufs:
+        z.sendall(b)  # blocking: waits for the one record to free up
+        assert z.pending <= 1
+    st = z.stats
+    assert st.plain_sends == 0
+    assert st.zerocopy_sends + st.enobufs_fallbacks == len(bufs)
+    assert z.flush(timeout=10)
+    z.close()
+    assert col.result() == b"".join(bufs)
+
+
+def test_peer_reset_releases_loans(stalled: Callable[..., Pair]) -> None:
+    s, r = stalled()
+    s.setblocking(False)
+    z = zerocopy.Socket(s, adaptive=False)
+    buf = Buf(_rand(64 * 1024, 12))
+    h = z.sendall(buf)
+    _need_zerocopy(z)
+    assert z.pending == 1
+    r.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    r.close()  # RST: the kernel drops the queued data and lets go of the buffer
+    assert z.flush(timeout=5)
+    assert h.done() and z.pending == 0
+    buf.append(0)
+    with pytest.raises(OSError):
+        z.sendall(bytearray(64 * 1024))
+    z.close()
+
+
+# -- ENOBUFS for real, in a network namespace ------------------------------------
+
+
+def test_enobufs_resends_plain_in_netns() -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) to make a network namespace")
+    cmd = ["unshare", "-n"] if os.geteuid() == 0 else ["unshare", "-r", "-n"]
+    host_optmem = "/proc/sys/net/core/optmem_max"
+    with open(host_optmem) as f:
+        before = f.read()
+    netns = os.stat("/proc/self/ns/net").st_ino
+    try:
+        proc = subprocess.run(
+            [*cmd, sys.executable, CHILD, str(netns)],
+            capture_output=True, text=True, timeout=25,
+        )
+    finally:
+        with open(host_optmem) as f:
+            after = f.read()
+        if after != before:  # never leave the host changed
+            with open(host_optmem, "w") as f:
+                f.write(before)
+            pytest.fail(f"the child changed the host's optmem_max ({before!r} -> {after!r})")
+    if proc.returncode != 0 and proc.stderr.startswith("unshare:"):
+        pytest.skip(f"cannot make a network namespace here: {proc.stderr.strip()}")
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"child printed nothing (rc {proc.returncode}): {proc.stderr}"
+    out = json.loads(lines[-1])
+    if proc.returncode == 77:
+        pytest.skip(out["skip"])
+    assert proc.returncode == 0, proc.stderr
+    assert out["intact"], out
+    assert out["received"] == out["expected"]
+    st = out["stats"]
+    assert st["enobufs_fallbacks"] > 0, out
+    assert st["pinned_bytes"] == 0 and out["pending"] == 0
+    assert out["zerocopy_active"]  # ENOBUFS does not turn zero-copy off
+
+
+# -- AF_UNIX: plain ------------------------------------------------------------
+
+
+def test_unix_socketpair_plain(collect: Callable[..., Collector]) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        col = collect(b)
+        z = zerocopy.Socket(a)
+        assert not z.zerocopy_supported and not z.zerocopy_active
+        assert isinstance(z.zerocopy_unsupported_reason, str)
+        assert z.zerocopy_unsupported_reason
+        bufs, expected = _buffers(9)
+        for buf in bufs:
+            h = z.sendall(buf)
+            assert h.done() and h.wait(0)
+        ba = bytearray(_rand(2 * 1024 * 1024, 5))
+        z.sendall(ba)
+        ba.append(1)  # plain sends keep nothing exported
+        st = z.stats
+        assert st.zerocopy_sends == 0 and st.completions == 0 and st.enobufs_fallbacks == 0
+        assert st.plain_sends >= len(bufs) + 1
+        assert z.pending == 0 and z.reap() == 0 and z.flush(0)
+        z.close()
+        assert col.result() == expected + bytes(ba[:-1])
+        for buf in bufs:
+            if isinstance(buf, mmap.mmap):
+                buf.close()
+    finally:
+        a.close()
+        b.close()
+
+
+# -- close and GC with completions outstanding ---------------------------------
+
+
+def test_close_with_completions_outstanding(stalled: Callable[..., Pair]) -> None:
+    s, r = stalled()
+    s.setblocking(False)
+    z = zerocopy.Socket(s, adaptive=False)
+    buf = Buf(_rand(64 * 1024, 6))
+    expected = bytes(buf)
+    z.sendall(buf)
+    _need_zerocopy(z)
+    ref = weakref.ref(buf)
+    del buf
+    with pytest.warns(ResourceWarning, match="on loan"):
+        z.close(timeout=0.1)
+    assert s.fileno() == -1
+    gc.collect()
+    assert ref() is not None  # never released: the kernel may still read it
+    z.close()  # twice is harmless
+    with pytest.raises(OSError):
+        z.sendall(b"x")
+    # the receiver drains; the queued bytes and then EOF arrive intact
+    assert _read_to_eof(r, len(FILLER) + len(expected)) == FILLER + expected
+    gc.collect()
+    assert ref() is not None  # stays referenced for the life of the process
+
+
+def test_gc_of_unclosed_socket_keeps_buffers(stalled: Callable[..., Pair]) -> None:
+    s, r = stalled()
+    s.setblocking(False)
+    z = zerocopy.Socket(s, adaptive=False)
+    buf = Buf(_rand(64 * 1024, 8))
+    expected = bytes(buf)
+    h = z.sendall(buf)
+    _need_zerocopy(z)
+    ref = weakref.ref(buf)
+    zref = weakref.ref(z)
+    del buf, h
+    with pytest.warns(ResourceWarning, match="on loan"):
+        del z
+        gc.collect()
+    assert zref() is None
+    gc.collect()
+    assert ref() is not None
+    assert recv_exactly(r, len(FILLER) + len(expected)) == FILLER + expected
+
+
+# -- threads -------------------------------------------------------------------
+
+
+def test_concurrent_sendall_never_interleaves(
+    make_pair: Callable[..., Pair], collect: Callable[..., Collector]
+) -> None:
+    s, r = make_pair("tcp4", small=True)  # small buffers: every large send blocks
+    col = collect(r, chunk=16384)
+    z = zerocopy.Socket(s, adaptive=False)
+    head = struct.Struct("!cII")
+    blocks: dict[tuple[bytes, int], bytes] = {}
+    errors: list[BaseException] = []
+    rng = random.Random(11)
+    per_thread = 24
+    for tag in (b"A", b"B"):
+        for i in range(per_thread):
+            n = rng.choice([rng.randint(1, THRESHOLD - 1), rng.randint(THRESHOLD, 400_000)])
+            blocks[(tag, i)] = head.pack(tag, i, n) + _rand(n, ord(tag) * 1000 + i)
+    start = threading.Barrier(2, timeout=10)
+
+    def sender(tag: bytes) -> None:
+        try:
+            start.wait()
+            for i in range(per_thread):
+                z.sendall(blocks[(tag, i)])
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=sender, args=(t,)) for t in (b"A", b"B")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors
+    assert z.flush(timeout=10)
+    z.close()
+    data = col.result()
+    assert len(data) == sum(map(len, blocks.values()))
+    pos, seen, order = 0, set(), {b"A": 0, b"B": 0}
+    while pos < len(data):
+        tag, i, n = head.unpack_from(data, pos)
+        block = blocks.get((tag, i))
+        assert block is not None, f"garbage header at {pos}"
+        assert data[pos : pos + len(block)] == block, f"block {tag!r}{i} broken at {pos}"
+        assert i == order[tag]  # each thread's blocks in its order
+        order[tag] += 1
+        seen.add((tag, i))
+        pos += len(block)
+    assert seen == set(blocks)
+
+
+# -- delegation -----------------------------------------------------------------
+
+
+def test_sendfile_all_and_cork_delegate(
+    make_pair: Callable[..., Pair],
+    collect: Callable[..., Collector],
+    small_file: str,
+    small_data: bytes,
+) -> None:
+    s, r = make_pair("tcp4")
+    col = collect(r)
+    z = zerocopy.Socket(s, adaptive=False)
+    with open(small_file, "rb") as f:
+        assert z.sendfile_all(f) == len(small_data)
+        assert z.sendfile_all(f, 10, 1000) == 1000
+    tail = _rand(50_000, 9)
+    with z.cork():
+        z.sendall(b"header\r\n")
+        z.sendall(tail)
+    assert z.flush(timeout=10)
+    z.close()
+    assert col.result() == small_data + small_data[10:1010] + b"header\r\n" + tail
+
+
+# -- errors ---------------------------------------------------------------------
+
+
+def test_stats_fields() -> None:
+    names = [f.name for f in dataclasses.fields(zerocopy.SocketStats)]
+    assert names == [
+        "zerocopy_sends", "plain_sends", "completions", "copied_completions",
+        "enobufs_fallbacks", "pinned_bytes", "peak_pinned_bytes",
+    ]
+
+
+@pytest.mark.parametrize(
+    "family", [socket.AF_INET, socket.AF_UNIX], ids=["udp", "unix-dgram"]
+)
+def test_datagram_socket_rejected(family: int) -> None:
+    with socket.socket(family, socket.SOCK_DGRAM) as d:
+        with pytest.raises(ValueError, match="SOCK_STREAM"):
+            zerocopy.Socket(d)
+
+
+@pytest.mark.parametrize("bad", [0, 3, "sock", None, object()], ids=repr)
+def test_non_socket_rejected(bad: Any) -> None:
+    with pytest.raises(TypeError):
+        zerocopy.Socket(bad)
+
+
+@pytest.mark.parametrize(
+    ("kw", "exc"),
+    [
+        ({"zerocopy_threshold": "16384"}, TypeError),
+        ({"zerocopy_threshold": 16384.0}, TypeError),
+        ({"zerocopy_threshold": None}, TypeError),
+        ({"zerocopy_threshold": 0}, ValueError),
+        ({"zerocopy_threshold": -1}, ValueError),
+        ({"max_pinned_bytes": 1.5}, TypeError),
+        ({"max_pinned_bytes": 0}, ValueError),
+        ({"max_sends_in_flight": "4"}, TypeError),
+        ({"max_sends_in_flight": 0}, ValueError),
+    ],
+)
+def test_bad_arguments(make_pair: Callable[..., Pair], kw: dict[str, Any], exc: type) -> None:
+    s, _ = make_pair("tcp4")
+    with pytest.raises(exc):
+        zerocopy.Socket(s, **kw)
+    assert s.fileno() >= 0  # a rejected Socket leaves the socket alone
+
+
+def test_closed_socket_and_bad_buffers(make_pair: Callable[..., Pair]) -> None:
+    s, _ = make_pair("tcp4")
+    z = zerocopy.Socket(s)
+    with pytest.raises(TypeError):
+        z.sendall("text")  # type: ignore[arg-type]
+    assert z.pending == 0
+    z.close()
+    with pytest.raises(OSError):
+        z.send(b"x")
+    assert z.reap() == 0 and z.flush(0)
+    s2, _ = make_pair("tcp4")
+    s2.close()
+    with pytest.raises(OSError):
+        zerocopy.Socket(s2)
