@@ -11,16 +11,23 @@ if not sys.platform.startswith("linux"):
 from ._errors import TruncatedFileError
 from .cork import cork
 from .msg_zerocopy import SendHandle, Socket, SocketStats
+from .relay import Proxy, ProxyStats, relay
 from .sender import FileSender
 from .sendfile import sendfile_all
+from .splice import recvfile, splice_all
 
 __all__ = [
     "FileSender",
+    "Proxy",
+    "ProxyStats",
     "SendHandle",
     "Socket",
     "SocketStats",
     "TruncatedFileError",
     "cork",
+    "recvfile",
+    "relay",
     "sendfile_all",
+    "splice_all",
 ]
 __version__ = "0.1.0"

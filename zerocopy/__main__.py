@@ -9,6 +9,9 @@ USAGE = """usage: python -m zerocopy COMMAND [ARGS]
 
 commands:
   bench    compare read/write with sendfile and zerocopy side by side (--help for options)
+  proxy    relay TCP connections with splice: proxy LISTEN TARGET
+  send     send a file: send FILE HOST:PORT
+  recv     receive a file: recv [HOST:]PORT -o FILE
 """
 
 
@@ -22,6 +25,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import bench
 
         return bench.main(rest)
+    if command in ("proxy", "send", "recv"):
+        from . import commands
+
+        entry = {"proxy": commands.proxy_main, "send": commands.send_main,
+                 "recv": commands.recv_main}[command]
+        return entry(rest)
     print(f"zerocopy: unknown command {command!r}\n{USAGE}", end="", file=sys.stderr)
     return 2
 

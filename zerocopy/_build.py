@@ -57,7 +57,7 @@ CDEF_SPLICE = """
 struct zc_pipe { int rfd; int wfd; uint32_t size; uint32_t buffered; };
 struct zc_pipe_pool {
     size_t pipe_size; uint64_t created; uint64_t reused; uint64_t discarded;
-    uint64_t small; ...;
+    uint64_t small; unsigned _count; ...;
 };
 int zc_pipe_pool_init(struct zc_pipe_pool *pool, struct zc_pipe *slots,
                       unsigned nslots, size_t pipe_size);

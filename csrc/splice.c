@@ -1,0 +1,384 @@
+/* SPDX-License-Identifier: MIT */
+/* The pipe pool and the splice(2) loops: any fd -> pipe -> any fd. */
+#define _GNU_SOURCE
+#include "zc.h"
+#include "zc_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Bytes copied per read/write when the destination refuses splice. */
+#define COPY_CHUNK (64 * 1024)
+
+/* ---- pipes -------------------------------------------------------------- */
+
+int zc_pipe_open(struct zc_pipe *p, size_t size)
+{
+	int fds[2], cur;
+
+	p->rfd = p->wfd = -1;
+	p->size = 0;
+	p->buffered = 0;
+	if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0)
+		return -errno;
+	p->rfd = fds[0];
+	p->wfd = fds[1];
+	/* Failure is fine: above pipe-max-size, or over pipe-user-pages-soft
+	 * (unprivileged), the pipe keeps its default (or even smaller) size. */
+	if (size > 0 && size <= INT32_MAX)
+		(void)fcntl(p->wfd, F_SETPIPE_SZ, (int)size);
+	cur = fcntl(p->wfd, F_GETPIPE_SZ);
+	p->size = cur > 0 ? (uint32_t)cur : 4096;
+	return size == 0 || p->size >= size;
+}
+
+void zc_pipe_close(struct zc_pipe *p)
+{
+	if (p->rfd >= 0)
+		close(p->rfd);
+	if (p->wfd >= 0)
+		close(p->wfd);
+	p->rfd = p->wfd = -1;
+	p->buffered = 0;
+}
+
+/* The pool's lock: held for a few loads and stores, so a spin is enough
+ * (and needs no -pthread). */
+static void pool_lock(struct zc_pipe_pool *pool)
+{
+	while (__atomic_exchange_n(&pool->_lock, 1, __ATOMIC_ACQUIRE))
+		sched_yield();
+}
+
+static void pool_unlock(struct zc_pipe_pool *pool)
+{
+	__atomic_store_n(&pool->_lock, 0, __ATOMIC_RELEASE);
+}
+
+int zc_pipe_pool_init(struct zc_pipe_pool *pool, struct zc_pipe *slots,
+		      unsigned nslots, size_t pipe_size)
+{
+	if (!slots && nslots)
+		return -EINVAL;
+	*pool = (struct zc_pipe_pool){
+		.pipe_size = pipe_size, ._slots = slots, ._cap = nslots,
+	};
+	return 0;
+}
+
+int zc_pipe_get(struct zc_pipe_pool *pool, struct zc_pipe *p)
+{
+	int rc;
+
+	if (!pool) {
+		rc = zc_pipe_open(p, ZC_PIPE_SIZE);
+		return rc < 0 ? rc : 0;
+	}
+	pool_lock(pool);
+	if (pool->_count > 0) {
+		*p = pool->_slots[--pool->_count];
+		pool->reused++;
+		pool_unlock(pool);
+		return 0;
+	}
+	pool_unlock(pool);
+	rc = zc_pipe_open(p, pool->pipe_size);
+	if (rc < 0)
+		return rc;
+	pool_lock(pool);
+	pool->created++;
+	pool->small += rc == 0;
+	pool_unlock(pool);
+	return 0;
+}
+
+void zc_pipe_put(struct zc_pipe_pool *pool, struct zc_pipe *p)
+{
+	if (p->rfd < 0 && p->wfd < 0)
+		return;
+	if (pool && p->buffered == 0 && p->rfd >= 0 && p->wfd >= 0) {
+		pool_lock(pool);
+		if (pool->_count < pool->_cap) {
+			pool->_slots[pool->_count++] = *p;
+			pool_unlock(pool);
+			p->rfd = p->wfd = -1;
+			return;
+		}
+		pool->discarded++;
+		pool_unlock(pool);
+	} else if (pool) {
+		/* Never pool a pipe holding data: it belongs to a dead stream. */
+		pool_lock(pool);
+		pool->discarded++;
+		pool_unlock(pool);
+	}
+	zc_pipe_close(p);
+}
+
+void zc_pipe_pool_destroy(struct zc_pipe_pool *pool)
+{
+	for (;;) {
+		struct zc_pipe p;
+
+		pool_lock(pool);
+		if (pool->_count == 0) {
+			pool_unlock(pool);
+			return;
+		}
+		p = pool->_slots[--pool->_count];
+		pool_unlock(pool);
+		zc_pipe_close(&p);
+	}
+}
+
+/* ---- the loop ------------------------------------------------------------ */
+
+struct move {
+	int src, dst;
+	loff_t *src_off, *dst_off; /* NULL: the fd's own position */
+	int timeout_ms;
+	int to_eof;
+	uint64_t count; /* bytes to deliver in this call */
+	uint64_t done;	/* delivered so far in this call */
+};
+
+static size_t step(uint64_t left, size_t cap)
+{
+	return left < cap ? (size_t)left : cap;
+}
+
+static int fd_is_blocking_socket(int fd)
+{
+	struct stat st;
+	int nonblock = 0;
+
+	if (fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode))
+		return 0;
+	return zc__is_nonblocking(fd, &nonblock) == 0 && !nonblock;
+}
+
+/*
+ * splice(2) said EAGAIN: wait until the fd that was not ready is.  side is
+ * POLLIN (the source), POLLOUT (the destination) or 0 (not known: look).
+ */
+static int wait_for(const struct move *m, short side)
+{
+	struct pollfd p[2] = {
+		{ .fd = m->src, .events = POLLIN },
+		{ .fd = m->dst, .events = POLLOUT },
+	};
+	int n, i = side == POLLIN ? 0 : 1;
+
+	if (m->timeout_ms == 0)
+		return -EAGAIN;
+	if (!side) {
+		n = poll(p, 2, 0);
+		if (n < 0)
+			return -errno;
+		/* wait for the destination unless it is ready */
+		i = p[1].revents ? 0 : 1;
+		p[i].revents = 0;
+	}
+	n = poll(&p[i], 1, m->timeout_ms < 0 ? -1 : m->timeout_ms);
+	if (n < 0)
+		return -errno;
+	return n == 0 ? -ETIMEDOUT : 0;
+}
+
+/*
+ * The destination refuses splice (a file opened O_APPEND): copy one chunk
+ * of the pipe's bytes with read(2) and write(2).  Bytes read from the pipe
+ * but not written (an error midway) are gone with the stream.
+ */
+static int copy_out(struct move *m, struct zc_pipe *via)
+{
+	unsigned char buf[COPY_CHUNK];
+	size_t want = via->buffered < sizeof(buf) ? via->buffered : sizeof(buf);
+	ssize_t got = read(via->rfd, buf, want), off = 0;
+
+	if (got <= 0)
+		return got < 0 ? -errno : -EIO; /* our pipe is not empty */
+	via->buffered -= (uint32_t)got;
+	while (off < got) {
+		ssize_t n = m->dst_off ? pwrite(m->dst, buf + off,
+						(size_t)(got - off), *m->dst_off)
+				       : write(m->dst, buf + off, (size_t)(got - off));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		if (m->dst_off)
+			*m->dst_off += n;
+		off += n;
+		m->done += (uint64_t)n;
+	}
+	return 0;
+}
+
+/* A blocking socket cuts a write short only for a signal: report -EINTR so
+ * the caller runs its handlers (the next blocking call would not see it). */
+static int after_short(const struct move *m, int *blocking_dst)
+{
+	if (*blocking_dst < 0)
+		*blocking_dst = fd_is_blocking_socket(m->dst);
+	return *blocking_dst ? -EINTR : 0;
+}
+
+/* Write the pipe's bytes to the destination. */
+static int drain(struct move *m, struct zc_pipe *via, int *blocking_dst)
+{
+	while (via->buffered > 0) {
+		uint64_t after = m->count - m->done - via->buffered;
+		size_t want = via->buffered;
+		unsigned fl = SPLICE_F_MOVE;
+		ssize_t n;
+		int rc;
+
+		/* More bytes follow this pipe's worth: let TCP fill segments. */
+		if (!m->to_eof && after > 0)
+			fl |= SPLICE_F_MORE;
+		n = splice(via->rfd, NULL, m->dst, m->dst_off, want, fl);
+		if (n > 0) {
+			via->buffered -= (uint32_t)n;
+			m->done += (uint64_t)n;
+			rc = (size_t)n < want ? after_short(m, blocking_dst) : 0;
+		} else if (n == 0) {
+			rc = -EIO; /* the pipe is ours and not empty */
+		} else if (errno == EINVAL) {
+			rc = copy_out(m, via);
+		} else if (errno == EAGAIN) {
+			rc = wait_for(m, POLLOUT);
+		} else {
+			rc = -errno;
+		}
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+static int through_pipe(struct move *m, struct zc_pipe *via)
+{
+	int blocking_dst = -1;
+	int rc = drain(m, via, &blocking_dst); /* left over from a previous call */
+
+	while (rc == 0 && m->done < m->count) {
+		size_t want = step(m->count - m->done, via->size);
+		ssize_t n;
+
+		/* The pipe is empty here, so EAGAIN can only mean that the
+		 * source has nothing to read, and 0 only its end. */
+		n = splice(m->src, m->src_off, via->wfd, NULL, want, SPLICE_F_MOVE);
+		if (n > 0) {
+			via->buffered = (uint32_t)n;
+			rc = drain(m, via, &blocking_dst);
+		} else if (n == 0) {
+			rc = m->to_eof ? 0 : -ENODATA;
+		} else if (errno == EAGAIN) {
+			rc = wait_for(m, POLLIN);
+		} else {
+			rc = -errno;
+		}
+		if (n == 0)
+			break;
+	}
+	return rc;
+}
+
+static int is_pipe(int fd)
+{
+	struct stat st;
+
+	return fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode);
+}
+
+/*
+ * One of the fds is a pipe: splice straight from src to dst.  The pipe side
+ * never blocks in the kernel (SPLICE_F_NONBLOCK affects only the pipe):
+ * waits happen in poll(), which a signal always interrupts.
+ */
+static int direct(struct move *m)
+{
+	/* pipe -> blocking socket: ask for what the pipe holds, so that a
+	 * short count can only mean a signal */
+	int exact = fd_is_blocking_socket(m->dst) && is_pipe(m->src);
+	int rc = 0;
+
+	while (m->done < m->count) {
+		size_t want = step(m->count - m->done, ZC_SENDFILE_MAX);
+		ssize_t n;
+		int avail = 0;
+
+		if (exact) {
+			if (ioctl(m->src, FIONREAD, &avail) < 0)
+				return -errno;
+			if (avail > 0 && (size_t)avail < want)
+				want = (size_t)avail;
+		}
+		n = splice(m->src, m->src_off, m->dst, m->dst_off, want,
+			   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+		if (n > 0) {
+			m->done += (uint64_t)n;
+			if (exact && (size_t)n < want && m->done < m->count)
+				rc = -EINTR; /* only a signal cuts it short */
+		} else if (n == 0) {
+			/* the source ended: a pipe without writers, a
+			 * socket's EOF, a file's end */
+			rc = m->to_eof ? 0 : -ENODATA;
+			break;
+		} else if (errno == EAGAIN) {
+			/* either side may be the one that is not ready */
+			rc = wait_for(m, 0);
+		} else {
+			rc = -errno;
+		}
+		if (rc < 0)
+			break;
+	}
+	return rc;
+}
+
+int zc_splice(int src, int64_t *src_off, int dst, int64_t *dst_off,
+	      uint64_t count, struct zc_pipe *via, int timeout_ms,
+	      uint64_t *moved)
+{
+	loff_t so = src_off ? (loff_t)*src_off : 0;
+	loff_t d_o = dst_off ? (loff_t)*dst_off : 0;
+	struct move m = {
+		.src = src, .dst = dst,
+		.src_off = src_off ? &so : NULL,
+		.dst_off = dst_off ? &d_o : NULL,
+		.timeout_ms = timeout_ms,
+		.to_eof = count == ZC_TO_EOF,
+		.count = count,
+	};
+	int rc;
+
+	if ((src_off && *src_off < 0) || (dst_off && *dst_off < 0))
+		return -EINVAL;
+	if (via && (via->rfd < 0 || via->wfd < 0))
+		return -EINVAL;
+	if (count == 0)
+		return 0;
+	if (via) {
+		/* bytes already in the pipe belong to this count */
+		if (!m.to_eof && via->buffered > count)
+			return -EINVAL;
+		rc = through_pipe(&m, via);
+	} else {
+		rc = direct(&m);
+	}
+	if (src_off)
+		*src_off = (int64_t)so;
+	if (dst_off)
+		*dst_off = (int64_t)d_o;
+	*moved += m.done;
+	return rc;
+}

@@ -1,0 +1,608 @@
+/* SPDX-License-Identifier: MIT */
+/* The pipe pool and zc_splice(): every transfer's bytes are checked. */
+#define _GNU_SOURCE
+#include "harness.h"
+#include "zc.h"
+
+#include <dirent.h>
+#include <sys/ioctl.h>
+#include <sys/time.h>
+
+#define SEED 11
+
+static int fd_open(int fd)
+{
+	return fcntl(fd, F_GETFD) >= 0;
+}
+
+static int count_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int n = 0;
+
+	if (!d)
+		return -1;
+	while ((e = readdir(d)))
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n - 1; /* the directory's own fd */
+}
+
+static long read_long(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	long v = -1;
+
+	if (f) {
+		if (fscanf(f, "%ld", &v) != 1)
+			v = -1;
+		fclose(f);
+	}
+	return v;
+}
+
+/* The whole content of fd (from offset 0) in a malloc'd buffer. */
+static unsigned char *slurp(int fd, size_t *len)
+{
+	struct stat st;
+	unsigned char *b;
+
+	*len = 0;
+	if (fstat(fd, &st) < 0)
+		return NULL;
+	b = malloc(st.st_size ? (size_t)st.st_size : 1);
+	if (b && pread(fd, b, (size_t)st.st_size, 0) == st.st_size)
+		*len = (size_t)st.st_size;
+	return b;
+}
+
+/* ---- pool ---------------------------------------------------------------- */
+
+static void test_pool_reuse_and_bounds(void)
+{
+	struct zc_pipe slots[2];
+	struct zc_pipe_pool pool;
+	struct zc_pipe p[3];
+	int fds_before = count_fds(), first_r;
+
+	REQUIRE(zc_pipe_pool_init(&pool, slots, 2, ZC_PIPE_SIZE) == 0);
+	CHECK_RC(zc_pipe_pool_init(&pool, NULL, 2, ZC_PIPE_SIZE), -EINVAL);
+	REQUIRE(zc_pipe_pool_init(&pool, slots, 2, ZC_PIPE_SIZE) == 0);
+	REQUIRE(zc_pipe_get(&pool, &p[0]) == 0);
+	CHECK_EQ(pool.created, 1);
+	CHECK_EQ(p[0].buffered, 0);
+	CHECK(fcntl(p[0].rfd, F_GETFL) & O_NONBLOCK);
+	CHECK(fcntl(p[0].wfd, F_GETFD) & FD_CLOEXEC);
+	/* grown to 1 MiB unless the system forbids it (then counted) */
+	if (p[0].size != ZC_PIPE_SIZE)
+		CHECK_EQ(pool.small, 1);
+	CHECK_EQ(p[0].size, fcntl(p[0].wfd, F_GETPIPE_SZ));
+	first_r = p[0].rfd;
+	zc_pipe_put(&pool, &p[0]);
+	CHECK_EQ(p[0].rfd, -1);
+	CHECK(fd_open(first_r)); /* pooled, not closed */
+	REQUIRE(zc_pipe_get(&pool, &p[0]) == 0);
+	CHECK_EQ(p[0].rfd, first_r);
+	CHECK_EQ(pool.reused, 1);
+
+	/* a pipe that holds data is closed, never pooled */
+	CHECK_EQ(write(p[0].wfd, "xyz", 3), 3);
+	p[0].buffered = 3;
+	zc_pipe_put(&pool, &p[0]);
+	CHECK(!fd_open(first_r));
+	CHECK_EQ(pool.discarded, 1);
+
+	/* bounded: the third idle pipe is closed */
+	for (int i = 0; i < 3; i++)
+		REQUIRE(zc_pipe_get(&pool, &p[i]) == 0);
+	for (int i = 0; i < 3; i++)
+		zc_pipe_put(&pool, &p[i]);
+	CHECK_EQ(pool.discarded, 2);
+	CHECK_EQ(count_fds(), fds_before + 4);
+	zc_pipe_put(&pool, &p[0]); /* already given back: ignored */
+	zc_pipe_pool_destroy(&pool);
+	CHECK_EQ(count_fds(), fds_before);
+
+	/* no pool: a fresh pipe, closed on put */
+	REQUIRE(zc_pipe_get(NULL, &p[0]) == 0);
+	zc_pipe_put(NULL, &p[0]);
+	CHECK_EQ(count_fds(), fds_before);
+	h_ran++;
+}
+
+/* A socket -> file transfer through a pipe from pool; checks the bytes. */
+static int transfer_via(struct zc_pipe_pool *pool, size_t len, unsigned seed)
+{
+	unsigned char *data = h_pattern(len, 0, seed), *got;
+	struct zc_pipe p;
+	uint64_t moved = 0;
+	size_t got_len;
+	int s, r, f, rc, ok;
+	char path[] = "/tmp/zc-test-XXXXXX";
+
+	if (!data || h_pair(0, &s, &r) < 0)
+		return -1;
+	f = mkstemp(path);
+	if (f < 0)
+		return -1;
+	unlink(path);
+	h_writer_start(s, data, len);
+	if (zc_pipe_get(pool, &p) < 0)
+		return -1;
+	rc = zc_splice(r, NULL, f, NULL, ZC_TO_EOF, &p, ZC_WAIT_FOREVER, &moved);
+	zc_pipe_put(pool, &p);
+	close(r);
+	got = slurp(f, &got_len);
+	ok = rc == 0 && moved == len && got && got_len == len &&
+	     memcmp(got, data, len) == 0;
+	free(got);
+	free(data);
+	close(f);
+	while (wait(NULL) > 0)
+		;
+	return ok ? 0 : -1;
+}
+
+/*
+ * F_SETPIPE_SZ failing: an unprivileged process asking for more than
+ * pipe-max-size gets EPERM.  A child drops root first (CAP_SYS_RESOURCE
+ * ignores the limit), then the pool must keep the default pipes, count
+ * them, and still move every byte.
+ */
+static void test_pool_resize_failure(void)
+{
+	long max = read_long("/proc/sys/fs/pipe-max-size");
+	pid_t pid;
+
+	if (max <= 0) {
+		H_SKIP_CASE("no /proc/sys/fs/pipe-max-size");
+		return;
+	}
+	pid = fork();
+	REQUIRE(pid >= 0);
+	if (pid == 0) {
+		struct zc_pipe slots[2];
+		struct zc_pipe_pool pool;
+		struct zc_pipe p;
+
+		h_child_setup();
+		if (geteuid() == 0 &&
+		    (setresgid(65534, 65534, 65534) < 0 ||
+		     setresuid(65534, 65534, 65534) < 0))
+			_exit(77);
+		zc_pipe_pool_init(&pool, slots, 2, (size_t)max * 4);
+		if (zc_pipe_get(&pool, &p) < 0)
+			_exit(2);
+		if (p.size >= (size_t)max * 4 || pool.small != 1)
+			_exit(3);
+		zc_pipe_put(&pool, &p);
+		for (int i = 0; i < 3; i++)
+			if (transfer_via(&pool, 3 << 20, SEED + (unsigned)i) < 0)
+				_exit(4);
+		if (pool.created != 1 || pool.reused != 3)
+			_exit(5);
+		zc_pipe_pool_destroy(&pool);
+		_exit(0);
+	}
+	{
+		int status = 0;
+
+		waitpid(pid, &status, 0);
+		if (WIFEXITED(status) && WEXITSTATUS(status) == 77) {
+			H_SKIP_CASE("cannot drop root to uid 65534");
+			return;
+		}
+		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+			H_REPORT("resize-failure child: status %#x", status);
+	}
+	h_ran++;
+}
+
+/* ---- socket -> file (recvfile) ---------------------------------------- */
+
+static void recv_to_file(int kind, size_t len, int64_t offset)
+{
+	unsigned char *data = h_pattern(len, 0, SEED), *got;
+	struct zc_pipe_pool pool;
+	struct zc_pipe slot, p;
+	int64_t off = offset;
+	uint64_t moved = 0;
+	size_t got_len;
+	int s, r, f;
+
+	REQUIRE(data);
+	REQUIRE(h_pair(kind, &s, &r) == 0);
+	REQUIRE((f = h_temp_file(100, SEED + 1)) >= 0);
+	REQUIRE(lseek(f, 7, SEEK_SET) == 7);
+	REQUIRE(h_writer_start(s, data, len) > 0);
+	zc_pipe_pool_init(&pool, &slot, 1, ZC_PIPE_SIZE);
+	REQUIRE(zc_pipe_get(&pool, &p) == 0);
+	CHECK_RC(zc_splice(r, NULL, f, &off, ZC_TO_EOF, &p, ZC_WAIT_FOREVER,
+			   &moved), 0);
+	CHECK_EQ(moved, len);
+	CHECK_EQ(off, offset + (int64_t)len);
+	CHECK_EQ(h_tell(f), 7); /* explicit offset: position untouched */
+	CHECK_EQ(p.buffered, 0);
+	zc_pipe_put(&pool, &p);
+	CHECK_EQ(pool.discarded, 0);
+	got = slurp(f, &got_len);
+	REQUIRE(got);
+	CHECK_EQ(got_len, (size_t)offset + len > 100 ? (size_t)offset + len : 100);
+	CHECK_MEM(got + offset, len, data, len);
+	if (offset >= 7) {
+		unsigned char *head = h_pattern(7, 0, SEED + 1);
+
+		CHECK_MEM(got, 7, head, 7); /* bytes before offset kept */
+		free(head);
+	}
+	while (wait(NULL) > 0)
+		;
+	free(got);
+	free(data);
+	close(r);
+	close(f);
+	zc_pipe_pool_destroy(&pool);
+	h_ran++;
+}
+
+static void test_recv_to_file(void)
+{
+	for (int kind = 0; kind < 2; kind++) {
+		recv_to_file(kind, 5 << 20, 0);
+		recv_to_file(kind, 100000, 4096 + 3);
+		recv_to_file(kind, 0, 0);
+		recv_to_file(kind, 1, 50);
+	}
+}
+
+/* The peer sends less than count: -ENODATA, moved says what arrived. */
+static void test_short_peer(void)
+{
+	for (int kind = 0; kind < 2; kind++) {
+		unsigned char *data = h_pattern(300000, 0, SEED), *got;
+		struct zc_pipe p;
+		uint64_t moved = 0;
+		size_t got_len;
+		int s, r, f;
+		char path[] = "/tmp/zc-test-XXXXXX";
+
+		REQUIRE(h_pair(kind, &s, &r) == 0);
+		REQUIRE((f = mkstemp(path)) >= 0);
+		unlink(path);
+		REQUIRE(h_writer_start(s, data, 300000) > 0);
+		REQUIRE(zc_pipe_get(NULL, &p) == 0);
+		CHECK_RC(zc_splice(r, NULL, f, NULL, 1000000, &p,
+				   ZC_WAIT_FOREVER, &moved), -ENODATA);
+		CHECK_EQ(moved, 300000);
+		CHECK_EQ(h_tell(f), 300000); /* fd position advanced */
+		zc_pipe_put(NULL, &p);
+		got = slurp(f, &got_len);
+		CHECK_MEM(got, got_len, data, 300000);
+		while (wait(NULL) > 0)
+			;
+		free(got);
+		free(data);
+		close(r);
+		close(f);
+		h_ran++;
+	}
+}
+
+/* O_APPEND refuses splice: the bytes are copied, in order. */
+static void test_append_file(void)
+{
+	unsigned char *data = h_pattern(400000, 0, SEED), *got;
+	char path[] = "/tmp/zc-test-XXXXXX";
+	struct zc_pipe p;
+	uint64_t moved = 0;
+	size_t got_len;
+	int s, r, f, fa;
+
+	REQUIRE(h_pair(0, &s, &r) == 0);
+	REQUIRE((f = mkstemp(path)) >= 0);
+	REQUIRE(write(f, "head", 4) == 4);
+	REQUIRE((fa = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)) >= 0);
+	unlink(path);
+	REQUIRE(h_writer_start(s, data, 400000) > 0);
+	REQUIRE(zc_pipe_get(NULL, &p) == 0);
+	CHECK_RC(zc_splice(r, NULL, fa, NULL, ZC_TO_EOF, &p, ZC_WAIT_FOREVER,
+			   &moved), 0);
+	CHECK_EQ(moved, 400000);
+	zc_pipe_put(NULL, &p);
+	got = slurp(f, &got_len);
+	CHECK_EQ(got_len, 400004);
+	CHECK(got && memcmp(got, "head", 4) == 0);
+	CHECK_MEM(got + 4, got_len - 4, data, 400000);
+	while (wait(NULL) > 0)
+		;
+	free(got);
+	free(data);
+	close(r);
+	close(f);
+	close(fa);
+	h_ran++;
+}
+
+/* ---- file -> socket, pipe -> socket, socket -> pipe --------------------- */
+
+static void test_file_to_socket(void)
+{
+	for (int kind = 0; kind < 2; kind++) {
+		const size_t size = 3000000;
+		struct h_rx rx;
+		struct zc_pipe p;
+		unsigned char *got, *want;
+		size_t got_len;
+		int64_t off = 12345;
+		uint64_t moved = 0;
+		int s, r, f;
+
+		REQUIRE(h_pair(kind, &s, &r) == 0);
+		REQUIRE((f = h_temp_file(size, SEED)) >= 0);
+		REQUIRE(h_rx_start(&rx, r, NULL) == 0);
+		REQUIRE(zc_pipe_get(NULL, &p) == 0);
+		CHECK_RC(zc_splice(f, &off, s, NULL, 2000000, &p,
+				   ZC_WAIT_FOREVER, &moved), 0);
+		CHECK_EQ(moved, 2000000);
+		CHECK_EQ(off, 12345 + 2000000);
+		/* the rest, from the fd position this time */
+		REQUIRE(lseek(f, off, SEEK_SET) == off);
+		CHECK_RC(zc_splice(f, NULL, s, NULL, ZC_TO_EOF, &p,
+				   ZC_WAIT_FOREVER, &moved), 0);
+		CHECK_EQ(moved, size - 12345);
+		CHECK_EQ(h_tell(f), size);
+		zc_pipe_put(NULL, &p);
+		close(s);
+		CHECK(h_rx_finish(&rx, &got, &got_len) == 0);
+		want = h_pattern(size - 12345, 12345, SEED);
+		CHECK_MEM(got, got_len, want, size - 12345);
+		free(got);
+		free(want);
+		close(f);
+		h_ran++;
+	}
+}
+
+static void test_pipe_ends(void)
+{
+	for (int kind = 0; kind < 2; kind++) {
+		const size_t size = 2500000;
+		unsigned char *data = h_pattern(size, 0, SEED), *got;
+		size_t got_len;
+		struct h_rx rx;
+		uint64_t moved = 0;
+		int pp[2], s, r, f;
+		char path[] = "/tmp/zc-test-XXXXXX";
+
+		/* pipe -> socket, no pool pipe needed */
+		REQUIRE(pipe2(pp, O_CLOEXEC) == 0);
+		REQUIRE(h_pair(kind, &s, &r) == 0);
+		REQUIRE(h_rx_start(&rx, r, NULL) == 0);
+		REQUIRE(h_writer_start(pp[1], data, size) > 0);
+		CHECK_RC(zc_splice(pp[0], NULL, s, NULL, ZC_TO_EOF, NULL,
+				   ZC_WAIT_FOREVER, &moved), 0);
+		CHECK_EQ(moved, size);
+		close(pp[0]);
+		close(s);
+		CHECK(h_rx_finish(&rx, &got, &got_len) == 0);
+		CHECK_MEM(got, got_len, data, size);
+		free(got);
+
+		/* socket -> pipe -> file (the pipe is the caller's) */
+		REQUIRE(pipe2(pp, O_CLOEXEC) == 0);
+		REQUIRE(h_pair(kind, &s, &r) == 0);
+		REQUIRE((f = mkstemp(path)) >= 0);
+		unlink(path);
+		REQUIRE(h_writer_start(s, data, size) > 0);
+		moved = 0;
+		{
+			pid_t pid = fork();
+
+			REQUIRE(pid >= 0);
+			if (pid == 0) { /* drains the pipe into the file */
+				uint64_t n = 0;
+				int keep[2] = { pp[0], f };
+
+				h_child_setup();
+				h_close_except(keep, 2);
+				_exit(zc_splice(pp[0], NULL, f, NULL, ZC_TO_EOF,
+						NULL, ZC_WAIT_FOREVER, &n) == 0 &&
+				      n == size ? 0 : 1);
+			}
+			close(pp[0]);
+			CHECK_RC(zc_splice(r, NULL, pp[1], NULL, ZC_TO_EOF, NULL,
+					   ZC_WAIT_FOREVER, &moved), 0);
+			CHECK_EQ(moved, size);
+			close(pp[1]);
+			CHECK(h_reap(pid) == 0);
+		}
+		while (wait(NULL) > 0)
+			;
+		got = slurp(f, &got_len);
+		CHECK_MEM(got, got_len, data, size);
+		free(got);
+		free(data);
+		close(r);
+		close(f);
+		h_ran++;
+	}
+}
+
+/* Neither fd a pipe and no pipe given: -EINVAL, nothing moved. */
+static void test_bad_args(void)
+{
+	uint64_t moved = 0;
+	int64_t neg = -5;
+	int s, r;
+
+	REQUIRE(h_pair(1, &s, &r) == 0);
+	CHECK_RC(zc_splice(r, NULL, s, NULL, 10, NULL, 0, &moved), -EINVAL);
+	CHECK_RC(zc_splice(r, &neg, s, NULL, 10, NULL, 0, &moved), -EINVAL);
+	CHECK_EQ(moved, 0);
+	close(s);
+	close(r);
+	h_ran++;
+}
+
+/* ---- waits, signals, errors -------------------------------------------- */
+
+static void on_alarm(int sig)
+{
+	(void)sig;
+}
+
+static void test_timeouts_and_eintr(void)
+{
+	struct sigaction sa = { .sa_handler = on_alarm }; /* no SA_RESTART */
+	struct itimerval it = { .it_value = { .tv_usec = 100000 } };
+	struct zc_pipe p;
+	uint64_t moved = 0;
+	int s, r, f;
+	char path[] = "/tmp/zc-test-XXXXXX";
+
+	REQUIRE(h_pair(0, &s, &r) == 0);
+	REQUIRE((f = mkstemp(path)) >= 0);
+	unlink(path);
+	REQUIRE(zc_pipe_get(NULL, &p) == 0);
+	REQUIRE(h_set_nonblock(r, 1) == 0);
+	CHECK_RC(zc_splice(r, NULL, f, NULL, 10, &p, 0, &moved), -EAGAIN);
+	CHECK_RC(zc_splice(r, NULL, f, NULL, 10, &p, 30, &moved), -ETIMEDOUT);
+	CHECK_EQ(moved, 0);
+
+	/* blocked (in poll or in the kernel): a signal returns -EINTR */
+	sigaction(SIGALRM, &sa, NULL);
+	for (int blocking = 0; blocking < 2; blocking++) {
+		REQUIRE(h_set_nonblock(r, !blocking) == 0);
+		REQUIRE(send(s, "abc", 3, 0) == 3);
+		moved = 0;
+		setitimer(ITIMER_REAL, &it, NULL);
+		CHECK_RC(zc_splice(r, NULL, f, NULL, 10, &p, ZC_WAIT_FOREVER,
+				   &moved), -EINTR);
+		CHECK_EQ(moved, 3);
+		/* resume: the rest arrives and the call finishes */
+		REQUIRE(send(s, "defghij", 7, 0) == 7);
+		CHECK_RC(zc_splice(r, NULL, f, NULL, 10 - moved, &p,
+				   ZC_WAIT_FOREVER, &moved), 0);
+		CHECK_EQ(moved, 10);
+	}
+	signal(SIGALRM, SIG_DFL);
+	alarm(60);
+	zc_pipe_put(NULL, &p);
+	{
+		size_t len;
+		unsigned char *got = slurp(f, &len);
+
+		CHECK_MEM(got, len, "abcdefghijabcdefghij", 20);
+		free(got);
+	}
+	close(s);
+	close(r);
+	close(f);
+	h_ran++;
+}
+
+/*
+ * The destination breaks with bytes in the pipe: the error comes back,
+ * moved counts only what was delivered, and the pipe holds the rest, so
+ * putting it back closes it.
+ */
+static void test_error_leaves_data(void)
+{
+	const size_t size = 4 << 20;
+	struct zc_pipe slot, p;
+	struct zc_pipe_pool pool;
+	uint64_t moved = 0;
+	int64_t off = 0;
+	int s, r, f, rc, rfd;
+
+	REQUIRE(h_pair(0, &s, &r) == 0);
+	REQUIRE((f = h_temp_file(size, SEED)) >= 0);
+	h_small_buffers(s, r);
+	zc_pipe_pool_init(&pool, &slot, 1, ZC_PIPE_SIZE);
+	REQUIRE(zc_pipe_get(&pool, &p) == 0);
+	rfd = p.rfd;
+	/* fill what the socket takes, then the reader goes away (RST) */
+	REQUIRE(h_set_nonblock(s, 1) == 0);
+	rc = zc_splice(f, &off, s, NULL, size, &p, 0, &moved);
+	CHECK_RC(rc, -EAGAIN);
+	CHECK(p.buffered > 0);
+	CHECK_EQ((uint64_t)off, moved + p.buffered);
+	close(r);
+	rc = zc_splice(f, &off, s, NULL, size - moved, &p, ZC_WAIT_FOREVER,
+		       &moved);
+	CHECK(rc == -ECONNRESET || rc == -EPIPE);
+	CHECK(moved < size);
+	if (p.buffered > 0) {
+		zc_pipe_put(&pool, &p);
+		CHECK(!fd_open(rfd));
+		CHECK_EQ(pool.discarded, 1);
+	}
+	zc_pipe_pool_destroy(&pool);
+	close(s);
+	close(f);
+	h_ran++;
+}
+
+/* Thousands of transfers, failed ones included: no descriptor leaks. */
+static void test_no_fd_leak(void)
+{
+	struct zc_pipe slots[4];
+	struct zc_pipe_pool pool;
+	int before = count_fds();
+
+	zc_pipe_pool_init(&pool, slots, 4, 256 * 1024);
+	for (int i = 0; i < 2000; i++) {
+		struct zc_pipe p;
+		uint64_t moved = 0;
+		char buf[64];
+		int s, r, f, rc;
+		char path[] = "/tmp/zc-test-XXXXXX";
+
+		REQUIRE(h_pair(1, &s, &r) == 0);
+		REQUIRE((f = mkstemp(path)) >= 0);
+		unlink(path);
+		h_fill((unsigned char *)buf, sizeof(buf), (uint64_t)i, SEED);
+		REQUIRE(send(s, buf, (size_t)(i % 64) + 1, 0) > 0);
+		if (i % 3 != 2)
+			close(s); /* EOF after the bytes */
+		REQUIRE(zc_pipe_get(&pool, &p) == 0);
+		if (i % 3 == 2) {
+			/* fails with data in the pipe: nothing to write to */
+			close(f);
+			f = open("/dev/null", O_RDONLY | O_CLOEXEC);
+			rc = zc_splice(r, NULL, f, NULL, 1000, &p, 0, &moved);
+			CHECK(rc == -EBADF || rc == -EINVAL);
+			close(s);
+		} else {
+			rc = zc_splice(r, NULL, f, NULL, i % 2 ? ZC_TO_EOF : 1000,
+				       &p, 0, &moved);
+			CHECK_RC(rc, i % 2 ? 0 : -ENODATA);
+			CHECK_EQ(moved, (uint64_t)(i % 64) + 1);
+		}
+		zc_pipe_put(&pool, &p);
+		close(r);
+		close(f);
+	}
+	CHECK(pool.discarded > 0);
+	zc_pipe_pool_destroy(&pool);
+	CHECK_EQ(count_fds(), before);
+	h_ran++;
+}
+
+int main(void)
+{
+	h_init(120);
+	test_pool_reuse_and_bounds();
+	test_pool_resize_failure();
+	test_recv_to_file();
+	test_short_peer();
+	test_append_file();
+	test_file_to_socket();
+	test_pipe_ends();
+	test_bad_args();
+	test_timeouts_and_eintr();
+	test_error_leaves_data();
+	test_no_fd_leak();
+	return h_result("test_splice");
+}

@@ -1,0 +1,549 @@
+"""relay() and Proxy: byte-exact both ways, half-closes, resets, many connections, signals."""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import selectors
+import signal
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from _zcutil import DEADLINE, HAVE_IPV6, new_pair, recv_exactly
+
+from zerocopy.relay import Proxy, relay
+from zerocopy.splice import default_pool
+
+Pair = tuple[socket.socket, socket.socket]
+
+
+class Peer:
+    """One end of a relayed stream: sends ``data`` then half-closes, reads to EOF."""
+
+    def __init__(self, sock: socket.socket, data: bytes, *, send_after_eof: bool = False) -> None:
+        self.sock = sock
+        self.data = data
+        self.got = bytearray()
+        self.error: BaseException | None = None
+        self._after_eof = send_after_eof
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _send(self) -> None:
+        self.sock.sendall(self.data)
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def _run(self) -> None:
+        try:
+            self.sock.settimeout(DEADLINE)
+            sender = None
+            if not self._after_eof:
+                sender = threading.Thread(target=self._send, daemon=True)
+                sender.start()
+            while chunk := self.sock.recv(65536):
+                self.got += chunk
+            if self._after_eof:  # request/response: answer after the peer's EOF
+                self._send()
+            if sender is not None:
+                sender.join(DEADLINE)
+        except BaseException as e:
+            self.error = e
+
+    def result(self) -> bytes:
+        self.thread.join(DEADLINE + 5)
+        assert not self.thread.is_alive(), "peer did not finish"
+        if self.error is not None:
+            raise self.error
+        return bytes(self.got)
+
+
+def _chain(kind_a: str, kind_b: str) -> tuple[Pair, Pair]:
+    """x <-> a  and  b <-> y: relay(a, b) joins x and y."""
+    return new_pair(kind_a), new_pair(kind_b)
+
+
+@pytest.fixture
+def chain() -> Callable[[str, str], tuple[Pair, Pair]]:
+    made: list[socket.socket] = []
+
+    def factory(kind_a: str = "tcp4", kind_b: str = "tcp4") -> tuple[Pair, Pair]:
+        p, q = _chain(kind_a, kind_b)
+        made.extend([*p, *q])
+        return p, q
+
+    yield factory
+    for s in made:
+        s.close()
+
+
+@pytest.mark.parametrize(
+    "kinds", [("tcp4", "tcp4"), ("unix", "unix"), ("tcp4", "unix"), ("tcp6", "tcp6")]
+)
+def test_both_directions_at_once_with_half_close(chain, big_data: bytes, kinds) -> None:
+    (x, a), (b, y) = chain(*kinds)
+    up, down = big_data, big_data[::-1][: len(big_data) // 3]
+    px, py = Peer(x, up), Peer(y, down)
+    assert relay(a, b, timeout=DEADLINE) == (len(up), len(down))
+    assert py.result() == up
+    assert px.result() == down
+    assert a.getblocking() and b.getblocking()  # flags restored
+
+
+def test_half_close_then_answer(chain, small_data: bytes) -> None:
+    """The client half-closes after its request; the server answers after EOF."""
+    (x, a), (b, y) = chain()
+    request = b"GET / please\n" * 100
+    client = Peer(x, request)
+    server = Peer(y, small_data, send_after_eof=True)
+    assert relay(a, b, timeout=DEADLINE) == (len(request), len(small_data))
+    assert server.result() == request
+    assert client.result() == small_data
+
+
+def test_empty_streams(chain) -> None:
+    (x, a), (b, y) = chain("unix", "tcp4")
+    px, py = Peer(x, b""), Peer(y, b"")
+    assert relay(a, b) == (0, 0)
+    assert px.result() == b"" and py.result() == b""
+
+
+@pytest.mark.parametrize("side", ["x", "y"])
+def test_reset_on_either_side_ends_both(chain, side: str) -> None:
+    (x, a), (b, y) = chain()
+    x.sendall(b"hello")
+    y.sendall(b"world!")
+    result: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            relay(a, b, timeout=DEADLINE)
+        except BaseException as e:
+            result.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert recv_exactly(y, 5) == b"hello"
+    assert recv_exactly(x, 6) == b"world!"
+    victim, other = (x, y) if side == "x" else (y, x)
+    victim.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    victim.close()  # RST
+    t.join(DEADLINE)
+    assert not t.is_alive()
+    assert len(result) == 1
+    exc = result[0]
+    assert isinstance(exc, (ConnectionResetError, BrokenPipeError)), exc
+    assert exc.bytes_relayed == (5, 6)  # type: ignore[attr-defined]
+    other.settimeout(DEADLINE)
+    with pytest.raises(ConnectionResetError):
+        other.recv(10)  # the relay reset this side too
+
+
+def test_idle_timeout(chain) -> None:
+    (x, a), (b, y) = chain()
+    x.sendall(b"abc")
+    with pytest.raises(TimeoutError) as ei:
+        relay(a, b, timeout=0.3)
+    assert ei.value.bytes_relayed == (3, 0)  # type: ignore[attr-defined]
+    assert recv_exactly(y, 3) == b"abc"
+    assert a.getblocking()
+
+
+def test_argument_errors(chain) -> None:
+    (_, a), (b, _) = chain()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        with pytest.raises(ValueError, match="SOCK_STREAM"):
+            relay(a, udp)
+        with pytest.raises(ValueError, match="SOCK_STREAM"):
+            relay(udp.fileno(), b)
+    with pytest.raises(TypeError):
+        relay(a, "b")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        relay(a, b, timeout=-1)
+    with pytest.raises(OSError):
+        relay(a, a)
+
+
+def test_many_relays_in_threads(small_data: bytes) -> None:
+    """Concurrent relay() calls share the pipe pool; every stream arrives intact."""
+    n = 24
+    rng = random.Random(4)
+    socks: list[socket.socket] = []
+    peers: list[tuple[Peer, Peer, bytes, bytes]] = []
+    results: dict[int, tuple[int, int]] = {}
+
+    def run(i: int, a: socket.socket, b: socket.socket) -> None:
+        results[i] = relay(a, b, timeout=DEADLINE)
+
+    threads = []
+    try:
+        for i in range(n):
+            (x, a), (b, y) = _chain("unix" if i % 2 else "tcp4", "tcp4")
+            socks += [x, a, b, y]
+            up = small_data[: rng.randrange(0, len(small_data))]
+            down = small_data[rng.randrange(0, len(small_data)) :]
+            peers.append((Peer(x, up), Peer(y, down), up, down))
+            threads.append(threading.Thread(target=run, args=(i, a, b), daemon=True))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(DEADLINE)
+        for i, (px, py, up, down) in enumerate(peers):
+            assert py.result() == up
+            assert px.result() == down
+            assert results[i] == (len(up), len(down))
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_signal_handler_that_returns_resumes_relay(chain, small_data: bytes) -> None:
+    (x, a), (b, y) = chain()
+    ticks = [0]
+
+    def handler(signum, frame) -> None:
+        ticks[0] += 1
+
+    def later() -> None:
+        time.sleep(0.5)
+        Peer(x, small_data)
+
+    py = Peer(y, b"")
+    threading.Thread(target=later, daemon=True).start()
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
+        moved = relay(a, b, timeout=DEADLINE)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert moved == (len(small_data), 0)
+    assert py.result() == small_data
+    assert ticks[0] > 0
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_keyboard_interrupt_during_blocked_relay(chain) -> None:
+    (x, a), (b, y) = chain()
+    x.sendall(b"12345")
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    main = threading.main_thread().ident
+    assert main is not None
+    timer = threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt) as ei:
+            relay(a, b)
+    finally:
+        timer.cancel()
+        timer.join(5)
+        signal.signal(signal.SIGINT, old)
+    assert ei.value.bytes_relayed == (5, 0)  # type: ignore[attr-defined]
+    assert recv_exactly(y, 5) == b"12345"
+    assert a.getblocking() and b.getblocking()
+    # the sockets still work: relay again to the end
+    px, py = Peer(x, b"more"), Peer(y, b"back")
+    assert relay(a, b, timeout=DEADLINE) == (4, 4)
+    assert py.result() == b"more" and px.result() == b"back"
+
+
+def test_gil_released_during_relay(chain) -> None:
+    (x, a), (b, y) = chain()
+    counter = [0]
+    stop = threading.Event()
+
+    def count() -> None:
+        while not stop.is_set():
+            counter[0] += 1
+            time.sleep(0.001)
+
+    def finish_when_counted() -> None:
+        end = time.monotonic() + DEADLINE
+        while counter[0] < 50 and time.monotonic() < end:
+            time.sleep(0.005)
+        x.shutdown(socket.SHUT_WR)
+        y.shutdown(socket.SHUT_WR)
+
+    ts = [
+        threading.Thread(target=count, daemon=True),
+        threading.Thread(target=finish_when_counted, daemon=True),
+    ]
+    for t in ts:
+        t.start()
+    try:
+        assert relay(a, b, timeout=DEADLINE) == (0, 0)
+    finally:
+        stop.set()
+        for t in ts:
+            t.join(DEADLINE)
+    assert counter[0] >= 50
+
+
+def test_no_fd_leaks_over_many_relays() -> None:
+    def once(i: int) -> None:
+        (x, a), (b, y) = _chain("unix", "unix")
+        try:
+            x.sendall(bytes([i % 256]) * (1 + i % 300))
+            x.shutdown(socket.SHUT_WR)
+            if i % 3 == 0:
+                y.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                y.close()  # a failed relay
+            else:
+                y.shutdown(socket.SHUT_WR)
+            try:
+                relay(a, b, timeout=DEADLINE)
+            except OSError:
+                pass
+        finally:
+            for s in (x, a, b, y):
+                s.close()
+
+    once(1)
+    gc.collect()
+    pool = default_pool()
+    before = len(os.listdir("/proc/self/fd")) - 2 * pool.idle
+    for i in range(1500):
+        once(i)
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) - 2 * pool.idle == before
+
+
+# --------------------------------------------------------------------------- Proxy
+
+
+class EchoServer:
+    """Echoes each connection (threads), half-closing after the client's EOF."""
+
+    def __init__(self, family: int = socket.AF_INET, host: str = "127.0.0.1") -> None:
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.bind((host, 0))
+        self.sock.listen(512)
+        self.sock.settimeout(0.2)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.sock.getsockname()[:2]  # type: ignore[no-any-return]
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            threading.Thread(target=self._echo, args=(c,), daemon=True).start()
+
+    @staticmethod
+    def _echo(c: socket.socket) -> None:
+        try:
+            c.settimeout(DEADLINE)
+            while chunk := c.recv(65536):
+                c.sendall(chunk)
+            c.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(DEADLINE)
+        self.sock.close()
+
+
+@pytest.fixture
+def echo() -> EchoServer:
+    server = EchoServer()
+    yield server
+    server.close()
+
+
+def _serve(proxy: Proxy) -> threading.Thread:
+    t = threading.Thread(target=proxy.serve_forever, daemon=True)
+    t.start()
+    return t
+
+
+def _echo_clients(address, payloads: list[bytes]) -> list[bytes]:
+    """Many clients at once from one selector loop; returns what each got back."""
+    sel = selectors.DefaultSelector()
+    state = {}
+    for i, data in enumerate(payloads):
+        s = socket.create_connection(address, timeout=DEADLINE)
+        s.setblocking(False)
+        state[s] = [i, memoryview(data), bytearray(), False]
+        sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE)
+    out: list[bytes] = [b""] * len(payloads)
+    end = time.monotonic() + DEADLINE
+    while state and time.monotonic() < end:
+        for key, ev in sel.select(0.5):
+            s = key.fileobj
+            st = state[s]
+            if ev & selectors.EVENT_WRITE and not st[3]:
+                if st[1]:
+                    try:
+                        st[1] = st[1][s.send(st[1][:65536]) :]
+                    except BlockingIOError:
+                        pass
+                if not st[1]:
+                    s.shutdown(socket.SHUT_WR)
+                    st[3] = True
+                    sel.modify(s, selectors.EVENT_READ)
+            if ev & selectors.EVENT_READ:
+                try:
+                    chunk = s.recv(65536)
+                except BlockingIOError:
+                    continue
+                if chunk:
+                    st[2] += chunk
+                else:
+                    out[st[0]] = bytes(st[2])
+                    sel.unregister(s)
+                    s.close()
+                    del state[s]
+    for s in state:
+        s.close()
+    assert not state, f"{len(state)} clients did not finish"
+    return out
+
+
+@pytest.mark.parametrize("max_connections", [1024, 7])
+def test_proxy_many_concurrent_connections(
+    echo: EchoServer, small_data: bytes, max_connections: int
+) -> None:
+    n = 64
+    payloads = [small_data[i * 997 : i * 997 + 1000 + i * 2000] for i in range(n)]
+    with Proxy(("127.0.0.1", 0), echo.address, max_connections=max_connections) as proxy:
+        t = _serve(proxy)
+        got = _echo_clients(proxy.address, payloads)
+        assert got == payloads
+        end = time.monotonic() + DEADLINE
+        while proxy.stats().completed < n and time.monotonic() < end:
+            time.sleep(0.01)
+        st = proxy.stats()
+        proxy.close()
+        t.join(DEADLINE)
+        assert not t.is_alive()
+    total = sum(map(len, payloads))
+    assert (st.accepted, st.completed, st.failed, st.active) == (n, n, 0, 0)
+    assert (st.bytes_up, st.bytes_down) == (total, total)
+
+
+def test_proxy_failures_stay_per_connection(echo: EchoServer, small_data: bytes) -> None:
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_address = dead.getsockname()
+    dead.close()  # nothing listens there
+    with Proxy(("127.0.0.1", 0), dead_address) as bad:
+        tb = _serve(bad)
+        try:  # the reset may even beat connect() back to the caller
+            with socket.create_connection(bad.address, timeout=DEADLINE) as c:
+                assert c.recv(10) == b""
+        except ConnectionResetError:
+            pass
+        end = time.monotonic() + DEADLINE
+        while bad.stats().failed < 1 and time.monotonic() < end:
+            time.sleep(0.01)
+        bad.close()
+        tb.join(DEADLINE)
+        assert bad.stats().failed == 1
+
+    with Proxy(("127.0.0.1", 0), echo.address) as proxy:
+        t = _serve(proxy)
+        keeper = socket.create_connection(proxy.address, timeout=DEADLINE)
+        keeper.sendall(b"first half ")
+        assert recv_exactly(keeper, 11) == b"first half "
+        # another client resets mid-stream
+        rude = socket.create_connection(proxy.address, timeout=DEADLINE)
+        rude.sendall(b"x" * 1000)
+        recv_exactly(rude, 1000)
+        rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        rude.close()
+        end = time.monotonic() + DEADLINE
+        while proxy.stats().failed < 1 and time.monotonic() < end:
+            time.sleep(0.01)
+        # the first client is unaffected
+        keeper.sendall(b"second half")
+        keeper.shutdown(socket.SHUT_WR)
+        assert recv_exactly(keeper, 11) == b"second half"
+        assert keeper.recv(10) == b""
+        keeper.close()
+        while proxy.stats().completed < 1 and time.monotonic() < end:
+            time.sleep(0.01)
+        st = proxy.stats()
+        assert (st.accepted, st.completed, st.failed) == (2, 1, 1)
+        proxy.close()
+        t.join(DEADLINE)
+
+
+@pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 loopback (::1)")
+def test_proxy_ipv6(small_data: bytes) -> None:
+    server = EchoServer(socket.AF_INET6, "::1")
+    try:
+        with Proxy(("::1", 0), ("::1", server.address[1])) as proxy:
+            t = _serve(proxy)
+            assert _echo_clients(proxy.address[:2], [small_data, b"v6"]) == [small_data, b"v6"]
+            proxy.close()
+            t.join(DEADLINE)
+    finally:
+        server.close()
+
+
+def test_proxy_close_ends_running_connections(echo: EchoServer) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    proxy = Proxy(listener, echo.address)
+    t = _serve(proxy)
+    c = socket.create_connection(proxy.address, timeout=DEADLINE)
+    c.sendall(b"ping")
+    assert recv_exactly(c, 4) == b"ping"
+    proxy.close()
+    t.join(DEADLINE)
+    assert not t.is_alive()
+    with pytest.raises(ConnectionResetError):
+        c.recv(10)
+    c.close()
+    assert listener.fileno() >= 0 and listener.getblocking()  # the caller's, left open
+    listener.close()
+    with pytest.raises(ValueError):
+        proxy.serve_forever()
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_proxy_closed_from_a_signal_handler(echo: EchoServer) -> None:
+    proxy = Proxy(("127.0.0.1", 0), echo.address)
+    ticks: list[object] = []
+
+    def handler(signum, frame) -> None:
+        proxy.close()
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        proxy.serve_forever(callback=ticks.append, interval=0.05)  # returns after close()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert "closed" in repr(proxy)
+    assert ticks  # the progress callback ran
+
+
+def test_proxy_argument_errors(echo: EchoServer) -> None:
+    with pytest.raises(ValueError):
+        Proxy(("127.0.0.1", 0), echo.address, max_connections=0)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, pytest.raises(ValueError):
+        Proxy(udp, echo.address)
+    with pytest.raises(OSError):
+        Proxy(("127.0.0.1", 0), ("no-such-host.invalid", 80))
+    busy = socket.create_server(("127.0.0.1", 0))
+    try:
+        with pytest.raises(OSError):
+            Proxy(busy.getsockname(), echo.address)  # address in use
+    finally:
+        busy.close()

@@ -1,0 +1,491 @@
+"""recvfile, splice_all and the pipe pool: every transfer's bytes are compared."""
+
+from __future__ import annotations
+
+import gc
+import io
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+from _zcutil import DEADLINE, recv_exactly
+
+from zerocopy import TruncatedFileError
+from zerocopy._native import ffi, lib
+from zerocopy.splice import PipePool, default_pool, recvfile, splice_all
+
+
+def _feed(
+    sock: socket.socket, data: bytes, *, close: bool = True, delay: float = 0.0
+) -> threading.Thread:
+    """Send data from a thread (after delay), then close (EOF) unless told not to."""
+
+    def run() -> None:
+        try:
+            if delay:
+                time.sleep(delay)
+            sock.sendall(data)
+            if close:
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# --------------------------------------------------------------------------- recvfile
+
+
+def test_recvfile_to_eof(pair, big_data: bytes, tmp_path) -> None:
+    sender, receiver = pair
+    t = _feed(sender, big_data)
+    path = tmp_path / "out.bin"
+    with open(path, "wb") as f:
+        f.write(b"HEAD")
+        n = recvfile(receiver, f)
+        assert f.tell() == 4 + len(big_data)
+    t.join(DEADLINE)
+    assert n == len(big_data)
+    assert path.read_bytes() == b"HEAD" + big_data
+
+
+@pytest.mark.parametrize("flavour", ["fileobj", "fd"])
+def test_recvfile_at_offset(make_pair, small_data: bytes, tmp_path, flavour: str) -> None:
+    sender, receiver = make_pair("tcp4")
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"x" * 10_000)
+    t = _feed(sender, small_data)
+    with open(path, "r+b") as f:
+        f.seek(123)
+        if flavour == "fileobj":
+            n = recvfile(receiver, f, offset=5000)
+            assert f.tell() == 5000 + len(small_data)  # start + bytes received
+        else:
+            n = recvfile(receiver, f.fileno(), offset=5000)
+            assert os.lseek(f.fileno(), 0, os.SEEK_CUR) == 123  # untouched
+    t.join(DEADLINE)
+    assert n == len(small_data)
+    assert path.read_bytes() == b"x" * 5000 + small_data
+
+
+def test_recvfile_fd_position_advances(make_pair, small_data: bytes, tmp_path) -> None:
+    sender, receiver = make_pair("unix")
+    t = _feed(sender, small_data)
+    fd = os.open(tmp_path / "o", os.O_RDWR | os.O_CREAT)
+    try:
+        os.write(fd, b"ab")
+        assert recvfile(receiver, fd) == len(small_data)
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 2 + len(small_data)
+    finally:
+        os.close(fd)
+    t.join(DEADLINE)
+    assert (tmp_path / "o").read_bytes() == b"ab" + small_data
+
+
+def test_recvfile_exact_count_leaves_the_rest(pair, small_data: bytes, tmp_path) -> None:
+    sender, receiver = pair
+    t = _feed(sender, small_data)
+    with open(tmp_path / "o", "wb") as f:
+        assert recvfile(receiver, f, count=100_000) == 100_000
+    assert (tmp_path / "o").read_bytes() == small_data[:100_000]
+    assert recv_exactly(receiver, len(small_data) - 100_000) == small_data[100_000:]
+    t.join(DEADLINE)
+
+
+@pytest.mark.parametrize("flavour", ["fileobj", "fd", "bytesio"])
+def test_recvfile_peer_sends_less_than_count(pair, small_data: bytes, tmp_path, flavour) -> None:
+    sender, receiver = pair
+    t = _feed(sender, small_data)
+    path = tmp_path / "o"
+    with open(path, "w+b") as f:
+        target = {"fileobj": f, "fd": f.fileno(), "bytesio": io.BytesIO()}[flavour]
+        with pytest.raises(TruncatedFileError) as ei:
+            recvfile(receiver, target, count=len(small_data) + 1)
+        assert ei.value.bytes_received == len(small_data)  # type: ignore[attr-defined]
+        if flavour == "bytesio":
+            assert target.getvalue() == small_data  # type: ignore[union-attr]
+            assert target.tell() == len(small_data)  # type: ignore[union-attr]
+        else:
+            assert os.pread(f.fileno(), len(small_data) + 10, 0) == small_data
+        if flavour == "fileobj":
+            assert f.tell() == len(small_data)
+    t.join(DEADLINE)
+
+
+def test_recvfile_bytesio_and_append_mode(make_pair, small_data: bytes, tmp_path) -> None:
+    sender, receiver = make_pair("tcp4")
+    t = _feed(sender, small_data)
+    buf = io.BytesIO(b"0123456789")
+    assert recvfile(receiver, buf, offset=4) == len(small_data)
+    assert buf.getvalue() == b"0123" + small_data
+    assert buf.tell() == 4 + len(small_data)
+    t.join(DEADLINE)
+
+    sender, receiver = make_pair("unix")
+    path = tmp_path / "log"
+    path.write_bytes(b"old")
+    t = _feed(sender, small_data)
+    with open(path, "ab") as f:  # O_APPEND: splice refuses it, copied instead
+        assert recvfile(receiver, f) == len(small_data)
+    t.join(DEADLINE)
+    assert path.read_bytes() == b"old" + small_data
+
+
+def test_recvfile_to_a_pipe(make_pair, small_data: bytes) -> None:
+    sender, receiver = make_pair("tcp4")
+    r, w = os.pipe()
+    got = bytearray()
+
+    def drain() -> None:
+        while chunk := os.read(r, 65536):
+            got.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    t = _feed(sender, small_data)
+    try:
+        assert recvfile(receiver, w) == len(small_data)
+    finally:
+        os.close(w)
+    reader.join(DEADLINE)
+    os.close(r)
+    t.join(DEADLINE)
+    assert bytes(got) == small_data
+
+
+def test_recvfile_would_block_and_timeout(make_pair, tmp_path) -> None:
+    sender, receiver = make_pair("tcp4")
+    with open(tmp_path / "o", "wb") as f:
+        receiver.setblocking(False)
+        with pytest.raises(BlockingIOError) as ei:
+            recvfile(receiver, f)
+        assert ei.value.bytes_received == 0  # type: ignore[attr-defined]
+        sender.sendall(b"abc")
+        receiver.settimeout(0.2)
+        with pytest.raises(TimeoutError) as et:
+            recvfile(receiver, f, count=10)
+        assert et.value.bytes_received == 3  # type: ignore[attr-defined]
+        assert f.tell() == 3
+        sender.sendall(b"defghij")  # resume after the timeout: nothing was lost
+        assert recvfile(receiver, f, count=7) == 7
+    assert (tmp_path / "o").read_bytes() == b"abcdefghij"
+
+
+def test_recvfile_argument_errors(make_pair, tmp_path) -> None:
+    _, receiver = make_pair("tcp4")
+    path = tmp_path / "o"
+    path.write_bytes(b"")
+    with open(path, "w") as text, pytest.raises(ValueError, match="binary mode"):
+        recvfile(receiver, text)
+    with open(path, "rb") as ro, pytest.raises(io.UnsupportedOperation):
+        recvfile(receiver, ro)
+    with open(path, "wb") as f:
+        with pytest.raises(TypeError):
+            recvfile(receiver, f, count=1.5)  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            recvfile(receiver, f, count=-1)
+        with pytest.raises(TypeError):
+            recvfile("sock", f)  # type: ignore[arg-type]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            with pytest.raises(ValueError, match="SOCK_STREAM"):
+                recvfile(udp, f)
+            with pytest.raises(ValueError, match="SOCK_STREAM"):
+                recvfile(udp.fileno(), f)
+
+
+# --------------------------------------------------------------------------- splice_all
+
+
+def test_splice_all_socket_to_socket_through_the_pool(make_pair, big_data: bytes, collect) -> None:
+    a_send, a_recv = make_pair("tcp4")
+    b_send, b_recv = make_pair("unix")
+    c = collect(b_recv)
+    t = _feed(a_send, big_data)
+    assert splice_all(a_recv, b_send) == len(big_data)
+    b_send.shutdown(socket.SHUT_WR)
+    t.join(DEADLINE)
+    assert c.result() == big_data
+
+
+def test_splice_all_file_to_socket_and_back(
+    make_pair, big_file: str, big_data: bytes, tmp_path
+) -> None:
+    sender, receiver = make_pair("tcp4")
+    out = tmp_path / "copy"
+    done: list[int] = []
+
+    def receive() -> None:
+        with open(out, "wb") as f:
+            done.append(recvfile(receiver, f))
+
+    t = threading.Thread(target=receive, daemon=True)
+    t.start()
+    with open(big_file, "rb") as f:
+        f.seek(1000)
+        assert splice_all(f, sender, count=2_000_000) == 2_000_000
+        assert f.tell() == 2_001_000  # the file object's position moved
+    sender.shutdown(socket.SHUT_WR)
+    t.join(DEADLINE)
+    assert done == [2_000_000]
+    assert out.read_bytes() == big_data[1000:2_001_000]
+
+
+def test_splice_all_pipes_and_files(small_file: str, small_data: bytes, tmp_path) -> None:
+    r, w = os.pipe()
+    fd = os.open(small_file, os.O_RDONLY)
+    try:
+        writer = threading.Thread(target=lambda: (splice_all(fd, w), os.close(w)), daemon=True)
+        writer.start()
+        with open(tmp_path / "o", "wb") as out:
+            assert splice_all(r, out) == len(small_data)
+        writer.join(DEADLINE)
+    finally:
+        os.close(r)
+        os.close(fd)
+    assert (tmp_path / "o").read_bytes() == small_data
+    # file -> file through the pool, and a source shorter than count
+    with open(small_file, "rb") as src, open(tmp_path / "p", "wb") as dst:
+        with pytest.raises(TruncatedFileError) as ei:
+            splice_all(src, dst, count=len(small_data) + 5)
+        assert ei.value.bytes_sent == len(small_data)  # type: ignore[attr-defined]
+    assert (tmp_path / "p").read_bytes() == small_data
+
+
+def test_splice_all_argument_errors() -> None:
+    with pytest.raises(TypeError):
+        splice_all(object(), 1)
+    with pytest.raises(ValueError):
+        splice_all(-1, 1)
+    r, w = os.pipe()
+    try:
+        with pytest.raises(ValueError):
+            splice_all(r, w, count=-3)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+# --------------------------------------------------------------------------- the pool
+
+
+def test_pool_reuses_empty_pipes_and_drops_dirty_ones(make_pair, small_data: bytes) -> None:
+    pool = PipePool(max_idle=2)
+    try:
+        p = pool.take()
+        assert p.buffered == 0 and p.size > 0
+        rfd = p.rfd
+        pool.give(p)
+        q = pool.take()
+        assert q.rfd == rfd and pool.stats()["reused"] == 1
+        os.write(q.wfd, b"left over")
+        q.buffered = 9
+        pool.give(q)  # holds data: closed, never reused
+        with pytest.raises(OSError):
+            os.fstat(rfd)
+        assert pool.stats()["discarded"] == 1
+    finally:
+        pool.close()
+
+
+def test_pool_when_pipes_cannot_grow(small_data: bytes) -> None:
+    """F_SETPIPE_SZ fails for an unprivileged process asking above pipe-max-size.
+
+    A forked child drops root (CAP_SYS_RESOURCE ignores the limit), asks for
+    pipes 4x larger than allowed, and must still move every byte through the
+    smaller default pipes.
+    """
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            limit = int(f.read())
+    except OSError:
+        pytest.skip("no /proc/sys/fs/pipe-max-size")
+    status_r, status_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            os.close(status_r)
+            if os.geteuid() == 0:
+                try:
+                    os.setgroups([])
+                    os.setresgid(65534, 65534, 65534)
+                    os.setresuid(65534, 65534, 65534)
+                except OSError:
+                    code = 77
+                    raise
+            pool = PipePool(pipe_size=limit * 4, max_idle=1)
+            n = len(small_data)
+            for _ in range(3):
+                a, b = socket.socketpair()
+                c, d = socket.socketpair()
+                got = bytearray()
+                threads = [
+                    threading.Thread(target=a.sendall, args=(small_data,)),
+                    threading.Thread(target=lambda d=d, got=got: got.extend(recv_exactly(d, n))),
+                ]
+                for t in threads:
+                    t.start()
+                via = pool.take()  # socket -> pooled pipe -> socket
+                assert via.size < limit * 4
+                moved = ffi.new("uint64_t[1]")
+                rc = lib.zc_splice(b.fileno(), ffi.NULL, c.fileno(), ffi.NULL, n, via, -1, moved)
+                pool.give(via)
+                for t in threads:
+                    t.join()
+                assert rc == 0 and moved[0] == n, (rc, moved[0])
+                assert bytes(got) == small_data
+                for s in (a, b, c, d):
+                    s.close()
+            st = pool.stats()
+            assert st["small"] == 1 and st["created"] == 1 and st["reused"] == 2, st
+            code = 0
+        except BaseException as e:
+            os.write(2, f"child: {e!r}\n".encode())
+        finally:
+            os.write(status_w, bytes([code]))
+            os._exit(code)
+    os.close(status_w)
+    _, status = os.waitpid(pid, 0)
+    code = os.read(status_r, 1)
+    os.close(status_r)
+    if code == bytes([77]):
+        pytest.skip("cannot drop root to uid 65534 to make F_SETPIPE_SZ fail")
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+# --------------------------------------------------------------------------- leaks, signals
+
+
+def test_no_fd_leaks_over_thousands_of_transfers(tmp_path) -> None:
+    path = tmp_path / "o"
+    path.write_bytes(b"")
+    ro = os.open(path, os.O_RDONLY)
+    rw = os.open(path, os.O_RDWR)
+    try:
+        a, b = socket.socketpair()
+        a.sendall(b"warm")
+        a.close()
+        recvfile(b, rw)  # the default pool now holds its pipe
+        b.close()
+        gc.collect()  # sockets and pools of earlier tests
+        before = _fd_count() - 2 * default_pool().idle
+        created = default_pool().stats()["created"]
+        failures = 0
+        for i in range(3000):
+            a, b = socket.socketpair()
+            try:
+                a.sendall(bytes([i % 256]) * (1 + i % 700))
+                a.shutdown(socket.SHUT_WR)
+                kind = i % 4
+                try:
+                    if kind == 0:
+                        recvfile(b, rw, offset=0)
+                    elif kind == 1:
+                        recvfile(b, rw, count=10_000)  # short: TruncatedFileError
+                    elif kind == 2:
+                        recvfile(b, ro)  # not writable: EBADF with data in the pipe
+                    else:
+                        splice_all(b, rw, count=1 + i % 700)
+                except OSError:
+                    failures += 1
+            finally:
+                a.close()
+                b.close()
+        assert failures == 1500
+        assert _fd_count() - 2 * default_pool().idle == before
+        # clean pipes are reused; each failure with bytes in its pipe costs one
+        assert default_pool().stats()["created"] - created <= 750 + 1
+    finally:
+        os.close(ro)
+        os.close(rw)
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_signal_handler_that_returns_resumes_recvfile(
+    make_pair, small_data: bytes, tmp_path
+) -> None:
+    sender, receiver = make_pair("tcp4")
+    ticks = [0]
+
+    def handler(signum, frame) -> None:
+        ticks[0] += 1
+
+    # The data arrives only after several timer ticks: the call is blocked then.
+    t = _feed(sender, small_data, delay=0.5)
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
+        with open(tmp_path / "o", "wb") as f:
+            n = recvfile(receiver, f)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    t.join(DEADLINE)
+    assert n == len(small_data)
+    assert ticks[0] > 0
+    assert (tmp_path / "o").read_bytes() == small_data
+
+
+@pytest.mark.timeout(60, method="thread")
+@pytest.mark.parametrize("kind", ["tcp4", "unix"])
+def test_keyboard_interrupt_while_recvfile_blocked(make_pair, tmp_path, kind: str) -> None:
+    sender, receiver = make_pair(kind)
+    sender.sendall(b"early bytes")
+
+    def raiser(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, raiser)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with open(tmp_path / "o", "wb") as f:
+            with pytest.raises(KeyboardInterrupt) as ei:
+                recvfile(receiver, f)
+            assert f.tell() == 11
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert ei.value.bytes_received == 11  # type: ignore[attr-defined]
+    assert (tmp_path / "o").read_bytes() == b"early bytes"
+
+
+def test_gil_released_while_recvfile_waits(make_pair, small_data: bytes, tmp_path) -> None:
+    sender, receiver = make_pair("tcp4")
+    counter = [0]
+    stop = threading.Event()
+
+    def count() -> None:
+        while not stop.is_set():
+            counter[0] += 1
+            time.sleep(0.001)
+
+    def send_when_counted() -> None:
+        end = time.monotonic() + DEADLINE
+        while counter[0] < 50 and time.monotonic() < end:
+            time.sleep(0.005)
+        sender.sendall(small_data)
+        sender.shutdown(socket.SHUT_WR)
+
+    threads = [
+        threading.Thread(target=count, daemon=True),
+        threading.Thread(target=send_when_counted, daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    try:
+        with open(tmp_path / "o", "wb") as f:
+            assert recvfile(receiver, f) == len(small_data)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(DEADLINE)
+    assert counter[0] >= 50

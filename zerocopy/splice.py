@@ -1,0 +1,404 @@
+# SPDX-License-Identifier: MIT
+"""``recvfile`` and ``splice_all``: bytes between sockets, pipes and files with splice(2)."""
+from __future__ import annotations
+
+import errno
+import io
+import os
+import socket
+import stat
+import threading
+from typing import Any, Union
+
+from ._args import TO_EOF, WAIT_FOREVER, check_range, timeout_ms
+from ._errors import TruncatedFileError, error_for
+from ._native import ffi, lib
+
+__all__ = ["PipePool", "recvfile", "splice_all"]
+
+_EINTR = -errno.EINTR
+_EAGAIN = -errno.EAGAIN
+_ENODATA = -errno.ENODATA
+_ETIMEDOUT = -errno.ETIMEDOUT
+_CHUNK = 256 * 1024
+
+FdLike = Union[int, Any]  # an int fd or an object with fileno()
+
+
+class PipePool:
+    """A bounded pool of empty pipes, grown to ``pipe_size`` bytes with ``F_SETPIPE_SZ``.
+
+    Pipes are made on demand (``O_CLOEXEC | O_NONBLOCK``); a pipe that cannot
+    be grown (``/proc/sys/fs/pipe-max-size``, ``pipe-user-pages-soft``) keeps
+    its smaller size.  At most ``max_idle`` empty pipes are kept; a pipe that
+    still holds bytes after an error is closed, never reused.  Thread-safe.
+    """
+
+    def __init__(self, pipe_size: int = lib.ZC_PIPE_SIZE, max_idle: int = 16) -> None:
+        if pipe_size < 0 or max_idle < 0:
+            raise ValueError("pipe_size and max_idle must be >= 0")
+        self._slots = ffi.new("struct zc_pipe[]", max(max_idle, 1))
+        self._pool = ffi.new("struct zc_pipe_pool *")
+        rc = lib.zc_pipe_pool_init(self._pool, self._slots, max_idle, pipe_size)
+        if rc < 0:
+            raise error_for(rc, 0)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def cdata(self) -> Any:
+        """The ``struct zc_pipe_pool *`` (for the C calls of this package)."""
+        return self._pool
+
+    def stats(self) -> dict[str, int]:
+        """Counters: pipes ``created``, gets ``reused``, puts ``discarded``, ``small`` pipes."""
+        p = self._pool
+        return {
+            "created": int(p.created),
+            "reused": int(p.reused),
+            "discarded": int(p.discarded),
+            "small": int(p.small),
+        }
+
+    @property
+    def idle(self) -> int:
+        """Empty pipes waiting in the pool (two descriptors each)."""
+        return int(self._pool._count)
+
+    def take(self) -> Any:
+        """An empty ``struct zc_pipe *``; give it back with :meth:`give`."""
+        pipe = ffi.new("struct zc_pipe *")
+        rc = lib.zc_pipe_get(self._pool if not self._closed else ffi.NULL, pipe)
+        if rc < 0:
+            raise error_for(rc, 0)
+        return pipe
+
+    def give(self, pipe: Any) -> None:
+        lib.zc_pipe_put(self._pool if not self._closed else ffi.NULL, pipe)
+
+    def close(self) -> None:
+        """Close the idle pipes; pipes given back later are closed too."""
+        with self._lock:
+            self._closed = True
+            lib.zc_pipe_pool_destroy(self._pool)
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            lib.zc_pipe_pool_destroy(self._pool)
+
+
+_default_pool: PipePool | None = None
+_default_lock = threading.Lock()
+
+
+def default_pool() -> PipePool:
+    """The process-wide pool used by :func:`splice_all`, :func:`recvfile` and relays."""
+    global _default_pool
+    pool = _default_pool
+    if pool is None:
+        with _default_lock:
+            if _default_pool is None:
+                _default_pool = PipePool()
+            pool = _default_pool
+    return pool
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _fd_of(obj: Any, name: str) -> int:
+    if isinstance(obj, int):
+        if obj < 0:
+            raise ValueError(f"{name} must be a file descriptor >= 0, got {obj}")
+        return obj
+    if isinstance(obj, io.TextIOBase):
+        raise ValueError(f"{name} must be opened in binary mode")
+    try:
+        fd = obj.fileno()
+    except (AttributeError, io.UnsupportedOperation):
+        raise TypeError(
+            f"{name} must be an int file descriptor or an object with fileno(), "
+            f"not {type(obj).__name__}"
+        ) from None
+    if not isinstance(fd, int) or fd < 0:
+        raise ValueError(f"{name} is closed")
+    return fd
+
+
+def _fd_timeout(fd: int) -> int:
+    """An int fd says nothing about timeouts: blocking waits, non-blocking raises."""
+    return 0 if os.get_blocking(fd) is False else WAIT_FOREVER
+
+
+def _socket_timeout(sock: socket.socket | int, fd: int) -> int:
+    if isinstance(sock, socket.socket):
+        return timeout_ms(sock.gettimeout())
+    return _fd_timeout(fd)
+
+
+def _check_stream(sock: Any, fd: int, name: str) -> None:
+    if isinstance(sock, socket.socket):
+        kind = sock.type
+    else:
+        probe = socket.socket(fileno=fd)
+        try:
+            kind = probe.type
+        finally:
+            probe.detach()
+    if kind != socket.SOCK_STREAM:
+        raise ValueError(f"{name} must be a SOCK_STREAM socket")
+
+
+def _is_pipe(fd: int) -> bool:
+    return stat.S_ISFIFO(os.fstat(fd).st_mode)
+
+
+def _seekable(file: Any) -> bool:
+    try:
+        return bool(file.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _attach(exc: BaseException, name: str, done: int) -> BaseException:
+    try:
+        if not hasattr(exc, name):
+            setattr(exc, name, done)
+    except AttributeError:
+        pass
+    return exc
+
+
+def _error(rc: int, done: int, name: str, what: str) -> BaseException:
+    """The exception for ``rc`` after ``done`` bytes, carrying ``name`` = done."""
+    if rc == _ENODATA:
+        exc: OSError = TruncatedFileError(errno.ENODATA, f"{what} ended after {done} bytes")
+    elif rc == _ETIMEDOUT:
+        exc = TimeoutError(errno.ETIMEDOUT, "timed out")
+    else:
+        exc = error_for(rc, done)
+        if name != "bytes_sent":
+            del exc.bytes_sent  # type: ignore[attr-defined]
+    setattr(exc, name, done)
+    return exc
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _run(
+    src: int,
+    src_off: Any,
+    dst: int,
+    dst_off: Any,
+    count: int,
+    wait_ms: int,
+    moved: Any,
+    name: str,
+    what: str,
+    pool: PipePool | None,
+) -> int:
+    """zc_splice, resumed after signals; ``moved`` (uint64_t[1]) keeps the total."""
+    via = ffi.NULL
+    if pool is not None:
+        via = pool.take()
+    try:
+        while True:
+            left = count if count == TO_EOF else count - int(moved[0])
+            rc = lib.zc_splice(src, src_off, dst, dst_off, left, via, wait_ms, moved)
+            if rc == 0:
+                return int(moved[0])
+            if rc == _EAGAIN and via != ffi.NULL and via.buffered:
+                # Bytes read from the source sit in our pipe: they cannot go
+                # back, so finish writing them even to a non-blocking socket.
+                rc = lib.zc_wait_writable(dst, WAIT_FOREVER)
+                if rc == 0 or rc == _EINTR:
+                    continue
+            if rc != _EINTR:
+                raise _error(rc, int(moved[0]), name, what)
+            # a signal arrived and its handler ran (it would have raised): resume
+    except BaseException as exc:
+        _attach(exc, name, int(moved[0]))
+        raise
+    finally:
+        if pool is not None:
+            pool.give(via)  # closes it when it still holds bytes
+
+
+def recvfile(
+    sock: socket.socket | int, file: Any, count: int | None = None, offset: int | None = None
+) -> int:
+    """Receive from ``sock`` into ``file`` with splice(2); return the bytes received.
+
+    ``sock`` is a connected ``SOCK_STREAM`` socket or its int fd.  ``file`` is
+    an int fd or a binary file object opened for writing (``io.BytesIO`` and
+    other objects without ``fileno()`` are written through Python).
+    ``count=None`` receives until the peer's EOF; an explicit ``count`` the
+    peer does not deliver raises ``TruncatedFileError``.  ``offset=None``
+    writes at the file's current position.  A file object's position ends at
+    start + bytes received, also after an exception; an int fd's position is
+    used and advanced only when ``offset`` is None.
+
+    A socket's timeout applies to each wait for data (``TimeoutError``); a
+    non-blocking socket with nothing to read raises ``BlockingIOError``; a
+    signal handler runs during the transfer, which resumes unless it raises.
+    Every exception raised once the transfer started, ``KeyboardInterrupt``
+    included, has ``bytes_received``: the bytes written to the file.
+    """
+    if isinstance(sock, socket.socket):
+        sock_fd = sock.fileno()
+        if sock_fd < 0:
+            raise OSError(errno.EBADF, "the socket is closed")
+    elif isinstance(sock, int):
+        if sock < 0:
+            raise ValueError(f"sock must be a file descriptor >= 0, got {sock}")
+        sock_fd = sock
+    else:
+        raise TypeError(
+            f"sock must be a socket.socket or an int file descriptor, not {type(sock).__name__}"
+        )
+    _check_stream(sock, sock_fd, "sock")
+    check_range(offset, count)
+    wait_ms = _socket_timeout(sock, sock_fd)
+    left = TO_EOF if count is None else count
+    moved = ffi.new("uint64_t[1]")
+
+    if isinstance(file, int):
+        if file < 0:
+            raise ValueError(f"file must be a file descriptor >= 0, got {file}")
+        pipe = _is_pipe(file)
+        off = ffi.NULL if offset is None else ffi.new("int64_t[1]", [offset])
+        return _run(sock_fd, ffi.NULL, file, off, left, wait_ms, moved,
+                    "bytes_received", "the stream", None if pipe else default_pool())
+
+    if isinstance(file, io.TextIOBase) or "b" not in getattr(file, "mode", "b"):
+        raise ValueError("file must be opened in binary mode")
+    if getattr(file, "closed", False):
+        raise ValueError("I/O operation on closed file")
+    try:
+        writable = bool(file.writable())
+    except (AttributeError, ValueError):
+        writable = hasattr(file, "write")
+    if not writable:
+        raise io.UnsupportedOperation("file must be opened for writing")
+    try:
+        fd = file.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    seekable = _seekable(file)
+    if offset is not None and not seekable:
+        raise ValueError("offset needs a seekable file")
+    if fd is None:
+        return _recv_through_python(sock, sock_fd, file, offset, left)
+    file.flush()  # bytes in the write buffer go first
+    if not seekable:
+        pool = None if _is_pipe(fd) else default_pool()
+        return _run(sock_fd, ffi.NULL, fd, ffi.NULL, left, wait_ms, moved,
+                    "bytes_received", "the stream", pool)
+    start = file.tell() if offset is None else offset
+    off = ffi.new("int64_t[1]", [start])
+    try:
+        return _run(sock_fd, ffi.NULL, fd, off, left, wait_ms, moved,
+                    "bytes_received", "the stream", default_pool())
+    finally:
+        file.seek(start + int(moved[0]))
+
+
+def _recv_through_python(
+    sock: socket.socket | int, sock_fd: int, file: Any, offset: int | None, count: int
+) -> int:
+    """recv + write for objects without a file descriptor (``io.BytesIO``)."""
+    seekable = _seekable(file)
+    start = 0
+    if seekable:
+        start = file.tell() if offset is None else offset
+        file.seek(start)
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    done = 0
+    try:
+        while count == TO_EOF or done < count:
+            want = _CHUNK if count == TO_EOF else min(_CHUNK, count - done)
+            if isinstance(sock, socket.socket):
+                n = sock.recv_into(view, want)
+            else:
+                n = os.readv(sock_fd, [view[:want]])
+            if n == 0:
+                if count == TO_EOF:
+                    break
+                raise _error(_ENODATA, done, "bytes_received", "the stream")
+            file.write(view[:n])
+            done += n
+        return done
+    except BaseException as exc:
+        _attach(exc, "bytes_received", done)
+        raise
+    finally:
+        if seekable:
+            file.seek(start + done)
+
+
+def splice_all(src: FdLike, dst: FdLike, count: int | None = None) -> int:
+    """Move ``count`` bytes (default: until EOF) from ``src`` to ``dst``; return the bytes moved.
+
+    Each of ``src`` and ``dst`` is an int fd or an object with ``fileno()``:
+    a socket, a pipe or a file, in any pair splice(2) can serve.  When
+    neither is a pipe, the bytes go through a pooled pipe (src -> pipe ->
+    dst) and never through user space.  A file object's position is used
+    and moved by the bytes read from (or written to) it; an int fd's own
+    position is used and advanced.
+
+    Waits follow the sockets: a socket object's timeout bounds each wait
+    (``TimeoutError``), a non-blocking fd raises ``BlockingIOError`` when it
+    would block before any byte was read into the pipe; bytes already read
+    are always written out.  ``TruncatedFileError`` when ``src`` ends before
+    ``count`` bytes.  Every exception raised once the transfer started has
+    ``bytes_sent``: the bytes written to ``dst``.
+    """
+    s_fd = _fd_of(src, "src")
+    d_fd = _fd_of(dst, "dst")
+    check_range(None, count)
+    waits = [
+        _socket_timeout(obj, fd) if isinstance(obj, socket.socket) or _is_socket(fd)
+        else WAIT_FOREVER
+        for obj, fd in ((src, s_fd), (dst, d_fd))
+    ]
+    wait_ms = _combine(waits)
+    pool = None if _is_pipe(s_fd) or _is_pipe(d_fd) else default_pool()
+    positioned: list[tuple[Any, Any]] = []  # (file object or None, int64_t[1] or NULL)
+    for obj in (src, dst):
+        if isinstance(obj, (int, socket.socket)) or not _seekable(obj):
+            positioned.append((None, ffi.NULL))
+            continue
+        if _writable(obj):
+            obj.flush()  # bytes in the write buffer go first
+        positioned.append((obj, ffi.new("int64_t[1]", [obj.tell()])))
+    moved = ffi.new("uint64_t[1]")
+    try:
+        return _run(s_fd, positioned[0][1], d_fd, positioned[1][1],
+                    TO_EOF if count is None else count, wait_ms, moved,
+                    "bytes_sent", "the source", pool)
+    finally:
+        for obj, off in positioned:
+            if obj is not None:
+                obj.seek(int(off[0]))
+
+
+def _is_socket(fd: int) -> bool:
+    return stat.S_ISSOCK(os.fstat(fd).st_mode)
+
+
+def _writable(obj: Any) -> bool:
+    try:
+        return bool(obj.writable())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _combine(waits: list[int]) -> int:
+    """The strictest of two wait policies: 0 (never wait) < a bound < forever."""
+    if 0 in waits:
+        return 0
+    bounded = [w for w in waits if w != WAIT_FOREVER]
+    return min(bounded) if bounded else WAIT_FOREVER
+
