@@ -1,0 +1,100 @@
+"""Public surface and argument checking of zerocopy.sendfile_all."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+
+import pytest
+
+import zerocopy
+
+PUBLIC = ("sendfile_all", "FileSender", "cork", "TruncatedFileError")
+
+
+def test_all_exports_public_names() -> None:
+    for name in PUBLIC:
+        assert name in zerocopy.__all__, name
+        assert hasattr(zerocopy, name), name
+    for name in zerocopy.__all__:
+        assert hasattr(zerocopy, name), f"__all__ lists missing {name}"
+
+
+def test_no_ffi_internals_reexported() -> None:
+    for name in ("ffi", "lib"):
+        assert name not in zerocopy.__all__
+
+
+def test_truncated_file_error_is_oserror() -> None:
+    assert issubclass(zerocopy.TruncatedFileError, OSError)
+
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        (socket.AF_INET, socket.SOCK_DGRAM),
+        (socket.AF_UNIX, socket.SOCK_DGRAM),
+    ],
+)
+@pytest.mark.parametrize("as_fd", [False, True])
+def test_datagram_socket_rejected(small_file: str, family: tuple[int, int], as_fd: bool) -> None:
+    s = socket.socket(*family)
+    try:
+        if family[0] == socket.AF_INET:
+            s.bind(("127.0.0.1", 0))
+            s.connect(s.getsockname())
+        with open(small_file, "rb") as f:
+            target = s.fileno() if as_fd else s
+            with pytest.raises(ValueError, match="SOCK_STREAM"):
+                zerocopy.sendfile_all(target, f)
+            assert f.tell() == 0
+    finally:
+        s.close()
+
+
+def test_text_mode_file_rejected(
+    pair: tuple[socket.socket, socket.socket], small_file: str
+) -> None:
+    sender, _ = pair
+    text = open(small_file, encoding="latin-1")
+    try:
+        with pytest.raises(ValueError, match="binary mode"):
+            zerocopy.sendfile_all(sender, text)
+    finally:
+        text.close()
+
+
+@pytest.mark.parametrize(
+    ("kw", "exc"),
+    [
+        ({"offset": -1}, ValueError),
+        ({"count": -1}, ValueError),
+        ({"offset": 1.5}, TypeError),
+        ({"count": 1.5}, TypeError),
+        ({"offset": "3"}, TypeError),
+        ({"count": "3"}, TypeError),
+    ],
+)
+@pytest.mark.parametrize("as_fd", [False, True])
+def test_bad_offset_count(
+    make_pair, small_file: str, kw: dict[str, object], exc: type[Exception], as_fd: bool
+) -> None:
+    sender, receiver = make_pair("unix")
+    with open(small_file, "rb") as f:
+        f.seek(10)
+        src = f.fileno() if as_fd else f
+        with pytest.raises(exc):
+            zerocopy.sendfile_all(sender, src, **kw)
+        # Nothing was sent and the position did not move.
+        assert f.tell() == 10
+        assert os.lseek(f.fileno(), 0, os.SEEK_CUR) == 10
+    sender.shutdown(socket.SHUT_WR)
+    receiver.settimeout(5)
+    assert receiver.recv(10) == b""
+
+
+def test_bytesio_bad_count_type(make_pair) -> None:
+    sender, _ = make_pair("unix")
+    with pytest.raises(TypeError):
+        zerocopy.sendfile_all(sender, io.BytesIO(b"abc"), count=1.5)

@@ -1,0 +1,295 @@
+"""Sources sendfile(2) refuses: BytesIO, pipes, sockets, /proc files."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import threading
+import time
+
+import pytest
+from _zcutil import DEADLINE, eof
+
+import zerocopy
+
+
+def _writer(fd_or_sock: int | socket.socket, data: bytes, chunk: int = 50_000) -> threading.Thread:
+    """Write data into a pipe fd or a socket from a thread, then close it."""
+
+    def run() -> None:
+        try:
+            for i in range(0, len(data), chunk):
+                if isinstance(fd_or_sock, socket.socket):
+                    fd_or_sock.sendall(data[i : i + chunk])
+                else:
+                    view = memoryview(data)[i : i + chunk]
+                    while view:
+                        n = os.write(fd_or_sock, view)
+                        view = view[n:]
+        except OSError:
+            pass  # reader gone: the test reports the missing bytes
+        finally:
+            if isinstance(fd_or_sock, socket.socket):
+                fd_or_sock.close()
+            else:
+                os.close(fd_or_sock)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+# -- BytesIO -------------------------------------------------------------------
+
+
+def test_bytesio_whole(pair, collect, small_data: bytes) -> None:
+    sender, receiver = pair
+    c = collect(receiver)
+    b = io.BytesIO(small_data)
+    assert zerocopy.sendfile_all(sender, b) == len(small_data)
+    assert b.tell() == len(small_data)
+    eof(sender)
+    assert c.result() == small_data
+
+
+def test_bytesio_offset_count_position(make_pair, collect, small_data: bytes) -> None:
+    sender, receiver = make_pair("tcp4")
+    c = collect(receiver)
+    b = io.BytesIO(small_data)
+    b.seek(100)
+    assert zerocopy.sendfile_all(sender, b, count=1000) == 1000
+    assert b.tell() == 1100
+    assert zerocopy.sendfile_all(sender, b, offset=50_000, count=7) == 7
+    assert b.tell() == 50_007
+    assert zerocopy.sendfile_all(sender, b) == len(small_data) - 50_007
+    assert b.tell() == len(small_data)
+    eof(sender)
+    assert c.result() == small_data[100:1100] + small_data[50_000:50_007] + small_data[50_007:]
+
+
+def test_bytesio_truncated(make_pair, collect) -> None:
+    sender, receiver = make_pair("unix")
+    c = collect(receiver)
+    b = io.BytesIO(b"0123456789")
+    b.seek(4)
+    with pytest.raises(zerocopy.TruncatedFileError) as ei:
+        zerocopy.sendfile_all(sender, b, count=10)
+    assert ei.value.bytes_sent == 6
+    assert b.tell() == 10
+    eof(sender)
+    assert c.result() == b"456789"
+
+
+def test_bytesio_nonblocking_stalled(make_pair, collect, big_data: bytes) -> None:
+    sender, receiver = make_pair("tcp4", small=True)
+    sender.setblocking(False)
+    b = io.BytesIO(big_data)
+    with pytest.raises(BlockingIOError) as ei:
+        zerocopy.sendfile_all(sender, b)
+    sent = ei.value.bytes_sent
+    assert ei.value.characters_written == sent
+    assert 0 < sent < len(big_data)
+    assert b.tell() == sent
+    sender.setblocking(True)
+    c = collect(receiver)
+    assert zerocopy.sendfile_all(sender, b) == len(big_data) - sent
+    eof(sender)
+    assert c.result() == big_data
+
+
+# -- pipes -------------------------------------------------------------------
+
+
+def test_pipe_fd_to_eof(pair, collect, small_data: bytes) -> None:
+    sender, receiver = pair
+    c = collect(receiver)
+    r, w = os.pipe()
+    try:
+        t = _writer(w, small_data)
+        assert zerocopy.sendfile_all(sender, r) == len(small_data)
+        t.join(DEADLINE)
+    finally:
+        os.close(r)
+    eof(sender)
+    assert c.result() == small_data
+
+
+def test_pipe_fd_exact_count_leaves_rest(make_pair, collect, small_data: bytes) -> None:
+    sender, receiver = make_pair("tcp4")
+    c = collect(receiver)
+    r, w = os.pipe()
+    try:
+        t = _writer(w, small_data)
+        assert zerocopy.sendfile_all(sender, r, count=123_457) == 123_457
+        # The rest is still in the pipe, nothing was swallowed.
+        rest = bytearray()
+        end = time.monotonic() + DEADLINE
+        while time.monotonic() < end:
+            b = os.read(r, 65536)
+            if not b:
+                break
+            rest += b
+        t.join(DEADLINE)
+    finally:
+        os.close(r)
+    eof(sender)
+    assert c.result() == small_data[:123_457]
+    assert bytes(rest) == small_data[123_457:]
+
+
+def test_pipe_fd_truncated(make_pair, collect, small_data: bytes) -> None:
+    sender, receiver = make_pair("unix")
+    c = collect(receiver)
+    r, w = os.pipe()
+    try:
+        t = _writer(w, small_data[:5000])
+        with pytest.raises(zerocopy.TruncatedFileError) as ei:
+            zerocopy.sendfile_all(sender, r, count=5001)
+        assert ei.value.bytes_sent == 5000
+        t.join(DEADLINE)
+    finally:
+        os.close(r)
+    eof(sender)
+    assert c.result() == small_data[:5000]
+
+
+def test_pipe_file_object(make_pair, collect, small_data: bytes) -> None:
+    sender, receiver = make_pair("tcp4")
+    c = collect(receiver)
+    r, w = os.pipe()
+    t = _writer(w, small_data)
+    with open(r, "rb", buffering=0) as f:
+        assert zerocopy.sendfile_all(sender, f) == len(small_data)
+    t.join(DEADLINE)
+    eof(sender)
+    assert c.result() == small_data
+
+
+def test_pipe_to_stalled_nonblocking_socket(make_pair, collect, big_data: bytes) -> None:
+    """Bytes taken from a pipe are never lost when the socket would block."""
+    sender, receiver = make_pair("tcp4", small=True)
+    sender.setblocking(False)
+    data = big_data[:2_000_000]
+    r, w = os.pipe()
+    try:
+        t = _writer(w, data)
+        total = 0
+        c = None
+        end = time.monotonic() + DEADLINE
+        for _ in range(100_000):
+            assert time.monotonic() < end
+            try:
+                total += zerocopy.sendfile_all(sender, r)
+                break
+            except BlockingIOError as e:
+                assert e.bytes_sent == e.characters_written
+                total += e.bytes_sent
+                if c is None:
+                    c = collect(receiver)
+                sender.setblocking(True)
+                sender.settimeout(0.5)
+                # switch to a timeout socket: also a valid way to resume
+            except TimeoutError as e:
+                total += e.bytes_sent
+        t.join(DEADLINE)
+    finally:
+        os.close(r)
+    assert c is not None, "a non-reading peer must stall a 2 MB transfer"
+    assert total == len(data)
+    eof(sender)
+    assert c.result() == data
+
+
+# -- sockets as the source ----------------------------------------------------
+
+
+def test_socket_source_to_eof(pair, collect, small_data: bytes) -> None:
+    sender, receiver = pair
+    c = collect(receiver)
+    src_r, src_w = socket.socketpair()
+    try:
+        t = _writer(src_w, small_data)
+        assert zerocopy.sendfile_all(sender, src_r.fileno()) == len(small_data)
+        t.join(DEADLINE)
+    finally:
+        src_r.close()
+    eof(sender)
+    assert c.result() == small_data
+
+
+def test_socket_source_exact_count_leaves_rest(make_pair, collect, small_data: bytes) -> None:
+    sender, receiver = make_pair("tcp4")
+    c = collect(receiver)
+    src_r, src_w = socket.socketpair()
+    try:
+        t = _writer(src_w, small_data)
+        assert zerocopy.sendfile_all(sender, src_r.fileno(), count=77_777) == 77_777
+        rest = bytearray()
+        src_r.settimeout(DEADLINE)
+        for _ in range(100_000):
+            b = src_r.recv(65536)
+            if not b:
+                break
+            rest += b
+        t.join(DEADLINE)
+    finally:
+        src_r.close()
+    eof(sender)
+    assert c.result() == small_data[:77_777]
+    assert bytes(rest) == small_data[77_777:]
+
+
+def test_tcp_socket_source_truncated(make_pair, collect, small_data: bytes) -> None:
+    sender, receiver = make_pair("unix")
+    src_w, src_r = make_pair("tcp4")
+    c = collect(receiver)
+    t = _writer(src_w, small_data[:9000])
+    with pytest.raises(zerocopy.TruncatedFileError) as ei:
+        zerocopy.sendfile_all(sender, src_r.fileno(), count=10_000)
+    assert ei.value.bytes_sent == 9000
+    t.join(DEADLINE)
+    eof(sender)
+    assert c.result() == small_data[:9000]
+
+
+# -- /proc files ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/proc/version", "/proc/self/cmdline"])
+def test_proc_file_to_eof(make_pair, collect, path: str) -> None:
+    """st_size is 0 for /proc files: count=None must still send to EOF."""
+    if not os.path.exists(path):
+        pytest.skip(f"no {path}")
+    with open(path, "rb") as f:
+        expected = f.read()
+    assert expected
+    sender, receiver = make_pair("tcp4")
+    c = collect(receiver)
+    with open(path, "rb") as f:
+        n = zerocopy.sendfile_all(sender, f)
+        assert n == len(expected)
+    eof(sender)
+    assert c.result() == expected
+
+
+def test_proc_file_explicit_count(make_pair, collect) -> None:
+    path = "/proc/version"
+    if not os.path.exists(path):
+        pytest.skip(f"no {path}")
+    with open(path, "rb") as f:
+        expected = f.read()
+    assert len(expected) > 20
+    sender, receiver = make_pair("unix")
+    c = collect(receiver)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert zerocopy.sendfile_all(sender, fd, count=10) == 10
+        assert zerocopy.sendfile_all(sender, fd, offset=5, count=5) == 5
+        with pytest.raises(zerocopy.TruncatedFileError) as ei:
+            zerocopy.sendfile_all(sender, fd, count=len(expected))
+        assert ei.value.bytes_sent == len(expected) - 10
+    finally:
+        os.close(fd)
+    eof(sender)
+    assert c.result() == expected[:10] + expected[5:10] + expected[10:]

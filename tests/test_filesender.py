@@ -1,0 +1,459 @@
+"""zerocopy.FileSender (header + file range + trailer) and zerocopy.cork."""
+
+from __future__ import annotations
+
+import array
+import os
+import random
+import selectors
+import socket
+import struct
+import threading
+import time
+
+import pytest
+from _zcutil import DEADLINE, eof
+
+import zerocopy
+
+
+def _cork(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK)
+
+
+def _nodelay(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n"
+TAIL = b"\r\n--trailer--\r\n"
+
+
+# -- basic responses ------------------------------------------------------------
+
+
+def test_blocking_send_finishes(pair, collect, small_file: str, small_data: bytes) -> None:
+    sender, receiver = pair
+    c = collect(receiver)
+    with open(small_file, "rb") as f:
+        fs = zerocopy.FileSender(sender, f, 100, 50_000, headers=HEAD, trailers=TAIL)
+        assert fs.total == len(HEAD) + 50_000 + len(TAIL)
+        assert fs.sent == 0
+        assert not fs.done
+        assert fs.fileno() == sender.fileno()
+        n = fs.send()
+        assert n == fs.total
+        assert fs.sent == fs.total
+        assert fs.done
+        fs.close()
+    eof(sender)
+    assert c.result() == HEAD + small_data[100:50_100] + TAIL
+
+
+def test_send_all_to_eof_context_manager(pair, collect, small_file: str, small_data: bytes) -> None:
+    sender, receiver = pair
+    c = collect(receiver)
+    with open(small_file, "rb") as f:
+        f.seek(777)
+        with zerocopy.FileSender(sender, f, headers=HEAD) as fs:
+            assert fs.total == len(HEAD) + len(small_data) - 777
+            fs.send_all()
+            assert fs.done
+            assert fs.sent == fs.total
+    eof(sender)
+    assert c.result() == HEAD + small_data[777:]
+
+
+def test_int_fd_and_no_headers(make_pair, collect, small_file: str, small_data: bytes) -> None:
+    sender, receiver = make_pair("tcp4")
+    c = collect(receiver)
+    fd = os.open(small_file, os.O_RDONLY)
+    try:
+        with zerocopy.FileSender(sender, fd, offset=10, count=1000) as fs:
+            assert fs.total == 1000
+            fs.send_all()
+        with zerocopy.FileSender(sender, fd, offset=0, count=5, trailers=TAIL) as fs:
+            assert fs.total == 5 + len(TAIL)
+            fs.send_all()
+    finally:
+        os.close(fd)
+    eof(sender)
+    assert c.result() == small_data[10:1010] + small_data[:5] + TAIL
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        bytes,
+        bytearray,
+        memoryview,
+        lambda b: array.array("B", b),
+        lambda b: memoryview(b"xx" + b)[2:],
+    ],
+    ids=["bytes", "bytearray", "memoryview", "array", "memoryview-slice"],
+)
+def test_headers_trailers_bytes_like(
+    make_pair, collect, small_file: str, small_data: bytes, wrap
+) -> None:
+    sender, receiver = make_pair("tcp4")
+    c = collect(receiver)
+    h, t = wrap(HEAD), wrap(TAIL)
+    with (
+        open(small_file, "rb") as f,
+        zerocopy.FileSender(sender, f, 0, 4000, headers=h, trailers=t) as fs,
+    ):
+        assert fs.total == len(HEAD) + 4000 + len(TAIL)
+        fs.send_all()
+    eof(sender)
+    assert c.result() == HEAD + small_data[:4000] + TAIL
+
+
+def test_headers_only_count_zero(make_pair, collect, small_file: str) -> None:
+    sender, receiver = make_pair("tcp4")
+    c = collect(receiver)
+    with (
+        open(small_file, "rb") as f,
+        zerocopy.FileSender(sender, f, count=0, headers=HEAD, trailers=TAIL) as fs,
+    ):
+        assert fs.total == len(HEAD) + len(TAIL)
+        fs.send_all()
+        assert fs.done
+    assert _cork(sender) == 0
+    eof(sender)
+    assert c.result() == HEAD + TAIL
+
+
+def test_truncated_file_raises(make_pair, collect, small_file: str, small_data: bytes) -> None:
+    sender, receiver = make_pair("tcp4")
+    c = collect(receiver)
+    size = len(small_data)
+    with open(small_file, "rb") as f:
+        fs = zerocopy.FileSender(sender, f, size - 100, 200, headers=HEAD, trailers=TAIL)
+        with pytest.raises(OSError) as ei:
+            fs.send_all()
+        assert isinstance(ei.value, zerocopy.TruncatedFileError)
+        fs.close()
+    assert _cork(sender) == 0
+    eof(sender)
+    got = c.result()
+    # Header and the 100 bytes that exist went out; nothing invented.
+    assert got == HEAD + small_data[-100:]
+
+
+# -- non-blocking behaviour -------------------------------------------------------
+
+
+def test_nonblocking_send_never_raises_would_block(
+    make_pair, collect, big_file: str, big_data: bytes
+) -> None:
+    sender, receiver = make_pair("tcp4", small=True)
+    sender.setblocking(False)
+    with open(big_file, "rb") as f:
+        fs = zerocopy.FileSender(sender, f, 5, 3_000_000, headers=HEAD, trailers=TAIL)
+        steps = []
+        for _ in range(50):
+            n = fs.send()  # peer does not read: must return, never raise
+            assert isinstance(n, int)
+            assert n >= 0
+            steps.append(n)
+            if n == 0:
+                break
+        assert not fs.done
+        assert steps[0] > 0
+        assert steps[-1] == 0, "a stalled peer never made send() return 0"
+        assert fs.sent == sum(steps)
+        c = collect(receiver)
+        fs.send_all()  # waits for writability on a non-blocking socket
+        assert fs.done
+        assert fs.sent == fs.total == len(HEAD) + 3_000_000 + len(TAIL)
+        fs.close()
+    assert _cork(sender) == 0
+    eof(sender)
+    assert c.result() == HEAD + big_data[5:3_000_005] + TAIL
+
+
+def test_nonblocking_send_all_slow_reader(
+    small_pair, collect, big_file: str, big_data: bytes
+) -> None:
+    sender, receiver = small_pair
+    sender.setblocking(False)
+    c = collect(receiver, delay=0.001)
+    with (
+        open(big_file, "rb") as f,
+        zerocopy.FileSender(sender, f, 1, 2_000_000, headers=HEAD, trailers=TAIL) as fs,
+    ):
+        fs.send_all()
+        assert fs.done
+    eof(sender)
+    assert c.result() == HEAD + big_data[1:2_000_001] + TAIL
+
+
+def test_abandoned_response_restores_cork(make_pair, big_file: str) -> None:
+    sender, _ = make_pair("tcp4", small=True)
+    sender.setblocking(False)
+    assert _cork(sender) == 0
+    with open(big_file, "rb") as f:
+        fs = zerocopy.FileSender(sender, f, headers=HEAD, trailers=TAIL)
+        for _ in range(50):
+            if fs.send() == 0:
+                break
+        assert not fs.done
+        assert fs.sent > 0
+        fs.close()
+        fs.close()  # idempotent
+    assert _cork(sender) == 0
+
+
+# -- socket options ----------------------------------------------------------------
+
+
+def test_cork_restored_after_close(make_pair, collect, small_file: str, small_data: bytes) -> None:
+    sender, receiver = make_pair("tcp4")
+    sender.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    c = collect(receiver)
+    assert _cork(sender) == 0
+    with open(small_file, "rb") as f:
+        fs = zerocopy.FileSender(sender, f, 0, 10_000, headers=HEAD, trailers=TAIL)
+        fs.send_all()
+        fs.close()
+    assert _cork(sender) == 0
+    assert _nodelay(sender) == 1
+    eof(sender)
+    assert c.result() == HEAD + small_data[:10_000] + TAIL
+
+
+def test_user_cork_stays(make_pair, collect, small_file: str, small_data: bytes) -> None:
+    sender, receiver = make_pair("tcp4")
+    sender.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    c = collect(receiver)
+    with (
+        open(small_file, "rb") as f,
+        zerocopy.FileSender(sender, f, 0, 10_000, headers=HEAD, trailers=TAIL) as fs,
+    ):
+        fs.send_all()
+    assert _cork(sender) == 1
+    sender.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+    eof(sender)
+    assert c.result() == HEAD + small_data[:10_000] + TAIL
+
+
+@pytest.mark.parametrize("use_with", [False, True])
+def test_cork_restored_after_peer_reset(
+    make_pair, big_file: str, big_data: bytes, use_with: bool
+) -> None:
+    sender, receiver = make_pair("tcp4", small=True)
+    sender.settimeout(DEADLINE)
+    got = bytearray()
+
+    def peer() -> None:
+        receiver.settimeout(0.2)
+        end = time.monotonic() + DEADLINE
+        while len(got) < 100_000 and time.monotonic() < end:
+            try:
+                b = receiver.recv(65536)
+            except socket.timeout:
+                continue
+            if not b:
+                break
+            got.extend(b)
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        receiver.close()
+
+    t = threading.Thread(target=peer, daemon=True)
+    t.start()
+    with open(big_file, "rb") as f:
+        if use_with:
+            with (
+                pytest.raises((ConnectionResetError, BrokenPipeError)),
+                zerocopy.FileSender(sender, f, headers=HEAD, trailers=TAIL) as fs,
+            ):
+                fs.send_all()
+        else:
+            fs = zerocopy.FileSender(sender, f, headers=HEAD, trailers=TAIL)
+            with pytest.raises((ConnectionResetError, BrokenPipeError)):
+                fs.send_all()
+            fs.close()
+    t.join(DEADLINE)
+    assert _cork(sender) == 0
+    assert bytes(got) == (HEAD + big_data)[: len(got)]
+
+
+def test_unix_socket_no_cork_needed(make_pair, collect, small_file: str, small_data: bytes) -> None:
+    sender, receiver = make_pair("unix")
+    c = collect(receiver)
+    with (
+        open(small_file, "rb") as f,
+        zerocopy.FileSender(sender, f, 3, 3, headers=b"<", trailers=b">") as fs,
+    ):
+        assert fs.send() == 5
+    eof(sender)
+    assert c.result() == b"<" + small_data[3:6] + b">"
+
+
+# -- zerocopy.cork -------------------------------------------------------------------
+
+
+def test_cork_context_manager(make_pair, collect) -> None:
+    sender, receiver = make_pair("tcp4")
+    c = collect(receiver)
+    assert _cork(sender) == 0
+    with zerocopy.cork(sender):
+        assert _cork(sender) == 1
+        sender.sendall(b"abc")
+    assert _cork(sender) == 0
+    eof(sender)
+    assert c.result() == b"abc"
+
+
+def test_cork_restored_when_body_raises(make_pair) -> None:
+    sender, _ = make_pair("tcp4")
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), zerocopy.cork(sender):
+        assert _cork(sender) == 1
+        raise Boom
+    assert _cork(sender) == 0
+
+
+def test_cork_keeps_user_cork(make_pair) -> None:
+    sender, _ = make_pair("tcp4")
+    sender.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    with zerocopy.cork(sender):
+        assert _cork(sender) == 1
+    assert _cork(sender) == 1
+    with pytest.raises(KeyError), zerocopy.cork(sender):
+        raise KeyError("x")
+    assert _cork(sender) == 1
+
+
+# -- many concurrent non-blocking responses ------------------------------------------
+
+
+N_CONN = 36
+
+
+def test_many_concurrent_nonblocking_with_selectors(big_file: str, big_data: bytes) -> None:
+    rng = random.Random(99)
+    lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(N_CONN)
+    lst.settimeout(DEADLINE)
+    socks: list[socket.socket] = [lst]
+    fds: list[int] = []
+    files = []
+    sel = selectors.DefaultSelector()
+    try:
+        senders: list[zerocopy.FileSender] = []
+        clis: list[socket.socket] = []
+        expected: list[bytes] = []
+        received: list[bytearray] = []
+        step_sum = [0] * N_CONN
+        for i in range(N_CONN):
+            cli = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(cli)
+            cli.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384 + 1024 * i)
+            cli.settimeout(DEADLINE)
+            cli.connect(lst.getsockname())
+            srv, _ = lst.accept()
+            socks.append(srv)
+            cli.setblocking(False)
+            srv.setblocking(False)
+
+            offset = rng.randrange(0, len(big_data) // 2)
+            count = rng.randrange(20_000, 400_000) if i % 5 else None
+            body_len = len(big_data) - offset if count is None else count
+            if i % 5 == 1:
+                count = body_len = 0
+            head = f"HTTP/1.1 200 OK\r\nX-Conn: {i}\r\nContent-Length: {body_len}\r\n\r\n"
+            tail = b"" if i % 4 == 0 else f"\r\n-- end of {i} --\r\n".encode()
+            if i % 3 == 0:  # int fd positioned at offset, offset=None
+                fd = os.open(big_file, os.O_RDONLY)
+                fds.append(fd)
+                os.lseek(fd, offset, os.SEEK_SET)
+                src, off = fd, None
+            elif i % 3 == 1:  # file object, explicit offset
+                f = open(big_file, "rb")
+                files.append(f)
+                src, off = f, offset
+            else:  # file object positioned at offset, offset=None
+                f = open(big_file, "rb")
+                files.append(f)
+                f.seek(offset)
+                src, off = f, None
+            fs = zerocopy.FileSender(cli, src, off, count, headers=head.encode(), trailers=tail)
+            assert fs.total == len(head) + body_len + len(tail)
+            assert fs.fileno() == cli.fileno()
+            senders.append(fs)
+            clis.append(cli)
+            expected.append(head.encode() + big_data[offset : offset + body_len] + tail)
+            received.append(bytearray())
+            sel.register(fs, selectors.EVENT_WRITE, ("send", i))
+            sel.register(srv, selectors.EVENT_READ, ("recv", i))
+
+        open_readers = N_CONN
+        open_senders = N_CONN
+        end = time.monotonic() + 40
+        for _ in range(1_000_000):
+            if open_readers == 0:
+                break
+            assert time.monotonic() < end, f"{open_senders} senders / {open_readers} readers left"
+            for key, _mask in sel.select(timeout=1.0):
+                kind, i = key.data
+                if kind == "send":
+                    fs = key.fileobj
+                    n = fs.send()
+                    assert n >= 0
+                    step_sum[i] += n
+                    if fs.done:
+                        sel.unregister(fs)
+                        fs.close()
+                        assert _cork(clis[i]) == 0
+                        clis[i].shutdown(socket.SHUT_WR)
+                        open_senders -= 1
+                else:
+                    sock = key.fileobj
+                    for _ in range(64):
+                        try:
+                            b = sock.recv(65536)
+                        except BlockingIOError:
+                            break
+                        if not b:
+                            sel.unregister(sock)
+                            open_readers -= 1
+                            break
+                        received[i] += b
+        assert open_senders == 0
+        assert open_readers == 0
+        for i in range(N_CONN):
+            assert senders[i].sent == senders[i].total == step_sum[i], i
+            assert bytes(received[i]) == expected[i], f"connection {i} got wrong bytes"
+    finally:
+        sel.close()
+        for f in files:
+            f.close()
+        for fd in fds:
+            os.close(fd)
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.parametrize("trailers", [b"", TAIL], ids=["no-trailer", "trailer"])
+def test_file_object_position_after_response(
+    make_pair, collect, small_file: str, small_data: bytes, trailers: bytes
+) -> None:
+    """As with sendfile_all, a file object's position ends at start + file bytes sent."""
+    sender, receiver = make_pair("tcp4")
+    c = collect(receiver)
+    with open(small_file, "rb") as f:
+        with zerocopy.FileSender(sender, f, 100, 1000, headers=HEAD, trailers=trailers) as fs:
+            fs.send_all()
+        assert f.tell() == 1100
+        f.seek(5000)
+        with zerocopy.FileSender(sender, f, count=10, headers=HEAD, trailers=trailers) as fs:
+            fs.send_all()
+        assert f.tell() == 5010
+    eof(sender)
+    expected = HEAD + small_data[100:1100] + trailers + HEAD + small_data[5000:5010] + trailers
+    assert c.result() == expected

@@ -1,0 +1,342 @@
+"""zerocopy.sendfile_all: successful transfers, offsets, counts, positions."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+from _zcutil import eof
+
+import zerocopy
+
+
+def test_whole_file_object(pair, collect, small_file: str, small_data: bytes) -> None:
+    sender, receiver = pair
+    c = collect(receiver)
+    with open(small_file, "rb") as f:
+        n = zerocopy.sendfile_all(sender, f)
+        assert n == len(small_data)
+        assert f.tell() == len(small_data)
+        assert f.read(1) == b""
+    eof(sender)
+    assert c.result() == small_data
+
+
+def test_big_file_every_kind(pair, collect, big_file: str, big_data: bytes) -> None:
+    sender, receiver = pair
+    c = collect(receiver)
+    with open(big_file, "rb") as f:
+        assert zerocopy.sendfile_all(sender, f) == len(big_data)
+        assert f.tell() == len(big_data)
+    eof(sender)
+    assert c.result() == big_data
+
+
+def test_socket_given_as_int_fd(pair, collect, small_file: str, small_data: bytes) -> None:
+    sender, receiver = pair
+    c = collect(receiver)
+    with open(small_file, "rb") as f:
+        assert zerocopy.sendfile_all(sender.fileno(), f, offset=7, count=1000) == 1000
+        assert f.tell() == 1007
+    eof(sender)
+    assert c.result() == small_data[7:1007]
+
+
+def test_unbuffered_file_object(make_pair, collect, small_file: str, small_data: bytes) -> None:
+    sender, receiver = make_pair("tcp4")
+    c = collect(receiver)
+    with open(small_file, "rb", buffering=0) as f:
+        f.seek(100)
+        assert zerocopy.sendfile_all(sender, f, count=5000) == 5000
+        assert f.tell() == 5100
+        assert f.read(4) == small_data[5100:5104]
+    eof(sender)
+    assert c.result() == small_data[100:5100]
+
+
+def test_file_object_mid_file_to_eof(pair, collect, small_file: str, small_data: bytes) -> None:
+    sender, receiver = pair
+    c = collect(receiver)
+    with open(small_file, "rb") as f:
+        f.seek(12345)
+        n = zerocopy.sendfile_all(sender, f)
+        assert n == len(small_data) - 12345
+        assert f.tell() == len(small_data)
+    eof(sender)
+    assert c.result() == small_data[12345:]
+
+
+def test_buffered_reader_position_after_read(
+    make_pair, collect, small_file: str, small_data: bytes
+) -> None:
+    """offset=None means the file object's tell(), not the fd's read-ahead position."""
+    sender, receiver = make_pair("tcp4")
+    c = collect(receiver)
+    with open(small_file, "rb") as f:
+        assert f.read(10) == small_data[:10]  # BufferedReader reads ahead on the fd
+        n = zerocopy.sendfile_all(sender, f, count=2000)
+        assert n == 2000
+        assert f.tell() == 2010
+        # The object's own buffer must not serve stale bytes afterwards.
+        assert f.read(5) == small_data[2010:2015]
+    eof(sender)
+    assert c.result() == small_data[10:2010]
+
+
+def test_file_object_explicit_offset_sets_position(
+    make_pair, collect, small_file: str, small_data: bytes
+) -> None:
+    sender, receiver = make_pair("unix")
+    c = collect(receiver)
+    with open(small_file, "rb") as f:
+        f.seek(123)
+        n = zerocopy.sendfile_all(sender, f, offset=1000, count=5000)
+        assert n == 5000
+        # File objects: position ends at start + bytes sent.
+        assert f.tell() == 6000
+        assert f.read(3) == small_data[6000:6003]
+    eof(sender)
+    assert c.result() == small_data[1000:6000]
+
+
+def test_int_fd_offset_none_advances_position(
+    pair, collect, small_file: str, small_data: bytes, open_fds: list[int]
+) -> None:
+    sender, receiver = pair
+    c = collect(receiver)
+    fd = os.open(small_file, os.O_RDONLY)
+    open_fds.append(fd)
+    os.lseek(fd, 1000, os.SEEK_SET)
+    n = zerocopy.sendfile_all(sender, fd, count=20000)
+    assert n == 20000
+    assert os.lseek(fd, 0, os.SEEK_CUR) == 21000
+    n2 = zerocopy.sendfile_all(sender, fd)
+    assert n2 == len(small_data) - 21000
+    assert os.lseek(fd, 0, os.SEEK_CUR) == len(small_data)
+    eof(sender)
+    assert c.result() == small_data[1000:]
+
+
+def test_int_fd_explicit_offset_leaves_position(
+    pair, collect, small_file: str, small_data: bytes, open_fds: list[int]
+) -> None:
+    sender, receiver = pair
+    c = collect(receiver)
+    fd = os.open(small_file, os.O_RDONLY)
+    open_fds.append(fd)
+    os.lseek(fd, 77, os.SEEK_SET)
+    assert zerocopy.sendfile_all(sender, fd, offset=5000, count=12345) == 12345
+    assert os.lseek(fd, 0, os.SEEK_CUR) == 77
+    assert zerocopy.sendfile_all(sender, fd, offset=len(small_data) - 999) == 999
+    assert os.lseek(fd, 0, os.SEEK_CUR) == 77
+    eof(sender)
+    assert c.result() == small_data[5000:17345] + small_data[-999:]
+
+
+def test_count_zero_sends_nothing(
+    make_pair, small_file: str, small_data: bytes, open_fds: list[int]
+) -> None:
+    sender, receiver = make_pair("tcp4")
+    with open(small_file, "rb") as f:
+        f.seek(50)
+        assert zerocopy.sendfile_all(sender, f, count=0) == 0
+        assert f.tell() == 50
+        fd = os.open(small_file, os.O_RDONLY)
+        open_fds.append(fd)
+        os.lseek(fd, 9, os.SEEK_SET)
+        assert zerocopy.sendfile_all(sender, fd, count=0) == 0
+        assert zerocopy.sendfile_all(sender, fd, offset=3, count=0) == 0
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 9
+    sender.sendall(b"END")
+    eof(sender)
+    receiver.settimeout(5)
+    got = b""
+    for _ in range(10):
+        b = receiver.recv(100)
+        if not b:
+            break
+        got += b
+    assert got == b"END"
+
+
+def test_empty_file_and_at_eof(make_pair, collect, tmp_path, small_file: str) -> None:
+    sender, receiver = make_pair("tcp4")
+    c = collect(receiver)
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    with open(empty, "rb") as f:
+        assert zerocopy.sendfile_all(sender, f) == 0
+        assert f.tell() == 0
+    with open(small_file, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        end = f.tell()
+        assert zerocopy.sendfile_all(sender, f) == 0
+        assert f.tell() == end
+    eof(sender)
+    assert c.result() == b""
+
+
+def test_truncated_file_object(pair, collect, small_file: str, small_data: bytes) -> None:
+    sender, receiver = pair
+    c = collect(receiver)
+    size = len(small_data)
+    with open(small_file, "rb") as f:
+        f.seek(size - 1000)
+        with pytest.raises(zerocopy.TruncatedFileError) as ei:
+            zerocopy.sendfile_all(sender, f, count=5000)
+        assert isinstance(ei.value, OSError)
+        assert ei.value.bytes_sent == 1000
+        assert f.tell() == size
+    eof(sender)
+    assert c.result() == small_data[-1000:]
+
+
+def test_truncated_int_fd(
+    make_pair, collect, small_file: str, small_data: bytes, open_fds: list[int]
+) -> None:
+    sender, receiver = make_pair("tcp4")
+    c = collect(receiver)
+    size = len(small_data)
+    fd = os.open(small_file, os.O_RDONLY)
+    open_fds.append(fd)
+    os.lseek(fd, size - 700, os.SEEK_SET)
+    with pytest.raises(zerocopy.TruncatedFileError) as ei:
+        zerocopy.sendfile_all(sender, fd, count=701)
+    assert ei.value.bytes_sent == 700
+    assert os.lseek(fd, 0, os.SEEK_CUR) == size
+    # Explicit offset: the fd position stays where it was.
+    os.lseek(fd, 5, os.SEEK_SET)
+    with pytest.raises(zerocopy.TruncatedFileError) as ei:
+        zerocopy.sendfile_all(sender, fd, offset=size - 300, count=100_000)
+    assert ei.value.bytes_sent == 300
+    assert os.lseek(fd, 0, os.SEEK_CUR) == 5
+    # Offset past the end: nothing to send.
+    with pytest.raises(zerocopy.TruncatedFileError) as ei:
+        zerocopy.sendfile_all(sender, fd, offset=size + 10, count=1)
+    assert ei.value.bytes_sent == 0
+    eof(sender)
+    assert c.result() == small_data[-700:] + small_data[-300:]
+
+
+def test_offset_past_eof_to_eof_sends_nothing(make_pair, collect, small_file: str) -> None:
+    sender, receiver = make_pair("unix")
+    c = collect(receiver)
+    with open(small_file, "rb") as f:
+        assert zerocopy.sendfile_all(sender, f.fileno(), offset=10**9) == 0
+    eof(sender)
+    assert c.result() == b""
+
+
+def test_file_grown_since_open_count_none(make_pair, collect, tmp_path) -> None:
+    """count=None sends what the file holds at call time."""
+    sender, receiver = make_pair("tcp4")
+    c = collect(receiver)
+    p = tmp_path / "grow"
+    p.write_bytes(b"a" * 1000)
+    with open(p, "rb") as f:
+        with open(p, "ab") as w:
+            w.write(b"b" * 500)
+        assert zerocopy.sendfile_all(sender, f) == 1500
+    eof(sender)
+    assert c.result() == b"a" * 1000 + b"b" * 500
+
+
+FOUR_GIB = 2**32
+
+
+@pytest.fixture
+def sparse_file(tmp_path) -> Iterator[tuple[str, int, bytes, int]]:
+    """A sparse file just over 4 GiB with a marker a few bytes past 2**32."""
+    p = tmp_path / "sparse.bin"
+    size = FOUR_GIB + 8192
+    marker = b"MARKER-past-4GiB-0123456789"
+    marker_at = FOUR_GIB + 100
+    try:
+        with open(p, "wb") as w:
+            w.truncate(size)
+            w.seek(marker_at)
+            w.write(marker)
+        st = os.stat(p)
+    except OSError as e:
+        pytest.skip(f"filesystem refuses a sparse 4 GiB file: {e}")
+    if st.st_size != size or st.st_blocks * 512 > 64 * 1024 * 1024:
+        p.unlink()
+        pytest.skip("filesystem does not keep the file sparse")
+    yield str(p), marker_at, marker, size
+    p.unlink()
+
+
+def test_offset_over_4gib(make_pair, collect, sparse_file, open_fds: list[int]) -> None:
+    path, marker_at, marker, size = sparse_file
+    sender, receiver = make_pair("tcp4")
+    c = collect(receiver)
+    start = marker_at - 20
+    expected = b"\0" * 20 + marker + b"\0" * 53
+    n = len(expected)
+    # explicit offset, int fd
+    fd = os.open(path, os.O_RDONLY)
+    open_fds.append(fd)
+    assert zerocopy.sendfile_all(sender, fd, offset=start, count=n) == n
+    assert os.lseek(fd, 0, os.SEEK_CUR) == 0
+    # offset=None, int fd positioned past 4 GiB
+    os.lseek(fd, start, os.SEEK_SET)
+    assert zerocopy.sendfile_all(sender, fd, count=n) == n
+    assert os.lseek(fd, 0, os.SEEK_CUR) == start + n
+    # file object, to EOF from past 4 GiB
+    with open(path, "rb") as f:
+        f.seek(start)
+        assert zerocopy.sendfile_all(sender, f) == size - start
+        assert f.tell() == size
+    eof(sender)
+    tail = b"\0" * 20 + marker + b"\0" * (size - marker_at - len(marker))
+    assert c.result() == expected + expected + tail
+
+
+def test_offset_over_4gib_truncated(make_pair, collect, sparse_file) -> None:
+    path, _, _, size = sparse_file
+    sender, receiver = make_pair("unix")
+    c = collect(receiver)
+    with open(path, "rb") as f:
+        with pytest.raises(zerocopy.TruncatedFileError) as ei:
+            zerocopy.sendfile_all(sender, f, offset=size - 10, count=11)
+        assert ei.value.bytes_sent == 10
+        assert f.tell() == size
+    eof(sender)
+    assert c.result() == b"\0" * 10
+
+
+def test_receives_via_recv_into_small_chunks(make_pair, small_file: str, small_data: bytes) -> None:
+    """A transfer larger than the socket buffers, with the reader in this thread."""
+    sender, receiver = make_pair("unix", small=True)
+    # Reader in the main thread, sender in a helper thread.
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            with open(small_file, "rb") as f:
+                result["n"] = zerocopy.sendfile_all(sender, f)
+        except Exception as e:
+            result["error"] = e
+        finally:
+            sender.shutdown(socket.SHUT_WR)
+
+    # A timeout bounds the sender's waits even if it held the GIL (which would
+    # starve this reader): the test then fails instead of hanging the run.
+    sender.settimeout(10)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    receiver.settimeout(10)
+    buf = bytearray()
+    for _ in range(100_000):
+        b = receiver.recv(4096)
+        if not b:
+            break
+        buf += b
+    t.join(10)
+    assert not t.is_alive()
+    assert "error" not in result, result
+    assert result["n"] == len(small_data)
+    assert bytes(buf) == small_data
