@@ -11,8 +11,6 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, NamedTuple, Union
 
-from typing_extensions import Self
-
 from ._errors import error_for
 from ._native import ffi, lib
 from .splice import PipePool, default_pool
@@ -317,7 +315,7 @@ class Proxy:
         else:
             self._sock.setblocking(self._blocking)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Proxy:
         return self
 
     def __exit__(
