@@ -39,28 +39,43 @@ def socket_target(sock: SocketLike) -> Target:
     if type(sock) is int and sock >= 0:  # the per-call fast path
         return (sock, 0, True)
     if isinstance(sock, socket.socket):
+        return (stream_socket_fd(sock), timeout_ms(sock.gettimeout()), False)
+    # An int fd says nothing about timeouts: a blocking fd blocks in the
+    # kernel, a non-blocking one raises BlockingIOError.  Its type is left
+    # unchecked (the third field): sendfile._resume checks it after a failure.
+    return (_fd_number(sock, "sock"), 0, True)
+
+
+def stream_socket_fd(sock: SocketLike, name: str = "sock") -> int:
+    """The fd of ``sock``, a ``SOCK_STREAM`` socket object or int fd (one getsockopt)."""
+    if isinstance(sock, socket.socket):
         if _raw_socket_type(sock) != socket.SOCK_STREAM:
-            raise ValueError("sock must be a SOCK_STREAM socket")
+            raise ValueError(f"{name} must be a SOCK_STREAM socket")
         fd = sock.fileno()
         if fd < 0:
-            raise OSError(errno.EBADF, "the socket is closed")
-        return (fd, timeout_ms(sock.gettimeout()), False)
+            closed = "the socket" if name == "sock" else name
+            raise OSError(errno.EBADF, f"{closed} is closed")
+        return fd
+    fd = _fd_number(sock, name)
+    check_stream(fd, name)
+    return fd
+
+
+def _fd_number(sock: Any, name: str) -> int:
     if isinstance(sock, int):
         if sock < 0:
-            raise ValueError(f"sock must be a file descriptor >= 0, got {sock}")
-        # An int fd says nothing about timeouts: a blocking fd blocks in the
-        # kernel, a non-blocking one raises BlockingIOError.
-        return (sock, 0, True)
+            raise ValueError(f"{name} must be a file descriptor >= 0, got {sock}")
+        return sock
     raise TypeError(
-        f"sock must be a socket.socket or an int file descriptor, not {type(sock).__name__}"
+        f"{name} must be a socket.socket or an int file descriptor, not {type(sock).__name__}"
     )
 
 
-def check_stream(fd: int) -> None:
+def check_stream(fd: int, name: str = "sock") -> None:
     """Raise unless ``fd`` is a ``SOCK_STREAM`` socket (one getsockopt)."""
     rc = lib.zc_check_stream(fd)
     if rc == -errno.EPROTOTYPE:
-        raise ValueError("sock must be a SOCK_STREAM socket")
+        raise ValueError(f"{name} must be a SOCK_STREAM socket")
     if rc < 0:
         raise OSError(-rc, os.strerror(-rc))
 
@@ -101,7 +116,7 @@ def _fileno(file: Any) -> int | None:
     return fd if isinstance(fd, int) and fd >= 0 else None
 
 
-def _seekable(file: Any) -> bool:
+def seekable(file: Any) -> bool:
     try:
         return bool(file.seekable())
     except (AttributeError, OSError, ValueError):
@@ -121,8 +136,7 @@ def file_source(file: Any, offset: int | None) -> Source:
             "file must be an int file descriptor or a binary file object, "
             f"not {type(file).__name__}"
         )
-    seekable = _seekable(file)
-    if not seekable:
+    if not seekable(file):
         if offset is not None:
             raise ValueError("offset needs a seekable file")
         fd = _fileno(file) if isinstance(file, io.FileIO) else None  # no buffer to honour
@@ -130,12 +144,12 @@ def file_source(file: Any, offset: int | None) -> Source:
     if getattr(file, "closed", False):
         raise ValueError("I/O operation on closed file")
     start = file.tell() if offset is None else offset
-    if _writable(file):
+    if writable(file):
         file.flush()  # bytes still in the write buffer belong to the file
     return Source(_fileno(file), start, file)
 
 
-def _writable(file: Any) -> bool:
+def writable(file: Any) -> bool:
     try:
         return bool(file.writable())
     except (AttributeError, OSError, ValueError):

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from types import FrameType
-from typing import TextIO
+from typing import Protocol, TextIO, TypeVar
 
 import zerocopy
 
@@ -1156,6 +1156,43 @@ def _exit_code(request: SystemExit) -> int:
     return request.code if isinstance(request.code, int) else 2
 
 
+class _Outcome(Protocol):
+    @property
+    def failed(self) -> bool: ...
+
+
+_R = TypeVar("_R", bound=_Outcome)
+
+
+def _run_and_report(
+    prog: str,
+    heading: Sequence[str],
+    run: Callable[[Progress], _R],
+    show: Callable[[_R], None],
+    *,
+    to_json: bool,
+) -> int:
+    """Print ``heading``, ``run`` with a progress line and ``show`` its report; the exit code.
+
+    0 when every method succeeded, 1 when one failed or setup failed (``OSError``),
+    130 on Ctrl-C.  Shared by the benchmarks' ``main`` functions.
+    """
+    print("\n".join(heading), file=sys.stderr if to_json else sys.stdout, flush=True)
+    progress = Progress()
+    try:
+        report = run(progress)
+    except KeyboardInterrupt:
+        progress.finish()
+        print("interrupted", file=sys.stderr)
+        return 130
+    except OSError as error:
+        progress.finish()
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 1
+    show(report)
+    return 1 if report.failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark with command-line arguments ``argv`` (those after ``bench``).
 
@@ -1187,24 +1224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     machine = _machine_info()
     heading = [_describe_run(options.small, settings), _describe_machine(machine)]
-    print("\n".join(heading), file=sys.stderr if options.json else sys.stdout, flush=True)
-    progress = Progress()
     run = _run_small if options.small else _run_throughput
-    try:
-        report = run(names, settings, machine, progress)
-    except KeyboardInterrupt:
-        progress.finish()
-        print("interrupted", file=sys.stderr)
-        return 130
-    except OSError as error:
-        progress.finish()
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 1
-    if options.json:
-        _print_json_report(report)
-    else:
-        _print_text_report(report)
-    return 1 if report.failed else 0
+    return _run_and_report(
+        parser.prog, heading, lambda progress: run(names, settings, machine, progress),
+        _print_json_report if options.json else _print_text_report, to_json=options.json,
+    )
 
 
 if __name__ == "__main__":

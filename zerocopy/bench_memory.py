@@ -63,6 +63,7 @@ from zerocopy.bench import (
     _positive_int,
     _receiver_process,
     _render_table,
+    _run_and_report,
     _run_interleaved,
     _select_methods,
     _summarize,
@@ -540,23 +541,10 @@ def main(argv: list[str]) -> int:
     settings = _settings_from(options)
     machine = _machine_info()
     heading = [_describe_run(settings), _describe_machine(machine)]
-    print("\n".join(heading), file=sys.stderr if options.json else sys.stdout, flush=True)
-    progress = Progress()
-    try:
-        report = _run(names, settings, machine, progress)
-    except KeyboardInterrupt:
-        progress.finish()
-        print("interrupted", file=sys.stderr)
-        return 130
-    except OSError as error:
-        progress.finish()
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 1
-    if options.json:
-        _print_json(report)
-    else:
-        _print_text(report)
-    return 1 if report.failed else 0
+    return _run_and_report(
+        parser.prog, heading, lambda progress: _run(names, settings, machine, progress),
+        _print_json if options.json else _print_text, to_json=options.json,
+    )
 
 
 if __name__ == "__main__":

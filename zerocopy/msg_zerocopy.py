@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from ._args import WAIT_FOREVER, timeout_ms
+from ._args import WAIT_FOREVER, stream_socket_fd, timeout_ms
 from ._errors import error_for, with_progress
 from ._native import ffi, lib
 from .cork import cork as _cork
@@ -125,8 +125,7 @@ class Socket:
         self._closed = True
         if not isinstance(sock, socket.socket):
             raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
-        if sock.type != socket.SOCK_STREAM:
-            raise ValueError("sock must be a SOCK_STREAM socket")
+        fd = stream_socket_fd(sock)
         for name, value, low in (
             ("zerocopy_threshold", zerocopy_threshold, 1),
             ("max_pinned_bytes", max_pinned_bytes, 1),
@@ -137,9 +136,7 @@ class Socket:
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
         self._sock = sock
-        self._fd = sock.fileno()
-        if self._fd < 0:
-            raise OSError(errno.EBADF, "the socket is closed")
+        self._fd = fd
         self.zerocopy_threshold = zerocopy_threshold
         self.max_pinned_bytes = max_pinned_bytes
         self.adaptive = adaptive

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, NamedTuple, Union
 
-from ._errors import error_for
+from ._args import stream_socket_fd
+from ._errors import error_for, with_progress
 from ._native import ffi, lib
 from .splice import PipePool, default_pool
 
@@ -24,36 +25,6 @@ _EINTR = -errno.EINTR
 _SLICE_MS = 250
 
 Address = Union[tuple[str, int], tuple[str, int, int, int], str]
-
-
-def _stream_fd(sock: socket.socket | int, name: str) -> int:
-    if isinstance(sock, socket.socket):
-        if sock.type != socket.SOCK_STREAM:
-            raise ValueError(f"{name} must be a SOCK_STREAM socket")
-        fd = sock.fileno()
-        if fd < 0:
-            raise OSError(errno.EBADF, f"{name} is closed")
-        return fd
-    if isinstance(sock, int) and not isinstance(sock, bool):
-        if sock < 0:
-            raise ValueError(f"{name} must be a file descriptor >= 0, got {sock}")
-        probe = socket.socket(fileno=sock)
-        try:
-            if probe.type != socket.SOCK_STREAM:
-                raise ValueError(f"{name} must be a SOCK_STREAM socket")
-        finally:
-            probe.detach()
-        return sock
-    raise TypeError(
-        f"{name} must be a socket.socket or an int file descriptor, not {type(sock).__name__}"
-    )
-
-
-def _relay_error(rc: int, moved: tuple[int, int]) -> OSError:
-    exc = error_for(rc, moved[0] + moved[1])
-    del exc.bytes_sent  # type: ignore[attr-defined]
-    exc.bytes_relayed = moved  # type: ignore[attr-defined]
-    return exc
 
 
 def relay(
@@ -74,8 +45,11 @@ def relay(
     signal handler runs during the relay, which resumes unless it raises.
     The sockets stay open (close them) and keep their blocking mode.
     """
-    fa = _stream_fd(a, "a")
-    fb = _stream_fd(b, "b")
+    for name, sock in (("a", a), ("b", b)):
+        if isinstance(sock, bool):  # not a file descriptor here
+            raise TypeError(f"{name} must be a socket.socket or an int file descriptor, not bool")
+    fa = stream_socket_fd(a, "a")
+    fb = stream_socket_fd(b, "b")
     if timeout is not None and timeout < 0:
         raise ValueError("timeout must be >= 0 or None")
     pool = default_pool()
@@ -109,19 +83,13 @@ def relay(
                         seen, quiet_since = now_seen, now
                     elif now - quiet_since >= timeout:
                         exc = TimeoutError(errno.ETIMEDOUT, "relay timed out: no bytes moved")
-                        exc.bytes_relayed = seen  # type: ignore[attr-defined]
-                        raise exc
+                        raise with_progress(exc, seen, attr="bytes_relayed")
         except BaseException as exc:
-            if not hasattr(exc, "bytes_relayed"):
-                try:
-                    exc.bytes_relayed = (  # type: ignore[attr-defined]
-                        int(r.bytes[0]), int(r.bytes[1]))
-                except AttributeError:
-                    pass
+            with_progress(exc, (int(r.bytes[0]), int(r.bytes[1])), attr="bytes_relayed")
             raise
         moved = (int(r.bytes[0]), int(r.bytes[1]))
         if r.error:
-            raise _relay_error(r.error, moved)
+            raise error_for(r.error, moved, attr="bytes_relayed")
         return moved
     finally:
         lib.zc_relay_remove(r)  # a no-op once it ended; restores the sockets' flags

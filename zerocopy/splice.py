@@ -10,8 +10,16 @@ import stat
 import threading
 from typing import Any, Union
 
-from ._args import TO_EOF, WAIT_FOREVER, check_range, timeout_ms
-from ._errors import TruncatedFileError, error_for
+from ._args import (
+    TO_EOF,
+    WAIT_FOREVER,
+    check_range,
+    seekable,
+    stream_socket_fd,
+    timeout_ms,
+    writable,
+)
+from ._errors import error_for, with_progress
 from ._native import ffi, lib
 
 __all__ = ["PipePool", "recvfile", "splice_all"]
@@ -19,7 +27,6 @@ __all__ = ["PipePool", "recvfile", "splice_all"]
 _EINTR = -errno.EINTR
 _EAGAIN = -errno.EAGAIN
 _ENODATA = -errno.ENODATA
-_ETIMEDOUT = -errno.ETIMEDOUT
 _CHUNK = 256 * 1024
 
 FdLike = Union[int, Any]  # an int fd or an object with fileno()
@@ -125,62 +132,15 @@ def _fd_of(obj: Any, name: str) -> int:
     return fd
 
 
-def _fd_timeout(fd: int) -> int:
-    """An int fd says nothing about timeouts: blocking waits, non-blocking raises."""
-    return 0 if os.get_blocking(fd) is False else WAIT_FOREVER
-
-
-def _socket_timeout(sock: socket.socket | int, fd: int) -> int:
+def _wait_ms(sock: Any, fd: int) -> int:
+    """A socket object's timeout; for a bare fd, wait only when it blocks (it has no timeout)."""
     if isinstance(sock, socket.socket):
         return timeout_ms(sock.gettimeout())
-    return _fd_timeout(fd)
-
-
-def _check_stream(sock: Any, fd: int, name: str) -> None:
-    if isinstance(sock, socket.socket):
-        kind = sock.type
-    else:
-        probe = socket.socket(fileno=fd)
-        try:
-            kind = probe.type
-        finally:
-            probe.detach()
-    if kind != socket.SOCK_STREAM:
-        raise ValueError(f"{name} must be a SOCK_STREAM socket")
+    return 0 if os.get_blocking(fd) is False else WAIT_FOREVER
 
 
 def _is_pipe(fd: int) -> bool:
     return stat.S_ISFIFO(os.fstat(fd).st_mode)
-
-
-def _seekable(file: Any) -> bool:
-    try:
-        return bool(file.seekable())
-    except (AttributeError, OSError, ValueError):
-        return False
-
-
-def _attach(exc: BaseException, name: str, done: int) -> BaseException:
-    try:
-        if not hasattr(exc, name):
-            setattr(exc, name, done)
-    except AttributeError:
-        pass
-    return exc
-
-
-def _error(rc: int, done: int, name: str, what: str) -> BaseException:
-    """The exception for ``rc`` after ``done`` bytes, carrying ``name`` = done."""
-    if rc == _ENODATA:
-        exc: OSError = TruncatedFileError(errno.ENODATA, f"{what} ended after {done} bytes")
-    elif rc == _ETIMEDOUT:
-        exc = TimeoutError(errno.ETIMEDOUT, "timed out")
-    else:
-        exc = error_for(rc, done)
-        if name != "bytes_sent":
-            del exc.bytes_sent  # type: ignore[attr-defined]
-    setattr(exc, name, done)
-    return exc
 
 
 # --------------------------------------------------------------------------- the loop
@@ -194,7 +154,7 @@ def _run(
     count: int,
     wait_ms: int,
     moved: Any,
-    name: str,
+    attr: str,
     what: str,
     pool: PipePool | None,
 ) -> int:
@@ -215,10 +175,10 @@ def _run(
                 if rc == 0 or rc == _EINTR:
                     continue
             if rc != _EINTR:
-                raise _error(rc, int(moved[0]), name, what)
+                raise error_for(rc, int(moved[0]), attr=attr, what=what)
             # a signal arrived and its handler ran (it would have raised): resume
     except BaseException as exc:
-        _attach(exc, name, int(moved[0]))
+        with_progress(exc, int(moved[0]), attr=attr)
         raise
     finally:
         if pool is not None:
@@ -245,21 +205,9 @@ def recvfile(
     Every exception raised once the transfer started, ``KeyboardInterrupt``
     included, has ``bytes_received``: the bytes written to the file.
     """
-    if isinstance(sock, socket.socket):
-        sock_fd = sock.fileno()
-        if sock_fd < 0:
-            raise OSError(errno.EBADF, "the socket is closed")
-    elif isinstance(sock, int):
-        if sock < 0:
-            raise ValueError(f"sock must be a file descriptor >= 0, got {sock}")
-        sock_fd = sock
-    else:
-        raise TypeError(
-            f"sock must be a socket.socket or an int file descriptor, not {type(sock).__name__}"
-        )
-    _check_stream(sock, sock_fd, "sock")
+    sock_fd = stream_socket_fd(sock)
     check_range(offset, count)
-    wait_ms = _socket_timeout(sock, sock_fd)
+    wait_ms = _wait_ms(sock, sock_fd)
     left = TO_EOF if count is None else count
     moved = ffi.new("uint64_t[1]")
 
@@ -276,22 +224,22 @@ def recvfile(
     if getattr(file, "closed", False):
         raise ValueError("I/O operation on closed file")
     try:
-        writable = bool(file.writable())
+        can_write = bool(file.writable())
     except (AttributeError, ValueError):
-        writable = hasattr(file, "write")
-    if not writable:
+        can_write = hasattr(file, "write")
+    if not can_write:
         raise io.UnsupportedOperation("file must be opened for writing")
     try:
         fd = file.fileno()
     except (AttributeError, OSError, ValueError):
         fd = None
-    seekable = _seekable(file)
-    if offset is not None and not seekable:
+    can_seek = seekable(file)
+    if offset is not None and not can_seek:
         raise ValueError("offset needs a seekable file")
     if fd is None:
         return _recv_through_python(sock, sock_fd, file, offset, left)
     file.flush()  # bytes in the write buffer go first
-    if not seekable:
+    if not can_seek:
         pool = None if _is_pipe(fd) else default_pool()
         return _run(sock_fd, ffi.NULL, fd, ffi.NULL, left, wait_ms, moved,
                     "bytes_received", "the stream", pool)
@@ -308,9 +256,9 @@ def _recv_through_python(
     sock: socket.socket | int, sock_fd: int, file: Any, offset: int | None, count: int
 ) -> int:
     """recv + write for objects without a file descriptor (``io.BytesIO``)."""
-    seekable = _seekable(file)
+    can_seek = seekable(file)
     start = 0
-    if seekable:
+    if can_seek:
         start = file.tell() if offset is None else offset
         file.seek(start)
     buf = bytearray(_CHUNK)
@@ -326,15 +274,15 @@ def _recv_through_python(
             if n == 0:
                 if count == TO_EOF:
                     break
-                raise _error(_ENODATA, done, "bytes_received", "the stream")
+                raise error_for(_ENODATA, done, attr="bytes_received", what="the stream")
             file.write(view[:n])
             done += n
         return done
     except BaseException as exc:
-        _attach(exc, "bytes_received", done)
+        with_progress(exc, done, attr="bytes_received")
         raise
     finally:
-        if seekable:
+        if can_seek:
             file.seek(start + done)
 
 
@@ -359,7 +307,7 @@ def splice_all(src: FdLike, dst: FdLike, count: int | None = None) -> int:
     d_fd = _fd_of(dst, "dst")
     check_range(None, count)
     waits = [
-        _socket_timeout(obj, fd) if isinstance(obj, socket.socket) or _is_socket(fd)
+        _wait_ms(obj, fd) if isinstance(obj, socket.socket) or _is_socket(fd)
         else WAIT_FOREVER
         for obj, fd in ((src, s_fd), (dst, d_fd))
     ]
@@ -367,10 +315,10 @@ def splice_all(src: FdLike, dst: FdLike, count: int | None = None) -> int:
     pool = None if _is_pipe(s_fd) or _is_pipe(d_fd) else default_pool()
     positioned: list[tuple[Any, Any]] = []  # (file object or None, int64_t[1] or NULL)
     for obj in (src, dst):
-        if isinstance(obj, (int, socket.socket)) or not _seekable(obj):
+        if isinstance(obj, (int, socket.socket)) or not seekable(obj):
             positioned.append((None, ffi.NULL))
             continue
-        if _writable(obj):
+        if writable(obj):
             obj.flush()  # bytes in the write buffer go first
         positioned.append((obj, ffi.new("int64_t[1]", [obj.tell()])))
     moved = ffi.new("uint64_t[1]")
@@ -386,13 +334,6 @@ def splice_all(src: FdLike, dst: FdLike, count: int | None = None) -> int:
 
 def _is_socket(fd: int) -> bool:
     return stat.S_ISSOCK(os.fstat(fd).st_mode)
-
-
-def _writable(obj: Any) -> bool:
-    try:
-        return bool(obj.writable())
-    except (AttributeError, OSError, ValueError):
-        return False
 
 
 def _combine(waits: list[int]) -> int:
