@@ -98,3 +98,24 @@ def test_bytesio_bad_count_type(make_pair) -> None:
     sender, _ = make_pair("unix")
     with pytest.raises(TypeError):
         zerocopy.sendfile_all(sender, io.BytesIO(b"abc"), count=1.5)
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_UNIX], ids=["udp", "unix-dgram"])
+def test_datagram_fd_rejected_all_int_arguments(small_file: str, family: int) -> None:
+    """sock, file, offset and count all ints (the per-call fast path)."""
+    with socket.socket(family, socket.SOCK_DGRAM) as d:
+        if family == socket.AF_INET:
+            d.bind(("127.0.0.1", 0))
+            d.connect(d.getsockname())
+        fd = os.open(small_file, os.O_RDONLY)
+        try:
+            for offset, count in ((0, 10), (None, 10), (0, 0)):
+                with pytest.raises(ValueError, match="SOCK_STREAM"):
+                    zerocopy.sendfile_all(d.fileno(), fd, offset, count)
+            assert os.lseek(fd, 0, os.SEEK_CUR) == 0
+        finally:
+            os.close(fd)
+        if family == socket.AF_INET:  # no datagram may have gone out
+            d.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                d.recv(100)

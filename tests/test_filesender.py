@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import io
 import os
 import random
 import selectors
@@ -457,3 +458,65 @@ def test_file_object_position_after_response(
     eof(sender)
     expected = HEAD + small_data[100:1100] + trailers + HEAD + small_data[5000:5010] + trailers
     assert c.result() == expected
+
+
+# -- sources and arguments shared with sendfile_all ------------------------------------
+
+
+def test_bytesio_source(make_pair, collect, small_data: bytes) -> None:
+    sender, receiver = make_pair("tcp4")
+    c = collect(receiver)
+    with zerocopy.FileSender(
+        sender, io.BytesIO(small_data), 1000, 20_000, headers=HEAD, trailers=TAIL
+    ) as fs:
+        assert fs.total == len(HEAD) + 20_000 + len(TAIL)
+        fs.send_all()
+        assert fs.done
+    eof(sender)
+    assert c.result() == HEAD + small_data[1000:21_000] + TAIL
+
+
+def test_pipe_source_with_count(make_pair, collect, small_data: bytes) -> None:
+    sender, receiver = make_pair("tcp4")
+    c = collect(receiver)
+    r, w = os.pipe()
+
+    def write() -> None:
+        try:
+            os.write(w, small_data[:50_000])  # fits in a default 64 KiB pipe
+        finally:
+            os.close(w)
+
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    try:
+        with zerocopy.FileSender(sender, r, count=30_000, headers=HEAD, trailers=TAIL) as fs:
+            assert fs.total == len(HEAD) + 30_000 + len(TAIL)
+            fs.send_all()
+            assert fs.done
+        t.join(DEADLINE)
+        assert os.read(r, 100_000) == small_data[30_000:50_000]
+    finally:
+        os.close(r)
+    eof(sender)
+    assert c.result() == HEAD + small_data[:30_000] + TAIL
+
+
+def test_argument_checks(make_pair, small_file: str) -> None:
+    sender, _ = make_pair("tcp4")
+    with open(small_file, "rb") as f:
+        with (
+            pytest.raises(ValueError, match="SOCK_STREAM"),
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as d,
+        ):
+            zerocopy.FileSender(d, f, headers=HEAD)
+        with pytest.raises(ValueError, match=r"offset|count|>= 0|negative"):
+            zerocopy.FileSender(sender, f, -1, 10)
+        with pytest.raises(TypeError):
+            zerocopy.FileSender(sender, f, 0, 1.5)
+    with (
+        open(small_file, encoding="latin-1") as text,
+        pytest.raises(ValueError, match="binary mode"),
+    ):
+        zerocopy.FileSender(sender, text)
+    assert _cork(sender) == 0

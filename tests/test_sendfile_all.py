@@ -340,3 +340,18 @@ def test_receives_via_recv_into_small_chunks(make_pair, small_file: str, small_d
     assert "error" not in result, result
     assert result["n"] == len(small_data)
     assert bytes(buf) == small_data
+
+
+def test_socket_with_timeout_slow_reader(
+    small_pair, collect, big_file: str, big_data: bytes
+) -> None:
+    """A timeout bounds each wait, not the whole transfer: a slow reader is fine."""
+    sender, receiver = small_pair
+    sender.settimeout(10)
+    c = collect(receiver, delay=0.001)
+    with open(big_file, "rb") as f:
+        assert zerocopy.sendfile_all(sender, f, offset=99, count=2_000_000) == 2_000_000
+        assert f.tell() == 2_000_099
+    sender.settimeout(None)
+    eof(sender)
+    assert c.result() == big_data[99:2_000_099]

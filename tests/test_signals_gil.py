@@ -165,7 +165,8 @@ def test_gil_released_while_blocked(
     go = threading.Event()
 
     def count() -> None:
-        while not stop.is_set():
+        end = time.monotonic() + 2 * DEADLINE
+        while not stop.is_set() and time.monotonic() < end:
             counter[0] += 1
 
     def watch() -> None:

@@ -42,7 +42,7 @@ def socket_target(sock: SocketLike) -> Target:
         return (stream_socket_fd(sock), timeout_ms(sock.gettimeout()), False)
     # An int fd says nothing about timeouts: a blocking fd blocks in the
     # kernel, a non-blocking one raises BlockingIOError.  Its type is left
-    # unchecked (the third field): sendfile._resume checks it after a failure.
+    # unchecked (the third field): the C call checks it (ZC_CHECK_STREAM).
     return (_fd_number(sock, "sock"), 0, True)
 
 

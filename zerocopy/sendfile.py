@@ -23,6 +23,8 @@ from ._native import ffi, lib
 
 _U64 = ffi.typeof("uint64_t[1]")
 _EINTR = -errno.EINTR
+_EPROTOTYPE = -errno.EPROTOTYPE
+_CHECK_STREAM: int = lib.ZC_CHECK_STREAM
 _CHUNK = 256 * 1024
 
 
@@ -52,11 +54,11 @@ def sendfile_all(
         and sock | file | offset | count >= 0
     ):
         # The per-call fast path (a server sending small files from a cache
-        # of fds): one C call, no allocation.
+        # of fds): one C call, which also checks the fd is a stream socket.
         sent = _counters.pop() if _counters else ffi.new(_U64)
         sent[0] = 0
         try:
-            rc = lib.zc_sendfile(sock, file, offset, count, 0, 0, sent)
+            rc = lib.zc_sendfile(sock, file, offset, count, 0, _CHECK_STREAM, sent)
         except BaseException as exc:  # a signal handler raised as the call returned
             with_progress(exc, int(sent[0]))
             raise
@@ -71,6 +73,8 @@ def sendfile_all(
         return send_fd(target, file, FD_POSITION if offset is None else offset, left)
     src = file_source(file, offset)
     if src.fd is None:
+        if target[2]:
+            check_stream(target[0])
         return _send_through_python(target, src, file, left)
     if src.fileobj is None:
         return send_fd(target, src.fd, src.start, left)
@@ -100,7 +104,9 @@ def send_fd(target: Target, file_fd: int, start: int, count: int, sent: Any = No
         sent = _take_counter()
     try:
         try:
-            rc = lib.zc_sendfile(target[0], file_fd, start, count, target[1], 0, sent)
+            rc = lib.zc_sendfile(
+                target[0], file_fd, start, count, target[1], _CHECK_STREAM if target[2] else 0, sent
+            )
         except BaseException as exc:  # a signal handler raised as the call returned
             with_progress(exc, int(sent[0]))
             raise
@@ -117,11 +123,9 @@ def _resume(rc: int, target: Target, file_fd: int, start: int, count: int, sent:
     sock_fd, timeout_ms, unchecked = target
     try:
         while True:
+            if rc == _EPROTOTYPE and unchecked:
+                raise ValueError("sock must be a SOCK_STREAM socket")
             if rc != _EINTR:
-                if unchecked and sent[0] == 0:
-                    # An int fd's type is checked only now: a getsockopt on
-                    # every call would cost a fifth of a 4 KiB send.
-                    check_stream(sock_fd)
                 raise error_for(rc, int(sent[0]))
             # A signal cut the transfer short and its handler has run (it
             # would have raised here otherwise): resume where it stopped.
