@@ -28,10 +28,14 @@ Target = tuple[int, int, bool]
 _raw_socket_type = _socket.socket.type.__get__
 
 
+_INT_MAX = 2**31 - 1  # the C side's timeouts are ints (poll's)
+_OFF_MAX = 2**63 - 1  # off_t
+
+
 def timeout_ms(timeout: float | None) -> int:
     if timeout is None:
         return WAIT_FOREVER
-    return math.ceil(timeout * 1000)
+    return min(math.ceil(timeout * 1000), _INT_MAX)  # ~25 days: as good as forever
 
 
 def socket_target(sock: SocketLike) -> Target:
@@ -81,10 +85,6 @@ def check_stream(fd: int, name: str = "sock") -> None:
 
 
 def check_range(offset: int | None, count: int | None) -> None:
-    if (offset is None or (type(offset) is int and offset >= 0)) and (
-        count is None or (type(count) is int and count >= 0)
-    ):
-        return
     for name, value in (("offset", offset), ("count", count)):
         if value is None:
             continue
@@ -92,6 +92,10 @@ def check_range(offset: int | None, count: int | None) -> None:
             raise TypeError(f"{name} must be an integer or None, not {type(value).__name__}")
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
+        if value > _OFF_MAX:
+            raise ValueError(f"{name} must be <= 2**63 - 1, got {value}")
+    if offset is not None and count is not None and offset + count > _OFF_MAX:
+        raise ValueError(f"offset + count must be <= 2**63 - 1, got {offset + count}")
 
 
 class Source(NamedTuple):
@@ -129,13 +133,18 @@ def file_source(file: Any, offset: int | None) -> Source:
         if file < 0:
             raise ValueError(f"file must be a file descriptor >= 0, got {file}")
         return Source(file, FD_POSITION if offset is None else offset, None)
-    if isinstance(file, io.TextIOBase) or "b" not in getattr(file, "mode", "b"):
+    if isinstance(file, io.TextIOBase):
         raise ValueError("file must be opened in binary mode")
+    if isinstance(file, socket.socket):
+        if offset is not None:
+            raise ValueError("offset needs a seekable file")
+        return Source(stream_socket_fd(file, "file"), FD_POSITION, None)
     if not hasattr(file, "read") and not hasattr(file, "fileno"):
         raise TypeError(
             "file must be an int file descriptor or a binary file object, "
             f"not {type(file).__name__}"
         )
+    file = _unwrap(file)
     if not seekable(file):
         if offset is not None:
             raise ValueError("offset needs a seekable file")
@@ -144,9 +153,31 @@ def file_source(file: Any, offset: int | None) -> Source:
     if getattr(file, "closed", False):
         raise ValueError("I/O operation on closed file")
     start = file.tell() if offset is None else offset
+    if not _reads_its_fd(file):
+        return Source(None, start, file)  # gzip, zip members, BytesIO: read through Python
     if writable(file):
         file.flush()  # bytes still in the write buffer belong to the file
     return Source(_fileno(file), start, file)
+
+
+def _unwrap(file: Any) -> Any:
+    """The file object inside a tempfile.NamedTemporaryFile wrapper, else ``file``."""
+    inner = getattr(file, "file", None)
+    if type(file).__name__ == "_TemporaryFileWrapper" and isinstance(inner, io.IOBase):
+        return inner
+    return file
+
+
+def _reads_its_fd(file: Any) -> bool:
+    """True when ``file.read()`` returns the bytes of ``file.fileno()`` at ``tell()``.
+
+    Only plain files are: a GzipFile's fileno() is the compressed file's.
+    """
+    if isinstance(file, io.FileIO):
+        return True
+    if isinstance(file, (io.BufferedReader, io.BufferedRandom, io.BufferedWriter)):
+        return isinstance(getattr(file, "raw", None), io.FileIO)
+    return False
 
 
 def writable(file: Any) -> bool:

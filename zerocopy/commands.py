@@ -272,11 +272,12 @@ def send_main(argv: Sequence[str], *, stderr: IO[str] | None = None) -> int:
                 reply = _read_reply(sock)
             except TruncatedFileError:
                 return cmd.fail(f"{args.file} shrank while it was being sent")
-            except KeyboardInterrupt:
-                cmd.say(f"interrupted after {sent} bytes")
+            except KeyboardInterrupt as e:  # bytes_sent: what the current chunk got out
+                cmd.say(f"interrupted after {sent + getattr(e, 'bytes_sent', 0)} bytes")
                 return 130
             except OSError as e:
-                return cmd.fail(f"sending to {_show(address)} failed after {sent} bytes: "
+                done = sent + getattr(e, "bytes_sent", 0)
+                return cmd.fail(f"sending to {_show(address)} failed after {done} bytes: "
                                 f"{_error_text(e)}")
             elapsed = time.monotonic() - start
     cmd.say(f"sent {sent} bytes in {elapsed:.2f} s ({_rate(sent, elapsed)})")

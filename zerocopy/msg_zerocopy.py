@@ -33,6 +33,7 @@ _ENOBUFS = -errno.ENOBUFS
 _ENOSPC = -errno.ENOSPC
 _NO_ZEROCOPY = (-errno.EOPNOTSUPP, -errno.ENOPROTOOPT, -errno.EINVAL)
 _REAP_BATCH = 64
+_WAIT_SLICE_MS = 100
 _FREED_BATCH = 256
 
 # Buffers whose completions never came before their Socket was closed or
@@ -298,13 +299,17 @@ class Socket:
         return self._has_room(need) and self.zerocopy_active
 
     def _has_room(self, need: int) -> bool:
+        """Room for one more zero-copy send that pins ``need`` more bytes.
+
+        ``need`` is 0 for the rest of a buffer already on loan: its bytes are
+        counted, so only the tracker's records can run out.
+        """
         in_flight: int = lib.zc_tracker_pending(self._tracker)
-        if not self._loans and in_flight == 0:
-            return True  # one buffer larger than the bound may still go
-        return (
-            in_flight < len(self._recs)
-            and self._counts["pinned_bytes"] + need <= self.max_pinned_bytes
-        )
+        if in_flight >= len(self._recs):
+            return False
+        if need == 0 or not self._loans:
+            return True  # already pinned, or alone (a buffer over the bound may go)
+        return self._counts["pinned_bytes"] + need <= self.max_pinned_bytes
 
     def _settle(self, token: int, loan: _Loan, loaned: bool) -> None:
         """After a buffer's last send: make sure its loan ends when its sends complete."""
@@ -319,7 +324,7 @@ class Socket:
     def reap(self) -> int:
         """Process completions without blocking; return how many buffers became free."""
         with self._lock:
-            if self._closed:
+            if not self._usable():
                 return 0
             return self._reap_locked()
 
@@ -369,21 +374,27 @@ class Socket:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
-                if not self._closed:
-                    self._reap_locked()
+                usable = self._usable()
+                released = self._reap_locked() if usable else 0
                 if ready():
                     return True
-                if self._closed:
+                if not usable:
                     return False
-            if deadline is None:
-                wait = WAIT_FOREVER
-            else:
+                completions = self._counts["completions"]
+            # Wait in slices, so a socket closed meanwhile by another thread
+            # is noticed (its fd number may be reused) at the next check.
+            wait = _WAIT_SLICE_MS
+            if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                wait = max(1, int(left * 1000))
+                wait = min(wait, max(1, int(left * 1000)))
             rc = lib.zc_wait_completions(self._fd, wait)
-            if rc < 0 and rc not in (_EINTR, -errno.ETIMEDOUT, _EAGAIN):
+            if rc == 0 and not released and self._counts["completions"] == completions:
+                # POLLERR with nothing to reap: a socket error (a reset) is
+                # pending, not a completion; pace instead of spinning
+                time.sleep(wait / 1000 / 10)
+            elif rc < 0 and rc not in (_EINTR, -errno.ETIMEDOUT, _EAGAIN):
                 raise error_for(rc, 0)
 
     # -- the rest of the socket ---------------------------------------------
@@ -409,8 +420,9 @@ class Socket:
             return
         self.flush(timeout)
         with self._lock:
-            self._abandon_loans("closed")
-            self._closed = True
+            if self._usable():
+                self._abandon_loans("closed")
+                self._closed = True
             self._sock.close()
 
     def _abandon_loans(self, how: str) -> None:
@@ -427,8 +439,22 @@ class Socket:
         )
 
     def _check_open(self) -> None:
-        if self._closed:
+        if not self._usable():
             raise OSError(errno.EBADF, "the zerocopy.Socket is closed")
+
+    def _usable(self) -> bool:
+        """Open, and its socket still owns the fd (call with the lock held).
+
+        A socket closed behind our back frees its fd number for reuse: from
+        then on no C call may touch it, and what is on loan stays so.
+        """
+        if self._closed:
+            return False
+        if self._sock.fileno() != self._fd:
+            self._abandon_loans("found its socket closed")
+            self._closed = True
+            return False
+        return True
 
     def _count(self, key: str, n: int = 1) -> None:
         self._counts[key] += n
@@ -451,7 +477,7 @@ class Socket:
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_closed", True):
+        if getattr(self, "_closed", True) or not self._usable():
             return
         try:
             self._reap_locked()

@@ -67,10 +67,17 @@ class FileSender:
         self._timeout_ms = timeout_ms
         self._fileobj: Any = None
         self._start = FD_POSITION
+        self._file_at = 0  # where the file's bytes start in the response
+        self._file_len: int | None = None
         src = file_source(file, offset)
         file_fd, start, file_len = -1, FD_POSITION, TO_EOF if count is None else count
         if src.fd is None:  # read it now; the response then is memory only
-            body = _read_range(file, src.start, count)
+            reader = file if src.fileobj is None else src.fileobj
+            body = _read_range(reader, src.start, count)
+            self._file_at, self._file_len = memoryview(headers).nbytes, len(body)
+            if src.fileobj is not None:
+                self._fileobj, self._start = reader, src.start
+                reader.seek(src.start)  # nothing of it is sent yet
             headers = b"".join([bytes(headers), body, bytes(trailers)])
             trailers, file_len = b"", 0
         else:
@@ -80,6 +87,8 @@ class FileSender:
         self._trailers = ffi.from_buffer(trailers) if trailers else ffi.NULL
         self._header_len = len(self._headers) if headers else 0
         self._trailer_len = len(self._trailers) if trailers else 0
+        if src.fd is not None:
+            self._file_at, self._file_len = self._header_len, None  # None: ask C
         self._resp = ffi.new("struct zc_response *")
         self._step = ffi.new(_U64)
         rc = lib.zc_response_init(
@@ -139,6 +148,7 @@ class FileSender:
                     raise error_for(rc, self.sent)
         except BaseException as exc:
             with_progress(exc, self.sent)
+            lib.zc_response_end(self._resp)  # a failed step never leaves the cork set
             raise
         finally:
             self._sync_position()
@@ -147,8 +157,10 @@ class FileSender:
     def _sync_position(self) -> None:
         if self._fileobj is None:
             return
-        file_len = int(self._resp.total) - self._header_len - self._trailer_len
-        file_sent = min(max(self.sent - self._header_len, 0), file_len)
+        file_len = self._file_len
+        if file_len is None:
+            file_len = int(self._resp.total) - self._header_len - self._trailer_len
+        file_sent = min(max(self.sent - self._file_at, 0), file_len)
         self._fileobj.seek(self._start + file_sent)
 
     def close(self) -> None:

@@ -75,7 +75,7 @@ def sendfile_all(
     if src.fd is None:
         if target[2]:
             check_stream(target[0])
-        return _send_through_python(target, src, file, left)
+        return _send_through_python(target, src, file if src.fileobj is None else src.fileobj, left)
     if src.fileobj is None:
         return send_fd(target, src.fd, src.start, left)
     sent = _take_counter()
@@ -154,6 +154,8 @@ def _send_through_python(target: Target, src: Source, file: Any, count: int) -> 
     try:
         while count == TO_EOF or sent < count:
             data = file.read(_CHUNK if count == TO_EOF else min(_CHUNK, count - sent))
+            if data is None:  # a non-blocking source with nothing ready: not the end
+                raise BlockingIOError(errno.EAGAIN, "the source has no bytes ready", sent)
             if not data:
                 if count == TO_EOF:
                     break
