@@ -25,6 +25,7 @@ _U64 = ffi.typeof("uint64_t[1]")
 _EINTR = -errno.EINTR
 _EPROTOTYPE = -errno.EPROTOTYPE
 _CHECK_STREAM: int = lib.ZC_CHECK_STREAM
+_OFF_MAX = 2**63 - 1  # off_t; larger ranges go to check_range's ValueError
 _CHUNK = 256 * 1024
 
 
@@ -52,6 +53,7 @@ def sendfile_all(
         and type(offset) is int
         and type(count) is int
         and sock | file | offset | count >= 0
+        and offset + count <= _OFF_MAX
     ):
         # The per-call fast path (a server sending small files from a cache
         # of fds): one C call, which also checks the fd is a stream socket.
