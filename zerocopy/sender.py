@@ -169,6 +169,9 @@ class FileSender:
             return
         self._closed = True
         rc = lib.zc_response_end(self._resp)
+        for exported in (self._headers, self._trailers):
+            if exported != ffi.NULL:
+                ffi.release(exported)  # a bytearray header may be resized again
         if rc < 0:
             raise error_for(rc, self.sent)
 
