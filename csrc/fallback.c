@@ -6,7 +6,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -64,46 +63,33 @@ static int after_progress(const struct route *r, size_t n, size_t offered)
 	return 0;
 }
 
-/* Bytes waiting in a pipe: a splice that moves fewer than were waiting
- * before it was cut short by the socket, not by the pipe. */
-static size_t pipe_holds(int pipe_fd)
-{
-	int n = 0;
-
-	return ioctl(pipe_fd, FIONREAD, &n) == 0 && n > 0 ? (size_t)n : 0;
-}
-
-/* A pipe: splice moves its pages straight to the socket, nothing is read. */
+/*
+ * A pipe: splice moves its pages straight to the socket, nothing is read
+ * (zc__splice_direct(), shared with zc_splice(): an empty pipe is waited
+ * for with POLLIN, a full socket with POLLOUT).  timeout_ms 0 means "do not
+ * wait where the kernel would not": when neither fd is O_NONBLOCK the
+ * kernel would block, so the wait is ZC_WAIT_FOREVER (in poll(2), so a
+ * signal still gives -EINTR).
+ */
 static int from_pipe(const struct route *r)
 {
+	int timeout_ms = r->timeout_ms;
+
 	if (r->pos)
 		return -ESPIPE;
-	while (*r->sent < r->count) {
-		size_t want = next_len(r, ZC_SENDFILE_MAX);
-		size_t ready = pipe_holds(r->file);
-		ssize_t n = splice(r->file, NULL, r->sock, NULL, want,
-				   SPLICE_F_MOVE);
-		int rc;
+	if (timeout_ms == 0) {
+		int pipe_nb = 0, sock_nb = 0;
+		int rc = zc__is_nonblocking(r->file, &pipe_nb);
 
-		if (n == 0)
-			return source_ended(r);
-		if (n < 0) {
-			/* EAGAIN may also mean an empty non-blocking pipe:
-			 * waiting on the socket then returns at once and the
-			 * loop retries, so only a non-blocking caller sees it */
-			if (errno != EAGAIN)
-				return -errno;
-			rc = zc__wait_or_again(r->sock, r->timeout_ms);
-			if (rc < 0)
-				return rc;
-			continue;
-		}
-		*r->sent += (uint64_t)n;
-		rc = after_progress(r, (size_t)n, ready < want ? ready : want);
+		if (rc == 0)
+			rc = zc__is_nonblocking(r->sock, &sock_nb);
 		if (rc < 0)
 			return rc;
+		if (!pipe_nb && !sock_nb)
+			timeout_ms = ZC_WAIT_FOREVER;
 	}
-	return 0;
+	return zc__splice_direct(r->file, NULL, r->sock, NULL, r->count,
+				 r->to_eof, timeout_ms, r->sent);
 }
 
 /* A seekable file sendfile refuses (some /proc and FUSE files): pread+send. */

@@ -83,47 +83,53 @@ static void unlink_all(struct zc_relay *r)
 	r->_next = r->_prev = NULL;
 }
 
-/* Remove r from a singly linked list threaded through _ready or _next. */
+/* The ready list is doubly linked through _ready/_ready_prev. */
 static void unlink_ready(struct zc_relay *r)
 {
-	struct zc_relay **pp = &r->_loop->_ready;
+	struct zc_relay_loop *loop = r->_loop;
 
-	while (*pp && *pp != r)
-		pp = &(*pp)->_ready;
-	if (*pp)
-		*pp = r->_ready;
-	r->_ready = NULL;
+	if (r->_ready_prev)
+		r->_ready_prev->_ready = r->_ready;
+	else if (loop->_ready == r)
+		loop->_ready = r->_ready;
+	if (r->_ready)
+		r->_ready->_ready_prev = r->_ready_prev;
+	r->_ready = r->_ready_prev = NULL;
 	r->_queued &= ~Q_READY;
 }
 
+/* The done list is doubly linked through _next/_prev (free once a relay
+ * left the _all list). */
 static void unlink_done(struct zc_relay *r)
 {
 	struct zc_relay_loop *loop = r->_loop;
-	struct zc_relay *prev = NULL, *it = loop->_done;
 
-	while (it && it != r) {
-		prev = it;
-		it = it->_next;
-	}
-	if (!it)
+	if (!(r->_queued & Q_DONE))
 		return;
-	if (prev)
-		prev->_next = r->_next;
+	if (r->_prev)
+		r->_prev->_next = r->_next;
 	else
 		loop->_done = r->_next;
-	if (loop->_done_tail == r)
-		loop->_done_tail = prev;
-	r->_next = NULL;
+	if (r->_next)
+		r->_next->_prev = r->_prev;
+	else
+		loop->_done_tail = r->_prev;
+	r->_next = r->_prev = NULL;
 	r->_queued &= ~Q_DONE;
 }
 
 static void queue_ready(struct zc_relay *r)
 {
+	struct zc_relay_loop *loop = r->_loop;
+
 	if (r->_queued & Q_READY)
 		return;
 	r->_queued |= Q_READY;
-	r->_ready = r->_loop->_ready;
-	r->_loop->_ready = r;
+	r->_ready_prev = NULL;
+	r->_ready = loop->_ready;
+	if (loop->_ready)
+		loop->_ready->_ready_prev = r;
+	loop->_ready = r;
 }
 
 /* ---- taking a relay out --------------------------------------------------- */
@@ -159,6 +165,7 @@ static void finish(struct zc_relay *r)
 		return;
 	}
 	r->_next = NULL;
+	r->_prev = loop->_done_tail;
 	r->_queued |= Q_DONE;
 	if (loop->_done_tail)
 		loop->_done_tail->_next = r;
@@ -446,7 +453,9 @@ static void run_ready(struct zc_relay_loop *loop)
 		struct zc_relay *r = list;
 
 		list = r->_ready;
-		r->_ready = NULL;
+		if (list)
+			list->_ready_prev = NULL;
+		r->_ready = r->_ready_prev = NULL;
 		r->_queued &= ~Q_READY;
 		if (!r->done)
 			pump_dirs(r, 0, 1);
@@ -465,9 +474,11 @@ static unsigned take_done(struct zc_relay_loop *loop, struct zc_relay **done,
 		struct zc_relay *r = loop->_done;
 
 		loop->_done = r->_next;
-		if (!loop->_done)
+		if (loop->_done)
+			loop->_done->_prev = NULL;
+		else
 			loop->_done_tail = NULL;
-		r->_next = NULL;
+		r->_next = r->_prev = NULL;
 		r->_queued &= ~Q_DONE;
 		r->_loop = NULL;
 		done[n++] = r;
@@ -487,7 +498,7 @@ int zc_relay_run(struct zc_relay_loop *loop, int timeout_ms,
 		if (!px->_listening && px->_free)
 			proxy_arm(px, 1);
 	for (;;) {
-		int wait = -1, n, woke = 0;
+		int wait = -1, n, woke = 0, nlisten;
 
 		if (loop->_done && max_done > 0)
 			return (int)take_done(loop, done, max_done);
@@ -503,6 +514,7 @@ int zc_relay_run(struct zc_relay_loop *loop, int timeout_ms,
 		n = epoll_wait(loop->_epfd, ev, ZC_RELAY_EVENTS, wait);
 		if (n < 0)
 			return -errno; /* -EINTR: a signal; the caller resumes */
+		nlisten = 0;
 		for (int i = 0; i < n; i++) {
 			uint64_t u = ev[i].data.u64;
 			unsigned tag = (unsigned)(u & TAG_MASK);
@@ -514,11 +526,22 @@ int zc_relay_run(struct zc_relay_loop *loop, int timeout_ms,
 				(void)!read(loop->_wakefd, &v, sizeof(v));
 				woke = 1;
 			} else if (tag == TAG_LISTENER) {
-				proxy_accept(ptr);
+				ev[nlisten++].data.u64 = u; /* after the batch */
 			} else {
 				on_event(ptr, (int)tag, ev[i].events);
 			}
 		}
+		/*
+		 * Accept only once every event of the batch was handled: a relay
+		 * that ended in this batch gave its slot back to the proxy, and
+		 * an accept before the batch's end could hand that slot to a new
+		 * connection at once, which the old connection's later events
+		 * in ev[] (same data.u64) would then hit.  nlisten <= i, so the
+		 * entries overwritten above were already handled.
+		 */
+		for (int i = 0; i < nlisten; i++)
+			proxy_accept((struct zc_proxy *)(uintptr_t)
+				     (ev[i].data.u64 & ~(uint64_t)TAG_MASK));
 		run_ready(loop);
 		if (woke)
 			return (int)take_done(loop, done, max_done);
@@ -561,7 +584,7 @@ static void refuse(struct zc_proxy *px, int client, int server)
 
 static void proxy_accept(struct zc_proxy *px)
 {
-	const struct sockaddr *to = (const struct sockaddr *)px->_target;
+	const struct sockaddr *to = (const struct sockaddr *)&px->_target;
 
 	for (int i = 0; i < ACCEPT_BURST; i++) {
 		struct zc_relay *r;
@@ -653,7 +676,7 @@ int zc_proxy_init(struct zc_proxy *px, struct zc_relay_loop *loop,
 	    target->sa_family != AF_UNIX)
 		return -EINVAL;
 	memset(px, 0, sizeof(*px));
-	memcpy(px->_target, target, target_len);
+	memcpy(&px->_target, target, target_len);
 	px->_target_len = target_len;
 	px->_listen_fd = listen_fd;
 	px->_loop = loop;

@@ -59,6 +59,26 @@ static int file_ran_out(int file, const off_t *pos)
 	return st.st_size == 0 || at >= st.st_size;
 }
 
+/*
+ * sendfile sent less than asked, before count.  A non-blocking socket: its
+ * buffer filled or the file ran out, and the next call meets EAGAIN or 0
+ * either way, so nothing is looked at.  A blocking socket: a file that ran
+ * out is not a signal; otherwise zc__short_send_blocking() decides.
+ * *nonblock is -1 until the first short count of a zc_sendfile() call.
+ */
+static int after_short(int sock, int file, const off_t *pos, int *nonblock)
+{
+	if (*nonblock < 0) {
+		int rc = zc__is_nonblocking(sock, nonblock);
+
+		if (rc < 0)
+			return rc;
+	}
+	if (*nonblock || file_ran_out(file, pos))
+		return 0;
+	return zc__short_send_blocking(sock);
+}
+
 int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
 		int timeout_ms, unsigned flags, uint64_t *sent)
 {
@@ -66,6 +86,7 @@ int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
 	off_t pos = (off_t)offset;
 	off_t *posp = offset == ZC_FD_POSITION ? NULL : &pos;
 	uint64_t done = 0;
+	int nonblock = -1; /* the socket's O_NONBLOCK: looked up once, lazily */
 	int rc = 0;
 
 	if (flags & ZC_CHECK_STREAM) {
@@ -93,9 +114,8 @@ int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
 		rc = 0;
 		if (n > 0) {
 			done += (uint64_t)n;
-			if ((size_t)n < want && done < count &&
-			    !file_ran_out(file, posp))
-				rc = zc__after_short_send(sock);
+			if ((size_t)n < want && done < count)
+				rc = after_short(sock, file, posp, &nonblock);
 		} else if (n == 0) { /* the file ended (or shrank) before count */
 			rc = to_eof ? 0 : -ENODATA;
 			break;

@@ -163,21 +163,34 @@ static int fd_is_blocking_socket(int fd)
 	return zc__is_nonblocking(fd, &nonblock) == 0 && !nonblock;
 }
 
+/* Bytes waiting in a pipe (0 when FIONREAD fails). */
+static size_t pipe_holds(int pipe_fd)
+{
+	int n = 0;
+
+	return ioctl(pipe_fd, FIONREAD, &n) == 0 && n > 0 ? (size_t)n : 0;
+}
+
 /*
  * splice(2) said EAGAIN: wait until the fd that was not ready is.  side is
- * POLLIN (the source), POLLOUT (the destination) or 0 (not known: look).
+ * POLLIN (src), POLLOUT (dst) or 0: find out.  A source pipe that holds
+ * nothing is the one to wait for (waiting for a writable socket instead
+ * would spin); otherwise the destination, unless poll says it is ready.
  */
-static int wait_for(const struct move *m, short side)
+static int wait_side(int src, int dst, int src_pipe, short side,
+		     int timeout_ms)
 {
 	struct pollfd p[2] = {
-		{ .fd = m->src, .events = POLLIN },
-		{ .fd = m->dst, .events = POLLOUT },
+		{ .fd = src, .events = POLLIN },
+		{ .fd = dst, .events = POLLOUT },
 	};
 	int n, i = side == POLLIN ? 0 : 1;
 
-	if (m->timeout_ms == 0)
+	if (timeout_ms == 0)
 		return -EAGAIN;
-	if (!side) {
+	if (!side && src_pipe) {
+		i = pipe_holds(src) ? 1 : 0;
+	} else if (!side) {
 		n = poll(p, 2, 0);
 		if (n < 0)
 			return -errno;
@@ -185,10 +198,15 @@ static int wait_for(const struct move *m, short side)
 		i = p[1].revents ? 0 : 1;
 		p[i].revents = 0;
 	}
-	n = poll(&p[i], 1, m->timeout_ms < 0 ? -1 : m->timeout_ms);
+	n = poll(&p[i], 1, timeout_ms < 0 ? -1 : timeout_ms);
 	if (n < 0)
 		return -errno;
 	return n == 0 ? -ETIMEDOUT : 0;
+}
+
+static int wait_for(const struct move *m, short side)
+{
+	return wait_side(m->src, m->dst, 0, side, m->timeout_ms);
 }
 
 /*
@@ -299,43 +317,43 @@ static int is_pipe(int fd)
 	return fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode);
 }
 
-/*
- * One of the fds is a pipe: splice straight from src to dst.  The pipe side
- * never blocks in the kernel (SPLICE_F_NONBLOCK affects only the pipe):
- * waits happen in poll(), which a signal always interrupts.
- */
-static int direct(struct move *m)
+/* One helper for both callers; see zc_internal.h. */
+int zc__splice_direct(int src, off_t *src_off, int dst, off_t *dst_off,
+		      uint64_t count, int to_eof, int timeout_ms,
+		      uint64_t *done)
 {
+	int src_pipe = is_pipe(src);
 	/* pipe -> blocking socket: ask for what the pipe holds, so that a
-	 * short count can only mean a signal */
-	int exact = fd_is_blocking_socket(m->dst) && is_pipe(m->src);
+	 * short count can only mean a signal (or an error on the socket) */
+	int exact = src_pipe && fd_is_blocking_socket(dst);
 	int rc = 0;
 
-	while (m->done < m->count) {
-		size_t want = step(m->count - m->done, ZC_SENDFILE_MAX);
+	while (*done < count) {
+		size_t want = step(count - *done, ZC_SENDFILE_MAX);
 		ssize_t n;
-		int avail = 0;
 
 		if (exact) {
-			if (ioctl(m->src, FIONREAD, &avail) < 0)
-				return -errno;
-			if (avail > 0 && (size_t)avail < want)
-				want = (size_t)avail;
+			size_t avail = pipe_holds(src);
+
+			if (avail > 0 && avail < want)
+				want = avail;
 		}
-		n = splice(m->src, m->src_off, m->dst, m->dst_off, want,
+		/* SPLICE_F_NONBLOCK affects only the pipe side: a blocking
+		 * socket still blocks in the kernel (until a signal) */
+		n = splice(src, src_off, dst, dst_off, want,
 			   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 		if (n > 0) {
-			m->done += (uint64_t)n;
-			if (exact && (size_t)n < want && m->done < m->count)
-				rc = -EINTR; /* only a signal cuts it short */
+			*done += (uint64_t)n;
+			if (exact && (size_t)n < want && *done < count)
+				rc = zc__short_send_blocking(dst);
 		} else if (n == 0) {
 			/* the source ended: a pipe without writers, a
 			 * socket's EOF, a file's end */
-			rc = m->to_eof ? 0 : -ENODATA;
+			rc = to_eof ? 0 : -ENODATA;
 			break;
 		} else if (errno == EAGAIN) {
 			/* either side may be the one that is not ready */
-			rc = wait_for(m, 0);
+			rc = wait_side(src, dst, src_pipe, 0, timeout_ms);
 		} else {
 			rc = -errno;
 		}
@@ -373,7 +391,8 @@ int zc_splice(int src, int64_t *src_off, int dst, int64_t *dst_off,
 			return -EINVAL;
 		rc = through_pipe(&m, via);
 	} else {
-		rc = direct(&m);
+		rc = zc__splice_direct(src, m.src_off, dst, m.dst_off, count,
+				       m.to_eof, timeout_ms, &m.done);
 	}
 	if (src_off)
 		*src_off = (int64_t)so;

@@ -30,19 +30,23 @@ int zc__is_nonblocking(int fd, int *nonblock)
 	return 0;
 }
 
-int zc__after_short_send(int sock)
+int zc__short_send_blocking(int sock)
 {
 	struct pollfd p = { .fd = sock, .events = 0 };
+
+	if (poll(&p, 1, 0) > 0 && (p.revents & (POLLERR | POLLHUP)))
+		return 0;
+	return -EINTR;
+}
+
+int zc__after_short_send(int sock)
+{
 	int nonblock = 0;
 	int rc = zc__is_nonblocking(sock, &nonblock);
 
 	if (rc < 0)
 		return rc;
-	if (nonblock)
-		return 0;
-	if (poll(&p, 1, 0) > 0 && (p.revents & (POLLERR | POLLHUP)))
-		return 0;
-	return -EINTR;
+	return nonblock ? 0 : zc__short_send_blocking(sock);
 }
 
 int zc__wait_or_again(int sock, int timeout_ms)

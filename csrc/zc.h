@@ -15,6 +15,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h> /* struct sockaddr_storage in struct zc_proxy */
 
 #ifdef __cplusplus
 extern "C" {
@@ -534,6 +535,7 @@ struct zc_relay {
 	struct zc_relay *_next;
 	struct zc_relay *_prev;
 	struct zc_relay *_ready;
+	struct zc_relay *_ready_prev;
 };
 
 /**
@@ -660,7 +662,7 @@ struct zc_proxy {
 	uint64_t bytes[2];
 	int _listen_fd;
 	int _listening;
-	unsigned char _target[128];
+	struct sockaddr_storage _target;
 	unsigned _target_len;
 	struct zc_relay *_free;
 	struct zc_relay_loop *_loop;

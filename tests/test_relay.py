@@ -547,3 +547,41 @@ def test_proxy_argument_errors(echo: EchoServer) -> None:
             Proxy(busy.getsockname(), echo.address)  # address in use
     finally:
         busy.close()
+
+
+def test_proxy_close_never_wakes_a_freed_loop(echo: EchoServer, monkeypatch) -> None:
+    """close() from another thread: the serving thread may not free the loop
+    (closing its eventfd) between close() seeing it serving and the wake-up."""
+    import sys
+
+    from zerocopy._native import lib
+
+    relay_mod = sys.modules["zerocopy.relay"]  # the package's `relay` is the function
+
+    proxy = Proxy(("127.0.0.1", 0), echo.address)
+    t = _serve(proxy)
+    end = time.monotonic() + DEADLINE
+    while proxy._serving_thread is None and time.monotonic() < end:
+        time.sleep(0.01)
+    assert proxy._serving_thread is not None
+    state_at_wake: list[bool] = []
+
+    class Hook:
+        def __getattr__(self, name: str):
+            return getattr(lib, name)
+
+        @staticmethod
+        def zc_relay_wake(loop):
+            # give the serving thread every chance to leave (its slice ends
+            # by itself) and free the loop before the wake is written
+            t.join(1.0)
+            state_at_wake.append(proxy._closed)
+            return lib.zc_relay_wake(loop)
+
+    monkeypatch.setattr(relay_mod, "lib", Hook())
+    proxy.close()
+    monkeypatch.undo()
+    t.join(DEADLINE)
+    assert not t.is_alive()
+    assert state_at_wake == [False]  # before the fix: [True], a write to a closed fd
+    assert "closed" in repr(proxy)

@@ -489,3 +489,119 @@ def test_gil_released_while_recvfile_waits(make_pair, small_data: bytes, tmp_pat
         for t in threads:
             t.join(DEADLINE)
     assert counter[0] >= 50
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+@pytest.mark.parametrize("how", ["fileobj", "intfd"])
+def test_splice_all_timeout_leaves_source_at_bytes_sent(
+    tmp_path, make_pair, big_data: bytes, how: str
+) -> None:
+    """Bytes read into the pipe but not delivered are given back to the source.
+
+    After the TimeoutError the source's position is start + bytes_sent, so a
+    second call resumes exactly there and the receiver gets the file intact.
+    """
+    path = tmp_path / "src.bin"
+    path.write_bytes(big_data)
+    s, r = make_pair("tcp4", small=True)
+    s.settimeout(0.3)
+    f = open(path, "rb")
+    src = f if how == "fileobj" else os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(TimeoutError) as info:
+            splice_all(src, s)  # nobody reads: the socket fills
+        sent = info.value.bytes_sent
+        pos = f.tell() if how == "fileobj" else os.lseek(src, 0, os.SEEK_CUR)
+        assert 0 < sent < len(big_data)
+        assert pos == sent
+        got = bytearray()
+
+        def reader() -> None:
+            r.settimeout(DEADLINE)
+            while chunk := r.recv(1 << 20):
+                got.extend(chunk)
+
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        s.settimeout(DEADLINE)
+        assert splice_all(src, s) == len(big_data) - sent
+        s.shutdown(socket.SHUT_WR)
+        t.join(DEADLINE)
+        assert not t.is_alive()
+        assert bytes(got) == big_data
+    finally:
+        f.close()
+        if how == "intfd":
+            os.close(src)
+
+
+def test_splice_all_buffered_nonseekable_reader_sends_its_buffer_first() -> None:
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    os.write(w, b"0123456789")
+    os.close(w)
+    with a, b, open(r, "rb") as f:
+        assert f.read(1) == b"0"  # the rest sits in f's buffer
+        assert splice_all(f, a, count=3) == 3
+        assert recv_exactly(b, 3) == b"123"
+        assert f.read(2) == b"45"  # what was not sent is still there
+        assert splice_all(f, a) == 4
+        a.shutdown(socket.SHUT_WR)
+        assert recv_exactly(b, 4) == b"6789"
+        assert b.recv(10) == b""
+
+
+def test_splice_all_buffered_reader_to_file_and_beyond_its_buffer(tmp_path) -> None:
+    """Buffered bytes, then the pipe's: all in order, into a buffered file object."""
+    data = bytes(range(256)) * 4096  # 1 MiB, far more than the reader's buffer
+    r, w = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(w, data), os.close(w)), daemon=True)
+    with open(r, "rb", buffering=8192) as f, open(tmp_path / "out", "wb") as out:
+        writer.start()
+        first = f.read(100)
+        out.write(b"H")  # still in out's buffer: goes first
+        assert splice_all(f, out) == len(data) - 100
+        writer.join(DEADLINE)
+    assert first == data[:100]
+    assert (tmp_path / "out").read_bytes() == b"H" + data[100:]
+
+
+class _LibHook:
+    """Stands in for ``lib`` in a module, running ``before(name)`` ahead of one call."""
+
+    def __init__(self, real: object, name: str, before) -> None:
+        self._real, self._name, self._before = real, name, before
+
+    def __getattr__(self, attr: str):
+        fn = getattr(self._real, attr)
+        if attr != self._name:
+            return fn
+
+        def call(*args):
+            self._before()
+            return fn(*args)
+
+        return call
+
+
+def test_pipe_pool_give_racing_close_does_not_pool_the_pipe(monkeypatch) -> None:
+    """close() runs between give()'s check of the pool and its put: no pipe may stay pooled."""
+    import zerocopy.splice as splice_mod
+
+    pool = PipePool(4096, max_idle=4)
+    pipe = pool.take()
+    closer = threading.Thread(target=pool.close, daemon=True)
+
+    def close_meanwhile() -> None:
+        closer.start()
+        closer.join(0.5)  # with the fix close() waits for give()'s lock
+
+    monkeypatch.setattr(splice_mod, "lib", _LibHook(lib, "zc_pipe_put", close_meanwhile))
+    pool.give(pipe)
+    monkeypatch.undo()
+    closer.join(DEADLINE)
+    assert not closer.is_alive()
+    assert pool.idle == 0  # before the fix: 1, a pipe pooled after close() (two fds leaked)
+    assert pipe.rfd == -1 and pipe.wfd == -1

@@ -199,6 +199,12 @@ class Proxy:
             raise
         self._done = ffi.new("struct zc_relay *[1]")
         self._lock = threading.Lock()  # held while serving
+        # Guards _serving_thread and the loop's lifetime: close() wakes the
+        # loop under it, and _free() closes the loop (its eventfd) under it,
+        # so a wake never writes to a closed (or reused) descriptor.
+        # Reentrant: close() may run in a signal handler of the serving
+        # thread while that thread holds it.
+        self._state_lock = threading.RLock()
         self._closing = False
         self._serving_thread: int | None = None
         self._closed = False
@@ -236,7 +242,8 @@ class Proxy:
             raise ValueError("serve_forever() on a closed Proxy")
         if not self._lock.acquire(blocking=False):
             raise RuntimeError("serve_forever() is already running")
-        self._serving_thread = threading.get_ident()
+        with self._state_lock:
+            self._serving_thread = threading.get_ident()
         try:
             slice_ms = _SLICE_MS
             if callback is not None:
@@ -250,7 +257,8 @@ class Proxy:
                     next_tick += interval
                     callback(self.stats())
         finally:
-            self._serving_thread = None
+            with self._state_lock:
+                self._serving_thread = None
             try:
                 if self._closing:
                     self._free()
@@ -262,21 +270,25 @@ class Proxy:
 
         Safe from another thread and from a signal handler of the serving thread.
         """
-        if self._closed or self._closing:
-            return
-        self._closing = True
-        if self._serving_thread is not None:
-            lib.zc_relay_wake(self._loop)
-            if self._serving_thread == threading.get_ident():
-                return  # a handler in the serving thread: serve_forever frees on its way out
+        with self._state_lock:
+            if self._closed or self._closing:
+                return
+            self._closing = True
+            serving = self._serving_thread
+            if serving is not None:
+                # the serving thread cannot free the loop while we hold the lock
+                lib.zc_relay_wake(self._loop)
+                if serving == threading.get_ident():
+                    return  # a handler in the serving thread: serve_forever frees on its way out
         with self._lock:
             self._free()
 
     def _free(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        lib.zc_relay_loop_close(self._loop)  # closes the proxy and its connections
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+            lib.zc_relay_loop_close(self._loop)  # closes the proxy and its connections
         self._pool.close()
         if self._own_sock:
             self._sock.close()

@@ -75,13 +75,18 @@ class PipePool:
     def take(self) -> Any:
         """An empty ``struct zc_pipe *``; give it back with :meth:`give`."""
         pipe = ffi.new("struct zc_pipe *")
-        rc = lib.zc_pipe_get(self._pool if not self._closed else ffi.NULL, pipe)
+        with self._lock:  # not while close() empties the pool
+            rc = lib.zc_pipe_get(self._pool if not self._closed else ffi.NULL, pipe)
         if rc < 0:
             raise error_for(rc, 0)
         return pipe
 
     def give(self, pipe: Any) -> None:
-        lib.zc_pipe_put(self._pool if not self._closed else ffi.NULL, pipe)
+        """Put ``pipe`` back (it is closed when it holds bytes, or the pool is closed or full)."""
+        # Under the lock: a pipe pooled after close() emptied the pool would
+        # never be closed (two descriptors leaked).
+        with self._lock:
+            lib.zc_pipe_put(self._pool if not self._closed else ffi.NULL, pipe)
 
     def close(self) -> None:
         """Close the idle pipes; pipes given back later are closed too."""
@@ -157,12 +162,27 @@ def _run(
     attr: str,
     what: str,
     pool: PipePool | None,
+    preload: Any = b"",
 ) -> int:
-    """zc_splice, resumed after signals; ``moved`` (uint64_t[1]) keeps the total."""
+    """zc_splice, resumed after signals; ``moved`` (uint64_t[1]) keeps the total.
+
+    ``count`` is the total to reach, bytes already in ``moved`` included.
+    ``preload``: bytes to deliver before anything is read from ``src`` (a
+    Python buffer's); they are written into the pool's pipe, and this call
+    delivers what fitted (``count`` is ignored).
+
+    When the call fails with bytes read into the pipe but not delivered, a
+    seekable ``src`` is rewound by them (``src_off``, or the fd's own
+    position), so that its position matches the bytes delivered; from a
+    socket they are lost with the pipe.
+    """
     via = ffi.NULL
     if pool is not None:
         via = pool.take()
     try:
+        if preload:
+            via.buffered = os.write(via.wfd, preload)
+            count = int(moved[0]) + int(via.buffered)
         while True:
             left = count if count == TO_EOF else count - int(moved[0])
             rc = lib.zc_splice(src, src_off, dst, dst_off, left, via, wait_ms, moved)
@@ -182,7 +202,20 @@ def _run(
         raise
     finally:
         if pool is not None:
+            if via.buffered and not preload:
+                _unread(src, src_off, int(via.buffered))
             pool.give(via)  # closes it when it still holds bytes
+
+
+def _unread(src: int, src_off: Any, n: int) -> None:
+    """Move a seekable source back by ``n`` bytes read into a pipe and never delivered."""
+    if src_off != ffi.NULL:
+        src_off[0] -= n
+        return
+    try:
+        os.lseek(src, -n, os.SEEK_CUR)
+    except OSError:
+        pass  # a socket: the bytes cannot be put back (see splice_all)
 
 
 def recvfile(
@@ -294,7 +327,17 @@ def splice_all(src: FdLike, dst: FdLike, count: int | None = None) -> int:
     neither is a pipe, the bytes go through a pooled pipe (src -> pipe ->
     dst) and never through user space.  A file object's position is used
     and moved by the bytes read from (or written to) it; an int fd's own
-    position is used and advanced.
+    position is used and advanced.  A buffered reader that is not seekable
+    (``open(pipe_fd, "rb")``, ``sock.makefile("rb")``) may already hold
+    bytes in its buffer (``peek`` reads once when it holds none): those go
+    first, then the rest comes from its file descriptor.
+
+    After an exception the positions still match ``bytes_sent``: bytes read
+    from a seekable source into the pipe but not written to ``dst`` are
+    given back (the source's position is moved back over them), so a new
+    call resumes exactly there.  From a socket they cannot be given back:
+    they are dropped with the pipe (at most one pipe's worth, ``pipe_size``
+    of the pool) and the source stream is no longer usable.
 
     Waits follow the sockets: a socket object's timeout bounds each wait
     (``TimeoutError``), a non-blocking fd raises ``BlockingIOError`` when it
@@ -315,21 +358,47 @@ def splice_all(src: FdLike, dst: FdLike, count: int | None = None) -> int:
     pool = None if _is_pipe(s_fd) or _is_pipe(d_fd) else default_pool()
     positioned: list[tuple[Any, Any]] = []  # (file object or None, int64_t[1] or NULL)
     for obj in (src, dst):
-        if isinstance(obj, (int, socket.socket)) or not seekable(obj):
+        if isinstance(obj, (int, socket.socket)):
             positioned.append((None, ffi.NULL))
             continue
         if writable(obj):
             obj.flush()  # bytes in the write buffer go first
+        if not seekable(obj):
+            positioned.append((None, ffi.NULL))
+            continue
         positioned.append((obj, ffi.new("int64_t[1]", [obj.tell()])))
+    total = TO_EOF if count is None else count
+    head = _buffered_head(src, count)
     moved = ffi.new("uint64_t[1]")
     try:
-        return _run(s_fd, positioned[0][1], d_fd, positioned[1][1],
-                    TO_EOF if count is None else count, wait_ms, moved,
-                    "bytes_sent", "the source", pool)
+        view = memoryview(head)
+        sent = 0
+        while sent < len(head):  # each round delivers bytes or raises
+            _run(s_fd, ffi.NULL, d_fd, positioned[1][1], 0, wait_ms, moved,
+                 "bytes_sent", "the source", default_pool(), view[sent:])
+            sent = int(moved[0])
+        if total == TO_EOF or int(moved[0]) < total:
+            _run(s_fd, positioned[0][1], d_fd, positioned[1][1], total,
+                 wait_ms, moved, "bytes_sent", "the source", pool)
+        return int(moved[0])
     finally:
+        if head:
+            reader: Any = src
+            reader.read(min(int(moved[0]), len(head)))  # from its buffer: no raw read
         for obj, off in positioned:
             if obj is not None:
                 obj.seek(int(off[0]))
+
+
+def _buffered_head(src: Any, count: int | None) -> bytes:
+    """The bytes a buffered, non-seekable reader already holds (``peek``)."""
+    if isinstance(src, (int, socket.socket, io.RawIOBase)) or seekable(src):
+        return b""
+    peek = getattr(src, "peek", None)
+    if peek is None or count == 0:
+        return b""
+    head = bytes(peek(1))  # its whole buffer; one raw read when it is empty
+    return head if count is None else head[:count]
 
 
 def _is_socket(fd: int) -> bool:
