@@ -73,11 +73,12 @@ class FileSender:
         file_fd, start, file_len = -1, FD_POSITION, TO_EOF if count is None else count
         if src.fd is None:  # read it now; the response then is memory only
             reader = file if src.fileobj is None else src.fileobj
+            before = reader.tell() if src.fileobj is not None else None
             body = _read_range(reader, src.start, count)
             self._file_at, self._file_len = memoryview(headers).nbytes, len(body)
             if src.fileobj is not None:
                 self._fileobj, self._start = reader, src.start
-                reader.seek(src.start)  # nothing of it is sent yet
+                reader.seek(before)  # as for a real file: moved by the steps only
             headers = b"".join([bytes(headers), body, bytes(trailers)])
             trailers, file_len = b"", 0
         else:
