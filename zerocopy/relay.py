@@ -198,7 +198,10 @@ class Proxy:
                 self._sock.close()
             raise
         self._done = ffi.new("struct zc_relay *[1]")
-        self._lock = threading.Lock()  # held while serving
+        # Held while serving.  Reentrant: a signal handler in the serving
+        # thread may call close() after serve_forever stopped serving but
+        # before it let go of the lock.
+        self._lock = threading.RLock()
         # Guards _serving_thread and the loop's lifetime: close() wakes the
         # loop under it, and _free() closes the loop (its eventfd) under it,
         # so a wake never writes to a closed (or reused) descriptor.
@@ -243,6 +246,9 @@ class Proxy:
         if not self._lock.acquire(blocking=False):
             raise RuntimeError("serve_forever() is already running")
         with self._state_lock:
+            if self._serving_thread is not None:  # again, from its own callback
+                self._lock.release()
+                raise RuntimeError("serve_forever() is already running")
             self._serving_thread = threading.get_ident()
         try:
             slice_ms = _SLICE_MS
