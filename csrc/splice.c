@@ -330,21 +330,20 @@ int zc__splice_direct(int src, off_t *src_off, int dst, off_t *dst_off,
 
 	while (*done < count) {
 		size_t want = step(count - *done, ZC_SENDFILE_MAX);
+		size_t avail = exact ? pipe_holds(src) : 0;
 		ssize_t n;
 
-		if (exact) {
-			size_t avail = pipe_holds(src);
-
-			if (avail > 0 && avail < want)
-				want = avail;
-		}
+		if (avail > 0 && avail < want)
+			want = avail;
 		/* SPLICE_F_NONBLOCK affects only the pipe side: a blocking
 		 * socket still blocks in the kernel (until a signal) */
 		n = splice(src, src_off, dst, dst_off, want,
 			   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 		if (n > 0) {
 			*done += (uint64_t)n;
-			if (exact && (size_t)n < want && *done < count)
+			/* short of what the pipe held before: the socket's doing
+			 * (with nothing counted before, a writer raced us) */
+			if (avail > 0 && (size_t)n < want && *done < count)
 				rc = zc__short_send_blocking(dst);
 		} else if (n == 0) {
 			/* the source ended: a pipe without writers, a

@@ -521,3 +521,94 @@ def test_filesender_position_rule(
         assert c.result() == data[start:end]
     finally:
         f.close()
+
+
+def test_filesender_waits_for_a_non_blocking_buffered_source() -> None:
+    """A FileSender over a non-blocking pipe whose writer is still open neither
+    cuts the body short (read() returning None is not EOF) nor fails."""
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.write(w, b"x" * 1000)
+
+    def finish_writing() -> None:
+        time.sleep(0.2)
+        os.write(w, b"y" * 10)
+        os.close(w)
+
+    writer = threading.Thread(target=finish_writing)
+    writer.start()
+    try:
+        with open(r, "rb") as f, zerocopy.FileSender(a, f, headers=b"H") as fs:
+            fs.send_all()
+            assert fs.sent == fs.total == 1011
+        a.shutdown(socket.SHUT_WR)
+        got = b""
+        b.settimeout(5)
+        while True:
+            chunk = b.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+        assert got == b"H" + b"x" * 1000 + b"y" * 10
+    finally:
+        writer.join(5)
+        a.close()
+        b.close()
+
+
+def test_socket_closed_while_sendall_waits_for_room_never_uses_a_reused_fd() -> None:
+    """sendall waiting for pinned room must notice its socket was closed by another
+    thread (the fd number reused by a new connection) and stop, sending nothing there."""
+    ls = socket.create_server(("127.0.0.1", 0))
+    ls2 = socket.create_server(("127.0.0.1", 0))
+    a = socket.create_connection(ls.getsockname())
+    b, _ = ls.accept()
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    zs = zerocopy.Socket(a, adaptive=False, max_pinned_bytes=1 << 20)
+    if not zs.zerocopy_supported:
+        pytest.skip(zs.zerocopy_unsupported_reason or "no zero-copy")
+    zs.sendall(bytearray(1 << 20))  # stays on loan: b does not read yet
+    if zs.pending == 0:
+        pytest.skip("the kernel completed the first buffer at once")
+    result: list[BaseException | str] = []
+
+    def second() -> None:
+        try:
+            zs.sendall(bytearray(1 << 20))  # waits for room
+            result.append("returned")
+        except BaseException as exc:
+            result.append(exc)
+
+    t = threading.Thread(target=second, daemon=True)
+    t.start()
+    time.sleep(0.3)
+    old = a.fileno()
+    a.close()
+    c = socket.create_connection(ls2.getsockname())
+    d, _ = ls2.accept()
+    try:
+        if c.fileno() != old:
+            pytest.skip("the fd number was not reused")
+
+        def drain() -> None:
+            b.settimeout(1)
+            try:
+                while b.recv(1 << 20):
+                    pass
+            except OSError:
+                pass
+
+        threading.Thread(target=drain, daemon=True).start()
+        d.settimeout(1)
+        try:
+            stray = d.recv(1 << 20)
+        except OSError:  # the timeout (socket.timeout on 3.9)
+            stray = b""
+        t.join(DEADLINE)
+        assert not t.is_alive(), "sendall still blocked on a closed socket"
+        assert stray == b"", "bytes went out on the connection that reused the fd"
+        assert len(result) == 1 and isinstance(result[0], OSError)
+    finally:
+        for s in (b, c, d, ls, ls2):
+            s.close()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from ._args import WAIT_FOREVER, stream_socket_fd, timeout_ms
+from ._args import stream_socket_fd, timeout_ms
 from ._errors import error_for, with_progress
 from ._native import ffi, lib
 from .cork import cork as _cork
@@ -244,6 +244,8 @@ class Socket:
         resend_plain = False
         try:
             while sent < size:
+                if sent:
+                    self._check_open()  # a wait may have let its socket close: not another's fd
                 zc = not resend_plain and self._want_zerocopy(size - sent, loaned, size, wait_ms)
                 resend_plain = False
                 rc = lib.zc_send_tracked(
@@ -288,15 +290,11 @@ class Socket:
         self._reap_locked()
         if wait_ms == 0:  # non-blocking: never wait, send plain instead
             return self._has_room(need)
-        deadline = None if wait_ms < 0 else time.monotonic() + wait_ms / 1000
-        while not self._has_room(need) and self._loans:
-            remaining = WAIT_FOREVER if deadline is None else max(
-                0, int((deadline - time.monotonic()) * 1000))
-            rc = lib.zc_wait_completions(self._fd, remaining)
-            if rc == -errno.ETIMEDOUT or (rc == _EAGAIN and deadline is not None):
-                return False  # the bound passed: send this part plain
-            self._reap_locked()
-        return self._has_room(need) and self.zerocopy_active
+        timeout = None if wait_ms < 0 else wait_ms / 1000
+        room = self._wait_until(lambda: self._has_room(need) or not self._loans, timeout)
+        self._check_open()  # closed behind our back while waiting: not another's fd
+        # past the bound: this part goes plain
+        return room and self._has_room(need) and self.zerocopy_active
 
     def _has_room(self, need: int) -> bool:
         """Room for one more zero-copy send that pins ``need`` more bytes.
@@ -371,16 +369,20 @@ class Socket:
         return self._wait_until(lambda: not self._loans, timeout)
 
     def _wait_until(self, ready: Any, timeout: float | None) -> bool:
+        """Reap and wait until ``ready()``; False when the socket closed or time ran out."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        woke = False
         while True:
             with self._lock:
                 usable = self._usable()
-                released = self._reap_locked() if usable else 0
+                seen = self._counts["completions"]
+                if usable:
+                    self._reap_locked()
                 if ready():
                     return True
                 if not usable:
                     return False
-                completions = self._counts["completions"]
+                idle_wake = woke and self._counts["completions"] == seen
             # Wait in slices, so a socket closed meanwhile by another thread
             # is noticed (its fd number may be reused) at the next check.
             wait = _WAIT_SLICE_MS
@@ -389,12 +391,13 @@ class Socket:
                 if left <= 0:
                     return False
                 wait = min(wait, max(1, int(left * 1000)))
-            rc = lib.zc_wait_completions(self._fd, wait)
-            if rc == 0 and not released and self._counts["completions"] == completions:
-                # POLLERR with nothing to reap: a socket error (a reset) is
+            if idle_wake:
+                # POLLERR and nothing to reap: a socket error (a reset) is
                 # pending, not a completion; pace instead of spinning
                 time.sleep(wait / 1000 / 10)
-            elif rc < 0 and rc not in (_EINTR, -errno.ETIMEDOUT, _EAGAIN):
+            rc = lib.zc_wait_completions(self._fd, wait)
+            woke = rc == 0
+            if rc < 0 and rc not in (_EINTR, -errno.ETIMEDOUT, _EAGAIN):
                 raise error_for(rc, 0)
 
     # -- the rest of the socket ---------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import select
 import socket
 import warnings
 from types import TracebackType
@@ -32,7 +33,9 @@ class FileSender:
     On TCP the parts are coalesced, so a small header never leaves in a
     segment of its own (``MSG_MORE`` for a header, ``TCP_CORK`` when a
     trailer follows file data), and the socket is uncorked when the response
-    completes or fails, or at ``close()``.
+    completes, when a step raises (a timeout or an interrupt too: a resumed
+    response goes on uncorked, and one that is abandoned never holds its
+    last segment back), or at ``close()``.
 
     ``send()`` makes progress: on a non-blocking socket it sends until the
     kernel would block and returns the bytes sent by this step (0 is fine);
@@ -201,9 +204,28 @@ class FileSender:
 
 
 def _read_range(file: Any, start: int, count: int | None) -> bytes:
+    """The range, read through Python; a non-blocking source is waited for, not cut short."""
     if start != FD_POSITION:
         file.seek(start)
-    data = file.read() if count is None else file.read(count)
-    if count is not None and len(data) < count:
+    chunks: list[bytes] = []
+    got = 0
+    while count is None or got < count:
+        data = file.read(-1 if count is None else count - got)
+        if data is None:  # non-blocking and nothing ready yet: not the end
+            _wait_readable(file)
+            continue
+        if not data:
+            break
+        chunks.append(bytes(data))
+        got += len(data)
+    if count is not None and got < count:
         raise error_for(-errno.ENODATA, 0)
-    return bytes(data)
+    return b"".join(chunks)
+
+
+def _wait_readable(file: Any) -> None:
+    try:
+        fd = file.fileno()
+    except (AttributeError, OSError, ValueError):
+        raise BlockingIOError(errno.EAGAIN, "the source has no bytes ready", 0) from None
+    select.select([fd], [], [])
