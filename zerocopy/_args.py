@@ -133,8 +133,7 @@ def file_source(file: Any, offset: int | None) -> Source:
         if file < 0:
             raise ValueError(f"file must be a file descriptor >= 0, got {file}")
         return Source(file, FD_POSITION if offset is None else offset, None)
-    if isinstance(file, io.TextIOBase):
-        raise ValueError("file must be opened in binary mode")
+    check_binary(file)
     if isinstance(file, socket.socket):
         if offset is not None:
             raise ValueError("offset needs a seekable file")
@@ -158,6 +157,12 @@ def file_source(file: Any, offset: int | None) -> Source:
     if writable(file):
         file.flush()  # bytes still in the write buffer belong to the file
     return Source(_fileno(file), start, file)
+
+
+def check_binary(file: Any, name: str = "file") -> None:
+    """Refuse text streams; any other object's ``mode`` (an int for GzipFile) is its own."""
+    if isinstance(file, io.TextIOBase):
+        raise ValueError(f"{name} must be opened in binary mode")
 
 
 def _unwrap(file: Any) -> Any:

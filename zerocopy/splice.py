@@ -13,6 +13,7 @@ from typing import Any, Union
 from ._args import (
     TO_EOF,
     WAIT_FOREVER,
+    check_binary,
     check_range,
     seekable,
     stream_socket_fd,
@@ -123,8 +124,7 @@ def _fd_of(obj: Any, name: str) -> int:
         if obj < 0:
             raise ValueError(f"{name} must be a file descriptor >= 0, got {obj}")
         return obj
-    if isinstance(obj, io.TextIOBase):
-        raise ValueError(f"{name} must be opened in binary mode")
+    check_binary(obj, name)
     try:
         fd = obj.fileno()
     except (AttributeError, io.UnsupportedOperation):
@@ -252,8 +252,7 @@ def recvfile(
         return _run(sock_fd, ffi.NULL, file, off, left, wait_ms, moved,
                     "bytes_received", "the stream", None if pipe else default_pool())
 
-    if isinstance(file, io.TextIOBase) or "b" not in getattr(file, "mode", "b"):
-        raise ValueError("file must be opened in binary mode")
+    check_binary(file)
     if getattr(file, "closed", False):
         raise ValueError("I/O operation on closed file")
     try:
