@@ -21,6 +21,17 @@
 extern "C" {
 #endif
 
+/*
+ * State that only the library reads, of a fixed size so that callers can
+ * allocate the struct (and bindings can size it) without seeing inside.
+ */
+#define ZC_PRIVATE(nbytes)                                                   \
+	union {                                                              \
+		unsigned char bytes[nbytes];                                 \
+		uint64_t align_u64;                                          \
+		void *align_ptr;                                             \
+	} _private
+
 /* Count meaning "up to the end of the file" (resolved once, with fstat). */
 #define ZC_TO_EOF UINT64_MAX
 

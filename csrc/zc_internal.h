@@ -3,8 +3,95 @@
 #ifndef ZC_INTERNAL_H
 #define ZC_INTERNAL_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+
+/* ---- intrusive queue ---------------------------------------------------- */
+
+/*
+ * A circular doubly linked list with a sentinel head (libuv's uv__queue is
+ * the model).  Embed a struct zc__queue in each element; an unlinked node
+ * points at itself, so removing twice is harmless.
+ */
+struct zc__queue {
+	struct zc__queue *next;
+	struct zc__queue *prev;
+};
+
+#define zc__queue_data(node, type, field)                                    \
+	((type *)(void *)((char *)(node) - offsetof(type, field)))
+
+#define zc__queue_foreach(q, head)                                           \
+	for ((q) = (head)->next; (q) != (head); (q) = (q)->next)
+
+static inline void zc__queue_init(struct zc__queue *q)
+{
+	q->next = q->prev = q;
+}
+
+static inline int zc__queue_empty(const struct zc__queue *q)
+{
+	return q->next == q;
+}
+
+static inline int zc__queue_linked(const struct zc__queue *q)
+{
+	return q->next != q;
+}
+
+static inline struct zc__queue *zc__queue_head(const struct zc__queue *q)
+{
+	return q->next;
+}
+
+static inline void zc__queue_insert_tail(struct zc__queue *head,
+					 struct zc__queue *q)
+{
+	q->next = head;
+	q->prev = head->prev;
+	q->prev->next = q;
+	head->prev = q;
+}
+
+static inline void zc__queue_insert_head(struct zc__queue *head,
+					 struct zc__queue *q)
+{
+	q->next = head->next;
+	q->prev = head;
+	q->next->prev = q;
+	head->next = q;
+}
+
+static inline void zc__queue_remove(struct zc__queue *q)
+{
+	q->prev->next = q->next;
+	q->next->prev = q->prev;
+	zc__queue_init(q);
+}
+
+/* Move every element of `from` to the tail of `to`; `from` ends empty. */
+static inline void zc__queue_move(struct zc__queue *from, struct zc__queue *to)
+{
+	if (zc__queue_empty(from))
+		return;
+	from->next->prev = to->prev;
+	to->prev->next = from->next;
+	from->prev->next = to;
+	to->prev = from->prev;
+	zc__queue_init(from);
+}
+
+/* ---- private areas of public structs ----------------------------------- */
+
+/*
+ * A public struct reserves ZC_PRIVATE bytes (zc.h) that only the library
+ * reads; each .c file views them as its own struct, checked to fit.
+ */
+#define ZC__PRIV(type, obj) ((type *)(void *)(obj)->_private.bytes)
+#define ZC__PRIV_FITS(type, pub)                                             \
+	_Static_assert(sizeof(type) <= sizeof(((pub *)0)->_private.bytes),   \
+		       #type " must fit in " #pub "'s private area")
 
 /* Set *nonblock from the socket's O_NONBLOCK flag; -errno on failure. */
 int zc__is_nonblocking(int fd, int *nonblock);
