@@ -1,19 +1,39 @@
 /* SPDX-License-Identifier: MIT */
+/* A header + file range + trailer, coalesced, resumable on any socket. */
 #define _GNU_SOURCE
 #include "zc.h"
 #include "zc_internal.h"
 
 #include <errno.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 enum { ST_NEW, ST_HEADER, ST_FILE, ST_TRAILER, ST_DONE };
+
+struct priv {
+	const unsigned char *header;
+	size_t header_len;
+	const unsigned char *trailer;
+	size_t trailer_len;
+	int64_t offset;
+	uint64_t file_len;
+	struct zc_cork_state cork;
+	int corking;
+	int state;
+};
+ZC__PRIV_FITS(struct priv, struct zc_response);
+
+static struct priv *priv_of(struct zc_response *r)
+{
+	return ZC__PRIV(struct priv, r);
+}
 
 int zc_response_init(struct zc_response *r, int sock, int file, int64_t offset,
 		     uint64_t count, const void *header, size_t header_len,
 		     const void *trailer, size_t trailer_len)
 {
+	struct priv *p = priv_of(r);
+
 	memset(r, 0, sizeof(*r));
 	r->sock = sock;
 	r->file = file;
@@ -22,49 +42,45 @@ int zc_response_init(struct zc_response *r, int sock, int file, int64_t offset,
 	if (offset < 0 && offset != ZC_FD_POSITION)
 		return -EINVAL;
 	if (count == ZC_TO_EOF) {
-		struct stat st;
 		off_t start = (off_t)offset;
+		int rc = zc__count_to_eof(file, offset == ZC_FD_POSITION ? NULL : &start,
+					  &count);
 
-		if (fstat(file, &st) < 0)
-			return -errno;
-		if (S_ISREG(st.st_mode) && st.st_size > 0) {
-			if (offset == ZC_FD_POSITION)
-				start = lseek(file, 0, SEEK_CUR);
-			if (start < 0)
-				return -errno;
-			count = st.st_size > start ? (uint64_t)(st.st_size - start) : 0;
-		}
+		if (rc < 0)
+			return rc;
 	} else if (count > (uint64_t)INT64_MAX) {
 		return -EINVAL;
 	}
-	r->_header = header;
-	r->_header_len = header_len;
-	r->_trailer = trailer;
-	r->_trailer_len = trailer_len;
-	r->_offset = offset;
-	r->_file_len = count;
+	p->header = header;
+	p->header_len = header_len;
+	p->trailer = trailer;
+	p->trailer_len = trailer_len;
+	p->offset = offset;
+	p->file_len = count;
 	r->total = count == ZC_TO_EOF ? ZC_TO_EOF : header_len + count + trailer_len;
 	/* Header then file: MSG_MORE on the header is enough, as sendfile's
 	 * last page pushes.  A trailer after file data needs the cork, since
 	 * sendfile cannot say "more follows"; so does a file of unknown length,
 	 * which may turn out empty and leave the header waiting for a push. */
-	r->_corking = (trailer_len > 0 && count > 0) ||
-		      (header_len > 0 && count == ZC_TO_EOF);
-	r->_state = ST_NEW;
+	p->corking = (trailer_len > 0 && count > 0) ||
+		     (header_len > 0 && count == ZC_TO_EOF);
+	p->state = ST_NEW;
 	return 0;
 }
 
 /* Send the unsent part of buf, whose first byte is response byte `base`. */
-static int send_memory(struct zc_response *r, const unsigned char *buf,
-		       size_t len, uint64_t base, int more, int timeout_ms)
+static int send_memory(struct zc_response *r, struct zc__hold *h,
+		       const unsigned char *buf, size_t len, uint64_t base,
+		       int more, int timeout_ms)
 {
 	while (r->sent < base + len) {
 		size_t done = (size_t)(r->sent - base);
-		ssize_t n = zc__send(r->sock, buf + done, len - done, more);
+		int fd = zc__hold_next(h);
+		ssize_t n = fd < 0 ? fd : zc__send(fd, buf + done, len - done, more);
 		int rc;
 
 		if (n == -EAGAIN) {
-			rc = zc__wait_or_again(r->sock, timeout_ms);
+			rc = zc__hold_wait_writable(h, timeout_ms);
 			if (rc < 0)
 				return rc;
 			continue;
@@ -73,7 +89,7 @@ static int send_memory(struct zc_response *r, const unsigned char *buf,
 			return (int)n;
 		r->sent += (uint64_t)n;
 		if ((size_t)n < len - done && r->sent < base + len) {
-			rc = zc__after_short_send(r->sock);
+			rc = zc__after_short_send(h->fd);
 			if (rc < 0)
 				return rc;
 		}
@@ -81,72 +97,81 @@ static int send_memory(struct zc_response *r, const unsigned char *buf,
 	return 0;
 }
 
-static int send_file(struct zc_response *r, int timeout_ms)
+static int send_file(struct zc_response *r, struct zc__hold *h, int timeout_ms)
 {
-	uint64_t file_sent = r->sent - r->_header_len;
-	uint64_t left = r->_file_len == ZC_TO_EOF ? ZC_TO_EOF
-						   : r->_file_len - file_sent;
+	struct priv *p = priv_of(r);
+	uint64_t file_sent = r->sent - p->header_len;
+	uint64_t left = p->file_len == ZC_TO_EOF ? ZC_TO_EOF
+						  : p->file_len - file_sent;
 	uint64_t n = 0;
-	int rc = zc_sendfile(r->sock, r->file, r->_offset, left, timeout_ms, 0, &n);
+	int rc = zc__sendfile_held(h, r->file, p->offset, left, timeout_ms, 0, &n);
 
 	r->sent += n;
-	if (r->_offset != ZC_FD_POSITION)
-		r->_offset += (int64_t)n;
-	if (rc == 0 && r->_file_len == ZC_TO_EOF) {
+	if (p->offset != ZC_FD_POSITION)
+		p->offset += (int64_t)n;
+	if (rc == 0 && p->file_len == ZC_TO_EOF) {
 		/* a pipe or device reached its end: now the size is known */
-		r->_file_len = file_sent + n;
-		r->total = r->_header_len + r->_file_len + r->_trailer_len;
+		p->file_len = file_sent + n;
+		r->total = p->header_len + p->file_len + p->trailer_len;
 	}
 	return rc;
 }
 
-static int step(struct zc_response *r, int timeout_ms)
+static int step(struct zc_response *r, struct zc__hold *h, int timeout_ms)
 {
-	switch (r->_state) {
+	struct priv *p = priv_of(r);
+
+	switch (p->state) {
 	case ST_HEADER:
-		return send_memory(r, r->_header, r->_header_len, 0,
-				   r->_file_len > 0 || r->_trailer_len > 0,
+		return send_memory(r, h, p->header, p->header_len, 0,
+				   p->file_len > 0 || p->trailer_len > 0,
 				   timeout_ms);
 	case ST_FILE:
-		return r->_file_len == 0 ? 0 : send_file(r, timeout_ms);
+		return p->file_len == 0 ? 0 : send_file(r, h, timeout_ms);
 	case ST_TRAILER:
-		return send_memory(r, r->_trailer, r->_trailer_len,
-				   r->_header_len + r->_file_len, 0, timeout_ms);
+		return send_memory(r, h, p->trailer, p->trailer_len,
+				   p->header_len + p->file_len, 0, timeout_ms);
 	}
 	return 0;
 }
 
 int zc_response_send(struct zc_response *r, int timeout_ms, uint64_t *sent_now)
 {
+	struct priv *p = priv_of(r);
 	uint64_t before = r->sent;
+	struct zc__hold h;
 	int rc = 0;
 
 	*sent_now = 0;
-	if (r->_state == ST_DONE)
+	if (p->state == ST_DONE)
 		return 0;
-	if (r->_state == ST_NEW) {
-		if (r->_corking) {
-			rc = zc_cork_begin(r->sock, &r->_cork);
+	zc__hold_init(&h, r->sock);
+	if (p->state == ST_NEW) {
+		if (p->corking) {
+			rc = zc_cork_begin(r->sock, &p->cork);
 			if (rc < 0)
 				return rc;
+			h.calls = 1; /* the socket's first syscall was the cork */
 		}
-		r->_state = ST_HEADER;
+		p->state = ST_HEADER;
 	}
-	while (r->_state != ST_DONE) {
-		rc = step(r, timeout_ms);
+	while (p->state != ST_DONE) {
+		rc = step(r, &h, timeout_ms);
 		if (rc < 0)
 			break;
-		r->_state++;
+		p->state++;
 	}
 	*sent_now = r->sent - before;
+	/* uncork the socket we sent to, also when the caller's fd moved on */
 	if (rc == 0)
-		return zc_response_end(r);
-	if (rc != -EAGAIN && rc != -ETIMEDOUT && rc != -EINTR)
-		zc_response_end(r); /* the send's error is the one to report */
+		rc = zc_cork_end(h.fd, &p->cork);
+	else if (rc != -EAGAIN && rc != -ETIMEDOUT && rc != -EINTR)
+		(void)zc_cork_end(h.fd, &p->cork); /* report the send's error */
+	zc__hold_release(&h);
 	return rc;
 }
 
 int zc_response_end(struct zc_response *r)
 {
-	return zc_cork_end(r->sock, &r->_cork);
+	return zc_cork_end(r->sock, &priv_of(r)->cork);
 }

@@ -21,13 +21,7 @@ int zc_check_stream(int sock)
 	return type == SOCK_STREAM ? 0 : -EPROTOTYPE;
 }
 
-/*
- * ZC_TO_EOF on a regular file: fix the count now, so a blocking socket can
- * tell a signal's short count from the end of the file.  Other files
- * (pipes, devices, empty-looking pseudo files) keep ZC_TO_EOF and end at
- * the first 0 return.
- */
-static int resolve_count(int file, const off_t *pos, uint64_t *count)
+int zc__count_to_eof(int file, const off_t *pos, uint64_t *count)
 {
 	struct stat st;
 	off_t start;
@@ -82,6 +76,19 @@ static int after_short(int sock, int file, const off_t *pos, int *nonblock)
 int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
 		int timeout_ms, unsigned flags, uint64_t *sent)
 {
+	struct zc__hold h;
+	int rc;
+
+	zc__hold_init(&h, sock);
+	rc = zc__sendfile_held(&h, file, offset, count, timeout_ms, flags, sent);
+	zc__hold_release(&h);
+	return rc;
+}
+
+int zc__sendfile_held(struct zc__hold *h, int file, int64_t offset,
+		      uint64_t count, int timeout_ms, unsigned flags,
+		      uint64_t *sent)
+{
 	const int to_eof = count == ZC_TO_EOF;
 	off_t pos = (off_t)offset;
 	off_t *posp = offset == ZC_FD_POSITION ? NULL : &pos;
@@ -90,7 +97,7 @@ int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
 	int rc = 0;
 
 	if (flags & ZC_CHECK_STREAM) {
-		rc = zc_check_stream(sock);
+		rc = zc_check_stream(h->caller);
 		if (rc < 0)
 			return rc;
 	}
@@ -99,7 +106,7 @@ int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
 	if (count == 0)
 		return 0;
 	if (to_eof) {
-		rc = resolve_count(file, posp, &count);
+		rc = zc__count_to_eof(file, posp, &count);
 		if (rc < 0)
 			return rc;
 		if (count == 0)
@@ -109,25 +116,31 @@ int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
 	while (done < count) {
 		uint64_t left = count - done;
 		size_t want = left < ZC_SENDFILE_MAX ? (size_t)left : ZC_SENDFILE_MAX;
-		ssize_t n = sendfile(sock, file, posp, want);
+		int fd = zc__hold_next(h);
+		ssize_t n;
 
+		if (fd < 0) {
+			rc = fd;
+			break;
+		}
+		n = sendfile(fd, file, posp, want);
 		rc = 0;
 		if (n > 0) {
 			done += (uint64_t)n;
 			if ((size_t)n < want && done < count)
-				rc = after_short(sock, file, posp, &nonblock);
+				rc = after_short(fd, file, posp, &nonblock);
 		} else if (n == 0) { /* the file ended (or shrank) before count */
 			rc = to_eof ? 0 : -ENODATA;
 			break;
 		} else if (errno == EAGAIN) {
-			rc = zc__wait_or_again(sock, timeout_ms);
+			rc = zc__hold_wait_writable(h, timeout_ms);
 		} else {
 			rc = -errno;
 			/* The kernel refuses this source: switch routes, but only
 			 * before the first byte, so no stream mixes two methods. */
 			if (done == 0 && (rc == -EINVAL || rc == -ENOSYS ||
 					  rc == -EOPNOTSUPP)) {
-				rc = zc__send_fallback(sock, file, posp, count,
+				rc = zc__send_fallback(h, file, posp, count,
 						       to_eof, timeout_ms, &done);
 				break;
 			}

@@ -7,6 +7,8 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 int zc_wait_writable(int sock, int timeout_ms)
 {
@@ -61,4 +63,61 @@ ssize_t zc__send(int sock, const void *buf, size_t len, int more)
 	ssize_t n = send(sock, buf, len, MSG_NOSIGNAL | (more ? MSG_MORE : 0));
 
 	return n < 0 ? -errno : n;
+}
+
+static int same_file(int fd, dev_t dev, ino_t ino)
+{
+	struct stat st;
+
+	return fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
+}
+
+int zc__hold_next(struct zc__hold *h)
+{
+	struct stat st;
+
+	if (h->calls++ == 0 || h->known)
+		return h->fd;
+	/* the second syscall: pin the socket the first one used */
+	if (fstat(h->caller, &st) < 0)
+		return -errno;
+	h->dev = st.st_dev;
+	h->ino = st.st_ino;
+	h->known = 1;
+	h->dup = fcntl(h->caller, F_DUPFD_CLOEXEC, 0);
+	if (h->dup >= 0 && !same_file(h->dup, h->dev, h->ino)) {
+		close(h->dup); /* replaced between the two calls above */
+		h->dup = -1;
+		return -EBADF;
+	}
+	if (h->dup >= 0)
+		h->fd = h->dup;
+	return h->fd;
+}
+
+int zc__hold_check(struct zc__hold *h)
+{
+	if (!h->known)
+		return 0;
+	return same_file(h->caller, h->dev, h->ino) ? 0 : -EBADF;
+}
+
+void zc__hold_release(struct zc__hold *h)
+{
+	if (h->dup >= 0)
+		close(h->dup);
+	h->dup = -1;
+	h->fd = h->caller;
+}
+
+int zc__hold_wait_writable(struct zc__hold *h, int timeout_ms)
+{
+	int rc;
+
+	if (timeout_ms == 0)
+		return -EAGAIN;
+	rc = zc_wait_writable(h->fd, timeout_ms);
+	if (rc < 0)
+		return rc;
+	return zc__hold_check(h);
 }

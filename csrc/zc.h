@@ -108,10 +108,11 @@ int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
 
 /**
  * struct zc_cork_state - what zc_cork_begin() changed, for zc_cork_end()
- * @_changed: 1 when cork was set by zc_cork_begin() and must be undone
+ *
+ * Caller-allocated; its contents are private.
  */
 struct zc_cork_state {
-	int _changed;
+	ZC_PRIVATE(8);
 };
 
 /**
@@ -138,28 +139,20 @@ int zc_cork_end(int sock, struct zc_cork_state *st);
 /**
  * struct zc_response - one header + file range + trailer, resumable
  * @sock: the socket
- * @file: the file descriptor
+ * @file: the file descriptor (-1 for a response without file bytes)
  * @sent: bytes of the whole response sent so far
- * @total: bytes of the whole response (header + file range + trailer)
+ * @total: bytes of the whole response (header + file range + trailer), or
+ *         ZC_TO_EOF while the length of a pipe-like source is unknown
  *
  * The header and trailer memory is the caller's and must stay valid and
- * unchanged until the response is done or abandoned.  All fields starting
- * with '_' are private.
+ * unchanged until the response is done or abandoned.
  */
 struct zc_response {
 	int sock;
 	int file;
 	uint64_t sent;
 	uint64_t total;
-	const unsigned char *_header;
-	size_t _header_len;
-	const unsigned char *_trailer;
-	size_t _trailer_len;
-	int64_t _offset;
-	uint64_t _file_len;
-	struct zc_cork_state _cork;
-	int _corking;
-	int _state;
+	ZC_PRIVATE(96);
 };
 
 /**

@@ -93,6 +93,53 @@ static inline void zc__queue_move(struct zc__queue *from, struct zc__queue *to)
 	_Static_assert(sizeof(type) <= sizeof(((pub *)0)->_private.bytes),   \
 		       #type " must fit in " #pub "'s private area")
 
+/* ---- a transfer's hold on its socket ------------------------------------ */
+
+/*
+ * The caller's fd is only a number: if another thread closes it during a
+ * transfer and accept() reuses the number, further syscalls on it would send
+ * (or receive) another client's bytes.  So the first syscall of a transfer
+ * uses the caller's fd, and before the second one the socket is duplicated
+ * (one dup only on transfers that take several syscalls); every later
+ * syscall and wait uses the duplicate.  After each wait zc__hold_check()
+ * compares the caller's fd with the duplicate and stops the transfer with
+ * -EBADF when the caller closed it or it now names another file.  When dup
+ * fails (EMFILE) the transfer goes on with the caller's fd and is checked
+ * the same way after each wait.
+ */
+struct zc__hold {
+	int fd;	    /* for the next syscall */
+	int caller; /* the caller's fd */
+	int dup;    /* our duplicate, or -1 */
+	int calls;  /* zc__hold_next() calls so far */
+	int known;  /* dev/ino below are set */
+	dev_t dev;
+	ino_t ino;
+};
+
+static inline void zc__hold_init(struct zc__hold *h, int fd)
+{
+	h->fd = h->caller = fd;
+	h->dup = -1;
+	h->calls = 0;
+	h->known = 0;
+	h->dev = 0;
+	h->ino = 0;
+}
+
+/* The fd for the next syscall (pins the socket before the second); -errno. */
+int zc__hold_next(struct zc__hold *h);
+
+/* After a wait: 0, or -EBADF when the caller's fd no longer names our socket. */
+int zc__hold_check(struct zc__hold *h);
+
+/* Close the duplicate; safe twice. */
+void zc__hold_release(struct zc__hold *h);
+
+/* Wait for writability on the held socket as timeout_ms says (0 gives
+ * -EAGAIN), then zc__hold_check(). */
+int zc__hold_wait_writable(struct zc__hold *h, int timeout_ms);
+
 /* Set *nonblock from the socket's O_NONBLOCK flag; -errno on failure. */
 int zc__is_nonblocking(int fd, int *nonblock);
 
@@ -117,8 +164,23 @@ ssize_t zc__send(int sock, const void *buf, size_t len, int more);
 
 /* The non-sendfile routes; unlike zc_sendfile(), *sent is progress within
  * count (the caller passes a counter at 0). */
-int zc__send_fallback(int sock, int file, off_t *pos, uint64_t count,
+int zc__send_fallback(struct zc__hold *h, int file, off_t *pos, uint64_t count,
 		      int to_eof, int timeout_ms, uint64_t *sent);
+
+/* zc_sendfile() on a held socket (zc_response_send() holds it across the
+ * header, the file and the trailer). */
+int zc__sendfile_held(struct zc__hold *h, int file, int64_t offset,
+		      uint64_t count, int timeout_ms, unsigned flags,
+		      uint64_t *sent);
+
+/*
+ * ZC_TO_EOF resolved to a count: for a regular file of non-zero size, the
+ * bytes from *pos (NULL: the fd's position) to its end, so that a blocking
+ * socket can tell a signal's short count from the end of the file.  Other
+ * files (pipes, devices, /proc files that say size 0 and have more) keep
+ * ZC_TO_EOF and end at the first 0 return.  -errno from fstat/lseek.
+ */
+int zc__count_to_eof(int file, const off_t *pos, uint64_t *count);
 
 /*
  * splice(2) from src straight to dst, one of them a pipe (no pipe between):

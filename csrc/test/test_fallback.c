@@ -20,6 +20,20 @@
  * Keep calling zc_sendfile() on a non-seekable source until it is done:
  * -EAGAIN polls, -EINTR resumes (counted in *eintrs).  Returns the last rc.
  */
+
+/* The internal route on a socket held as zc_sendfile() holds it. */
+static int fallback(int sock, int file, off_t *pos, uint64_t count, int to_eof,
+		    int timeout_ms, uint64_t *sent)
+{
+	struct zc__hold h;
+	int rc;
+
+	zc__hold_init(&h, sock);
+	rc = zc__send_fallback(&h, file, pos, count, to_eof, timeout_ms, sent);
+	zc__hold_release(&h);
+	return rc;
+}
+
 static int drive(int s, int f, uint64_t count, int timeout_ms, uint64_t *sent,
 		 int *eintrs)
 {
@@ -278,11 +292,11 @@ static void test_dev_zero(void)
 	CHECK_EQ(sent, count);
 	/* the read+send route itself (this kernel may splice /dev/zero) */
 	sent = 0;
-	CHECK_RC(zc__send_fallback(s, z, NULL, count, 0, ZC_WAIT_FOREVER,
+	CHECK_RC(fallback(s, z, NULL, count, 0, ZC_WAIT_FOREVER,
 				   &sent), 0);
 	CHECK_EQ(sent, count);
 	sent = 0;
-	CHECK_RC(zc__send_fallback(s, z, &pos, count, 0, ZC_WAIT_FOREVER,
+	CHECK_RC(fallback(s, z, &pos, count, 0, ZC_WAIT_FOREVER,
 				   &sent), -ESPIPE);
 	CHECK_EQ(sent, 0);
 	close(s);
@@ -321,7 +335,7 @@ static void test_device_nonblocking(void)
 	REQUIRE(h_set_nonblock(s, 1) == 0);
 	REQUIRE(h_rx_start(&rx, r, &o) == 0);
 	t0 = h_now_ms();
-	rc = zc__send_fallback(s, z, NULL, count, 0, 0, &sent);
+	rc = fallback(s, z, NULL, count, 0, 0, &sent);
 	if (rc != -EAGAIN)
 		fprintf(stderr, "  device route, timeout 0, stalled reader: "
 			"%d (%s) after %llu bytes and %lld ms\n", rc,
@@ -333,7 +347,7 @@ static void test_device_nonblocking(void)
 	while (rc == -EAGAIN && h_wait_out(s, 10000) > 0) {
 		uint64_t n = 0; /* fresh: the internal *sent counts within count */
 
-		rc = zc__send_fallback(s, z, NULL, count - sent, 0, 0, &n);
+		rc = fallback(s, z, NULL, count - sent, 0, 0, &n);
 		sent += n;
 	}
 	CHECK_RC(rc, 0);
@@ -575,20 +589,20 @@ static void test_pread_route(void)
 	REQUIRE(h_rx_start(&rx, r, NULL) == 0);
 	REQUIRE(lseek(f, 2000, SEEK_SET) == 2000);
 	/* explicit position: *pos advances, the fd's position does not */
-	CHECK_RC(zc__send_fallback(s, f, &pos, 150000, 0, ZC_WAIT_FOREVER,
+	CHECK_RC(fallback(s, f, &pos, 150000, 0, ZC_WAIT_FOREVER,
 				   &sent), 0);
 	CHECK_EQ(sent, 150000);
 	CHECK_EQ(pos, 151000);
 	CHECK_EQ(h_tell(f), 2000);
 	/* the fd's own position: advanced by exactly what was sent */
 	sent = 0;
-	CHECK_RC(zc__send_fallback(s, f, NULL, 100000, 0, ZC_WAIT_FOREVER,
+	CHECK_RC(fallback(s, f, NULL, 100000, 0, ZC_WAIT_FOREVER,
 				   &sent), 0);
 	CHECK_EQ(sent, 100000);
 	CHECK_EQ(h_tell(f), 102000);
 	/* to the end, as zc_sendfile() would pass it */
 	sent = 0;
-	CHECK_RC(zc__send_fallback(s, f, NULL, size - 102000, 1,
+	CHECK_RC(fallback(s, f, NULL, size - 102000, 1,
 				   ZC_WAIT_FOREVER, &sent), 0);
 	CHECK_EQ(sent, size - 102000);
 	CHECK_EQ(h_tell(f), size);
@@ -618,7 +632,7 @@ static void pread_past_eof(int nonblock)
 	REQUIRE((f = h_temp_file(size, SEED)) >= 0);
 	REQUIRE(h_tcp_pair(&s, &r) == 0);
 	REQUIRE(h_set_nonblock(s, nonblock) == 0);
-	rc = zc__send_fallback(s, f, &pos, 50000, 0, ZC_WAIT_FOREVER, &sent);
+	rc = fallback(s, f, &pos, 50000, 0, ZC_WAIT_FOREVER, &sent);
 	if (rc != -ENODATA)
 		fprintf(stderr, "  pread_past_eof(nonblock=%d)\n", nonblock);
 	CHECK_RC(rc, -ENODATA);
@@ -650,7 +664,7 @@ static void test_pread_again(void)
 	h_small_buffers(s, r);
 	REQUIRE(h_set_nonblock(s, 1) == 0);
 	REQUIRE(h_rx_start(&rx, r, &o) == 0);
-	rc = zc__send_fallback(s, f, &pos, size, 1, 0, &sent);
+	rc = fallback(s, f, &pos, size, 1, 0, &sent);
 	CHECK_RC(rc, -EAGAIN);
 	CHECK(sent > 0 && sent < size);
 	CHECK_EQ(pos, sent);
@@ -658,7 +672,7 @@ static void test_pread_again(void)
 	while (rc == -EAGAIN && h_wait_out(s, 10000) > 0) {
 		uint64_t n = 0; /* fresh: the internal *sent counts within count */
 
-		rc = zc__send_fallback(s, f, &pos, size - sent, 1, 0, &n);
+		rc = fallback(s, f, &pos, size - sent, 1, 0, &n);
 		sent += n;
 	}
 	CHECK_RC(rc, 0);

@@ -2,6 +2,8 @@
 /* zc_sendfile(): regular files to stream sockets; bytes checked every time. */
 #define _GNU_SOURCE
 #include "harness.h"
+
+#include <pthread.h>
 #include "zc.h"
 
 #include <sys/time.h>
@@ -397,6 +399,69 @@ static void interrupted_often(int kind)
 	h_ran++;
 }
 
+/* ---- the socket's fd replaced by another thread during a wait ---------- */
+
+struct replacer {
+	int sock;     /* the sender's fd number, replaced by the thread */
+	int old_peer; /* the original receiver: drained after the switch */
+	int new_sock; /* the socket that takes over the number */
+};
+
+static void *replace_fd(void *arg)
+{
+	struct replacer *rp = arg;
+	unsigned char buf[65536];
+	long long end;
+
+	usleep(100 * 1000); /* the sender is waiting for room by now */
+	/* close + reuse of the number, in one step */
+	if (dup2(rp->new_sock, rp->sock) < 0)
+		return NULL;
+	/* make room on the original connection so the sender wakes up */
+	end = h_now_ms() + 500;
+	while (h_now_ms() < end) {
+		struct pollfd p = { .fd = rp->old_peer, .events = POLLIN };
+
+		if (poll(&p, 1, 50) > 0 && read(rp->old_peer, buf, sizeof(buf)) <= 0)
+			break;
+	}
+	return NULL;
+}
+
+/* Regression (issue 8.1): a server thread closes a connection while another
+ * sends to it and accept() hands the number to a new client; the transfer
+ * must stop with -EBADF and never send a byte to the new client. */
+static void fd_replaced_during_wait(int kind)
+{
+	const size_t size = 8 << 20;
+	struct replacer rp;
+	pthread_t t;
+	uint64_t sent = 0;
+	unsigned char probe[16];
+	int s, r, b0, b1, f, rc;
+
+	REQUIRE(h_pair(kind, &s, &r) == 0);
+	REQUIRE(h_pair(kind, &b0, &b1) == 0);
+	h_small_buffers(s, r);
+	REQUIRE(h_set_nonblock(s, 1) == 0);
+	REQUIRE((f = h_temp_file(size, SEED)) >= 0);
+	rp = (struct replacer){ .sock = s, .old_peer = r, .new_sock = b0 };
+	REQUIRE(pthread_create(&t, NULL, replace_fd, &rp) == 0);
+	rc = zc_sendfile(s, f, 0, size, 5000, 0, &sent);
+	pthread_join(t, NULL);
+	CHECK_RC(rc, -EBADF);
+	CHECK(sent > 0 && sent < size);
+	/* the new client got nothing */
+	CHECK_EQ(recv(b1, probe, sizeof(probe), MSG_DONTWAIT), -1);
+	CHECK_EQ(errno, EAGAIN);
+	close(s); /* now b0's socket */
+	close(b0);
+	close(b1);
+	close(r);
+	close(f);
+	h_ran++;
+}
+
 int main(void)
 {
 	h_init(60);
@@ -409,6 +474,7 @@ int main(void)
 		peer_closed(kind);
 		interrupted(kind);
 		interrupted_often(kind);
+		fd_replaced_during_wait(kind);
 	}
 	return h_result("test_sendfile");
 }
