@@ -761,7 +761,9 @@ def test_datagram_socket_rejected(family: int) -> None:
             zerocopy.Socket(d)
 
 
-@pytest.mark.parametrize("bad", [0, 3, "sock", None, object()], ids=repr)
+@pytest.mark.parametrize(
+    "bad", [0, 3, "sock", None, object()], ids=["0", "3", "'sock'", "None", "object()"]
+)
 def test_non_socket_rejected(bad: Any) -> None:
     with pytest.raises(TypeError):
         zerocopy.Socket(bad)
