@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import os
 import socket
+from typing import Any
 
 import pytest
+from _zcutil import make_file
 
 import zerocopy
 
@@ -65,6 +67,14 @@ def test_text_mode_file_rejected(
         text.close()
 
 
+def test_text_file_still_rejected(make_pair, tmp_path) -> None:
+    """Regression: accepting binary objects whatever their mode must still refuse text files."""
+    a, _ = make_pair("unix")
+    with open(make_file(tmp_path), "r") as f:  # noqa: UP015 - the mode is the point
+        with pytest.raises(ValueError, match="binary mode"):
+            zerocopy.sendfile_all(a, f)
+
+
 @pytest.mark.parametrize(
     ("kw", "exc"),
     [
@@ -119,3 +129,26 @@ def test_datagram_fd_rejected_all_int_arguments(small_file: str, family: int) ->
             d.setblocking(False)
             with pytest.raises(BlockingIOError):
                 d.recv(100)
+
+
+@pytest.mark.parametrize(
+    "offset,count",
+    [(None, 2**64 - 1), (None, 2**64), (2**63, None), (2**63 - 5, 10), (0, 2**64 - 1),
+     (0, 2**64), (2**63, 1)],
+)
+@pytest.mark.parametrize("file_kind", ["fd", "fileobj"])
+@pytest.mark.parametrize("sock_kind", ["socket", "fd"])
+def test_out_of_range_offset_and_count(
+    make_pair, tmp_path, offset: int | None, count: int | None, file_kind: str, sock_kind: str
+) -> None:
+    """Regression: offset/count past 2**63-1 got through (a count of 2**64-1 meant "to EOF")."""
+    a, b = make_pair("unix")
+    sock: Any = a if sock_kind == "socket" else a.fileno()
+    with open(make_file(tmp_path), "rb") as f:
+        src: Any = f if file_kind == "fileobj" else f.fileno()
+        with pytest.raises(ValueError):
+            zerocopy.sendfile_all(sock, src, offset=offset, count=count)
+    # Nothing went out (and certainly not the file "to EOF").
+    b.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        b.recv(100)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
-from _zcutil import eof
+from _zcutil import Call, eof, make_file, recv_exactly, recv_to_eof
 
 import zerocopy
 
@@ -152,14 +150,7 @@ def test_count_zero_sends_nothing(
         assert os.lseek(fd, 0, os.SEEK_CUR) == 9
     sender.sendall(b"END")
     eof(sender)
-    receiver.settimeout(5)
-    got = b""
-    for _ in range(10):
-        b = receiver.recv(100)
-        if not b:
-            break
-        got += b
-    assert got == b"END"
+    assert recv_to_eof(receiver) == b"END"
 
 
 def test_empty_file_and_at_eof(make_pair, collect, tmp_path, small_file: str) -> None:
@@ -312,22 +303,18 @@ def test_receives_via_recv_into_small_chunks(make_pair, small_file: str, small_d
     """A transfer larger than the socket buffers, with the reader in this thread."""
     sender, receiver = make_pair("unix", small=True)
     # Reader in the main thread, sender in a helper thread.
-    result: dict[str, object] = {}
 
-    def run() -> None:
+    def run() -> int:
         try:
             with open(small_file, "rb") as f:
-                result["n"] = zerocopy.sendfile_all(sender, f)
-        except Exception as e:
-            result["error"] = e
+                return zerocopy.sendfile_all(sender, f)
         finally:
-            sender.shutdown(socket.SHUT_WR)
+            eof(sender)
 
     # A timeout bounds the sender's waits even if it held the GIL (which would
     # starve this reader): the test then fails instead of hanging the run.
     sender.settimeout(10)
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
+    call = Call(run)
     receiver.settimeout(10)
     buf = bytearray()
     for _ in range(100_000):
@@ -335,10 +322,7 @@ def test_receives_via_recv_into_small_chunks(make_pair, small_file: str, small_d
         if not b:
             break
         buf += b
-    t.join(10)
-    assert not t.is_alive()
-    assert "error" not in result, result
-    assert result["n"] == len(small_data)
+    assert call.value(10) == len(small_data)
     assert bytes(buf) == small_data
 
 
@@ -355,3 +339,14 @@ def test_socket_with_timeout_slow_reader(
     sender.settimeout(None)
     eof(sender)
     assert c.result() == big_data[99:2_000_099]
+
+
+@pytest.mark.parametrize("kind", ["tcp4", "unix"])
+def test_huge_socket_timeout(make_pair, tmp_path, kind: str) -> None:
+    """Regression: a socket timeout of more milliseconds than a C int holds overflowed."""
+    a, b = make_pair(kind)
+    a.settimeout(1e7)  # ~116 days
+    data = b"x0123456789" * 10
+    with open(make_file(tmp_path, data), "rb") as f:
+        assert zerocopy.sendfile_all(a, f) == len(data)
+    assert recv_exactly(b, len(data)) == data
