@@ -11,9 +11,12 @@ import fcntl
 import os
 import random
 import select
+import shutil
 import signal
 import socket
+import ssl
 import struct
+import subprocess
 import termios
 import threading
 import time
@@ -536,3 +539,45 @@ class EchoServer:
         self.stop.set()
         self.thread.join(DEADLINE)
         self.sock.close()
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def make_tls_cert(directory: Path) -> tuple[str, str] | None:
+    """A self-signed certificate for 127.0.0.1 made with the openssl CLI; None without it."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return None
+    cert, key = str(directory / "cert.pem"), str(directory / "key.pem")
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key
+
+
+def tls_pair(cert: tuple[str, str]) -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
+    """(server, client): TLS sockets over TCP loopback, handshake done, both blocking.
+
+    The server side is the one a server author would send with; the client
+    verifies the certificate, as a real client would.
+    """
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(*cert)
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.load_verify_locations(cert[0])
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        raw_client = socket.create_connection(listener.getsockname(), timeout=DEADLINE)
+        raw_server, _ = listener.accept()
+    raw_server.settimeout(DEADLINE)
+    hello = Call(lambda: client_ctx.wrap_socket(raw_client, server_hostname="127.0.0.1"))
+    server = server_ctx.wrap_socket(raw_server, server_side=True)
+    client: ssl.SSLSocket = hello.value()
+    server.settimeout(None)
+    client.settimeout(None)
+    return server, client

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,7 +19,17 @@ import pytest
 # Make tests/_zcutil.py importable whatever pytest's import mode is.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _zcutil import BIG_SIZE, STREAM_KINDS, Collector, EchoServer, Pair, new_pair, rand_bytes
+from _zcutil import (
+    BIG_SIZE,
+    STREAM_KINDS,
+    Collector,
+    EchoServer,
+    Pair,
+    make_tls_cert,
+    new_pair,
+    rand_bytes,
+    tls_pair,
+)
 
 
 @pytest.fixture
@@ -112,6 +123,24 @@ def open_fds() -> Iterator[list[int]]:
             os.close(fd)
         except OSError:
             pass
+
+
+@pytest.fixture(scope="session")
+def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(certfile, keyfile) of a self-signed certificate for 127.0.0.1."""
+    cert = make_tls_cert(tmp_path_factory.mktemp("tls"))
+    if cert is None:
+        pytest.skip("the openssl command is not installed")
+    return cert
+
+
+@pytest.fixture
+def tls(tls_cert: tuple[str, str]) -> Iterator[tuple[ssl.SSLSocket, ssl.SSLSocket]]:
+    """(server, client) TLS sockets over loopback; the server side sends."""
+    server, client = tls_pair(tls_cert)
+    yield server, client
+    server.close()
+    client.close()
 
 
 @pytest.fixture

@@ -602,3 +602,126 @@ def test_argument_checks(make_pair, small_file: str) -> None:
     ):
         zerocopy.FileSender(sender, text)
     assert cork_of(sender) == 0
+
+
+# ---------------------------------------------------------------- header only, TLS, errors
+
+
+def test_header_only_response_without_a_file(pair, collect) -> None:
+    """file=None: a 304 or a HEAD answer needs no stand-in file."""
+    sender, receiver = pair
+    c = collect(receiver)
+    with zerocopy.FileSender(sender, None, headers=HEAD, trailers=TAIL) as fs:
+        assert fs.total == len(HEAD) + len(TAIL)
+        assert fs.send() == len(HEAD) + len(TAIL)
+        assert fs.done
+    eof(sender)
+    assert c.result() == HEAD + TAIL
+    with pytest.raises(ValueError, match="file=None"):
+        zerocopy.FileSender(sender, None, 0, 10, headers=HEAD)
+
+
+@pytest.mark.parametrize("bad", ["text", 5, [1, 2], 3.0])
+def test_headers_and_trailers_must_be_bytes_like(make_pair, small_file: str, bad) -> None:
+    """Regression: a str header raised cffi's message; trailers=5 sent five NUL bytes on
+    the Python route and raised TypeError on the file route (issue 8.10)."""
+    sender, _ = make_pair("tcp4")
+    for file in (open(small_file, "rb"), io.BytesIO(b"abc")):
+        with file:
+            with pytest.raises(TypeError, match="headers must be a bytes-like object"):
+                zerocopy.FileSender(sender, file, headers=bad)
+            with pytest.raises(TypeError, match="trailers must be a bytes-like object"):
+                zerocopy.FileSender(sender, file, trailers=bad)
+    fd = os.open(small_file, os.O_RDONLY)
+    try:
+        with pytest.raises(TypeError, match="headers must be a bytes-like object"):
+            zerocopy.FileSender(sender, fd, 0, 10, headers=bad)
+        with pytest.raises(TypeError, match="trailers must be a bytes-like object"):
+            zerocopy.FileSender(sender, fd, 0, 10, trailers=bad)
+    finally:
+        os.close(fd)
+
+
+def test_fast_path_errors_match_the_general_path(make_pair, small_file: str) -> None:
+    sender, _ = make_pair("tcp4")
+    fd = os.open(small_file, os.O_RDONLY)
+    try:
+        with pytest.raises(ValueError, match="2\\*\\*63"):
+            zerocopy.FileSender(sender, fd, 2**62, 2**62, headers=HEAD)
+        with pytest.raises(ValueError, match=">= 0"):
+            zerocopy.FileSender(sender, fd, -1, 10, headers=HEAD)
+        closed = socket.socket()
+        closed.close()
+        with pytest.raises(OSError, match="closed"):
+            zerocopy.FileSender(closed, fd, 0, 10, headers=HEAD)
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with udp, pytest.raises(ValueError, match="SOCK_STREAM"):
+            zerocopy.FileSender(udp, fd, 0, 10, headers=HEAD)
+    finally:
+        os.close(fd)
+
+
+def test_bytes_header_stays_valid_across_resumed_steps(small_pair, collect) -> None:
+    """A bytes header is handed to C without a copy: a large one sent over many
+    non-blocking steps must arrive intact."""
+    sender, receiver = small_pair
+    head = os.urandom(3 << 20)
+    sender.setblocking(False)
+    c = collect(receiver, delay=0.001)
+    fd = os.open(__file__, os.O_RDONLY)
+    body = open(__file__, "rb").read(1000)
+    try:
+        fs = zerocopy.FileSender(sender, fd, 0, 1000, headers=head)
+        sel = selectors.DefaultSelector()
+        sel.register(fs, selectors.EVENT_WRITE)
+        steps = 0
+        end = time.monotonic() + DEADLINE
+        while not fs.done and time.monotonic() < end:
+            sel.select(1.0)
+            fs.send()
+            steps += 1
+        fs.close()
+        sel.close()
+        assert fs.done and steps > 1
+    finally:
+        os.close(fd)
+    sender.setblocking(True)
+    eof(sender)
+    assert c.result() == head + body
+
+
+def test_tls_response_goes_through_tls(tls, collect, big_file: str, big_data: bytes) -> None:
+    """Regression: over an ssl.SSLSocket the file went out raw, as plaintext."""
+    server, client = tls
+    c = collect(client)
+    with open(big_file, "rb") as f:
+        f.seek(3)
+        with zerocopy.FileSender(server, f, count=200_000, headers=HEAD, trailers=TAIL) as fs:
+            assert fs.send_all() == len(HEAD) + 200_000 + len(TAIL)
+            assert fs.done and fs.sent == fs.total
+        assert f.tell() == 200_003
+    server.shutdown(socket.SHUT_WR)
+    assert c.result() == HEAD + big_data[3:200_003] + TAIL
+
+
+def test_tls_nonblocking_steps(tls, collect, big_file: str, big_data: bytes) -> None:
+    server, client = tls
+    server.setblocking(False)
+    c = collect(client, delay=0.001)
+    fd = os.open(big_file, os.O_RDONLY)
+    try:
+        fs = zerocopy.FileSender(server, fd, 0, len(big_data), headers=HEAD)
+        sel = selectors.DefaultSelector()
+        sel.register(fs, selectors.EVENT_WRITE)
+        end = time.monotonic() + DEADLINE
+        while not fs.done and time.monotonic() < end:
+            sel.select(1.0)
+            fs.send()
+        fs.close()
+        sel.close()
+        assert fs.done
+    finally:
+        os.close(fd)
+    server.setblocking(True)
+    server.shutdown(socket.SHUT_WR)
+    assert c.result() == HEAD + big_data
