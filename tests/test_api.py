@@ -201,9 +201,11 @@ def test_bool_is_not_a_file_descriptor(make_pair, small_file: str, where: str) -
             zerocopy.FileSender(*args)
 
 
-def test_user_code_type_checks_bytes_sent(tmp_path) -> None:
-    """mypy --strict accepts exc.bytes_sent / bytes_received / bytes_relayed in user code."""
+def test_user_code_type_checks_bytes_sent(tmp_path, monkeypatch) -> None:
+    """mypy --strict accepts exc.bytes_sent / bytes_received / bytes_relayed in user code,
+    run outside the repository (so it finds the installed package, py.typed included)."""
     mypy_api = pytest.importorskip("mypy.api")
+    monkeypatch.chdir(tmp_path)
     code = tmp_path / "user.py"
     code.write_text(
         "import socket\n"
@@ -219,5 +221,7 @@ def test_user_code_type_checks_bytes_sent(tmp_path) -> None:
         "    except zerocopy.RelayError as exc:\n"
         "        return sum(exc.bytes_relayed)\n"
     )
-    out, err, status = mypy_api.run(["--strict", "--no-incremental", str(code)])
+    out, err, status = mypy_api.run(
+        ["--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"), str(code)]
+    )
     assert status == 0, out + err
