@@ -339,10 +339,14 @@ def parse_address(
         port_text = rest[1:]
     elif text.count(":") > 1:
         bare, _, last = text.rpartition(":")
+        if _is_ipv6(bare) and last.isdigit():  # also when all of it could be an address
+            raise UsageError(f"write an IPv6 address in brackets: [{bare}]:{last}, "
+                             f"not {text!r}")
         if _is_ipv6(text):
             raise UsageError(f"missing port in {text!r}: write [{text}]:PORT, "
                              f"e.g. [{text}]:9000")
-        raise UsageError(f"write an IPv6 address in brackets: [{bare}]:{last}, not {text!r}")
+        raise UsageError(f"bad address {text!r}: write HOST:PORT, or [IPV6]:PORT for an IPv6 "
+                         "address, e.g. [::1]:9000")
     elif ":" in text:
         host, _, port_text = text.partition(":")
         if not port_text:

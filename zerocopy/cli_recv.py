@@ -143,27 +143,35 @@ def run(args: argparse.Namespace, con: Console) -> int:
     family, _, _, _, sockaddr = resolve(address, passive=True)[0]
     out = Output(args.output, args.force)
     try:
-        listener = socket.create_server(sockaddr, family=family)
-    except OSError as e:
+        conn, peer = _accept(family, sockaddr, address, args.timeout, con)
+    except KeyboardInterrupt:
+        con.say(f"interrupted while waiting for a sender; {out.fate()}")
+        return 130
+    except BaseException:
         out.discard()
-        raise CommandError(f"cannot listen on {show(address)}: {error_text(e)}") from None
-    with listener:
-        con.say(f"listening on {show(listener.getsockname())}")
-        listener.settimeout(args.timeout)
-        try:
-            conn, peer = listener.accept()
-        except KeyboardInterrupt:
-            con.say(f"interrupted while waiting for a sender; {out.fate()}")
-            return 130
-        except (socket.timeout, TimeoutError):  # distinct before Python 3.10
-            out.discard()
-            raise CommandError(f"no sender came within {args.timeout:g} s") from None
-        except OSError as e:
-            out.discard()
-            raise CommandError(f"cannot accept a sender: {error_text(e)}") from None
+        raise
     with conn:
         conn.settimeout(args.timeout)
         return _receive(conn, show(peer), out, args, con)
+
+
+def _accept(
+    family: int, sockaddr: Any, address: tuple[str, int], timeout: float | None, con: Console
+) -> tuple[socket.socket, Any]:
+    """Listen, and accept one sender."""
+    try:
+        listener = socket.create_server(sockaddr, family=family)
+    except OSError as e:
+        raise CommandError(f"cannot listen on {show(address)}: {error_text(e)}") from None
+    with listener:
+        con.say(f"listening on {show(listener.getsockname())}")
+        listener.settimeout(timeout)
+        try:
+            return listener.accept()
+        except (socket.timeout, TimeoutError):  # distinct before Python 3.10
+            raise CommandError(f"no sender came within {timeout:g} s") from None
+        except OSError as e:
+            raise CommandError(f"cannot accept a sender: {error_text(e)}") from None
 
 
 def _receive(
