@@ -616,6 +616,36 @@ def test_unframed_sender_is_told_to_use_raw(tmp_path: Path, receiver) -> None:
     assert not out.exists() and not Path(f"{out}.partial").exists()
 
 
+def test_framed_send_to_a_raw_recv(tmp_path: Path, receiver, small_file: str,
+                                   small_data: bytes) -> None:
+    out = tmp_path / "got.bin"
+    recv, port = receiver("-o", str(out), "--raw")
+    sent = _run("send", small_file, str(port))
+    rest = _finish(recv)
+    assert recv.returncode == 0, rest  # --raw takes what comes, and says what it saw
+    assert "the sender did not use --raw" in rest
+    _one_clear_line(sent, "use --raw")
+    got = out.read_bytes()
+    assert got[16:-48] == small_data
+    assert cli_framing.unpack_header(got[:16]) == cli_framing.Header(len(small_data), False)
+
+
+@pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 loopback (::1)")
+def test_recv_on_every_ipv6_interface_takes_ipv4_too(tmp_path: Path, small_file: str,
+                                                     small_data: bytes) -> None:
+    out = tmp_path / "got.bin"
+    recv = _start("recv", "[::]:0", "-o", str(out))
+    try:
+        port = _line(recv, r"listening on \[::\]:(\d+)").group(1)
+        sent = _run("send", small_file, f"127.0.0.1:{port}")
+        rest = _finish(recv)
+    finally:
+        recv.kill()
+        recv.wait()
+    assert sent.returncode == 0 and recv.returncode == 0, (sent.stderr, rest)
+    assert out.read_bytes() == small_data
+
+
 def test_recv_refuses_to_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "exists"
     out.write_bytes(b"precious")

@@ -255,7 +255,7 @@ def build_parser(prog: str = "zerocopy") -> argparse.ArgumentParser:
                                          add_help=not sub.passthrough,
                                          formatter_class=_Formatter)
         module = sub.configure(sub_parser)
-        sub_parser.set_defaults(_module=module, _parser=sub_parser, _passthrough=sub.passthrough)
+        sub_parser.set_defaults(_module=module, _parser=sub_parser)
     return parser
 
 
@@ -288,6 +288,8 @@ def main(
         return _usage(ns._parser, str(e), err)
     except CommandError as e:
         return console.error(str(e))
+    except OSError as e:  # not foreseen by the command, still one line
+        return console.error(error_text(e))
     except KeyboardInterrupt:
         console.say("interrupted")
         return 130

@@ -160,7 +160,9 @@ def _accept(
 ) -> tuple[socket.socket, Any]:
     """Listen, and accept one sender."""
     try:
-        listener = socket.create_server(sockaddr, family=family)
+        listener = socket.create_server(  # [::] takes IPv4 too, as the proxy's does
+            sockaddr, family=family,
+            dualstack_ipv6=address[0] == "::" and socket.has_dualstack_ipv6())
     except OSError as e:
         raise CommandError(f"cannot listen on {show(address)}: {error_text(e)}") from None
     with listener:
@@ -195,7 +197,7 @@ def _receive(
     except _Incomplete as e:
         return con.error(f"{e}; {out.fate()}")
     except (_Refused, framing.FramingError) as e:
-        _tell(conn, str(e))
+        _tell(conn, framing.reply_error(str(e)))
         return con.error(f"{e}; {out.fate()}")
     except OSError as e:
         return con.error(f"receiving from {peer} failed after {_count(out, e)} bytes: "
@@ -203,12 +205,15 @@ def _receive(
     elapsed = time.monotonic() - start
     n = out.done
     if not args.raw:
-        _tell(conn, None, framing.reply_ok(n, digest))
+        _tell(conn, framing.reply_ok(n, digest))
     where = "written to standard output" if out.to_stdout else f"saved as {out.path}"
     took = f"received {n} bytes from {peer} in {elapsed:.2f} s ({rate(n, elapsed)})"
     if args.raw:
         con.say(f"{took}; {where} (--raw: the sender's close ended the data, so a sender "
                 "that stopped early looks the same)")
+        if _starts_framed(out):
+            con.say("note: the data starts with a zerocopy header: the sender did not use "
+                    "--raw (run recv without --raw for 'zerocopy send')")
     else:
         checked = "length and end mark" + (", sha256" if header and header.sha256 else "")
         con.say(f"{took}: complete ({checked} checked); {where}")
@@ -218,6 +223,16 @@ def _receive(
     return 0
 
 
+def _starts_framed(out: Output) -> bool:
+    if out.to_stdout:
+        return False
+    try:
+        with open(out.path, "rb") as f:
+            return f.read(len(framing.HEADER_MAGIC)) == framing.HEADER_MAGIC
+    except OSError:
+        return False
+
+
 def _count(out: Output, exc: BaseException) -> int:
     """Bytes received when ``exc`` stopped the transfer (a file knows; stdout counts)."""
     if out.to_stdout:
@@ -225,7 +240,7 @@ def _count(out: Output, exc: BaseException) -> int:
     return out.received()
 
 
-def _tell(conn: socket.socket, error: str | None, line: bytes = b"") -> None:
+def _tell(conn: socket.socket, line: bytes) -> None:
     """Send the reply line; a sender that is gone does not need it.
 
     Then read what the sender may still send (an end mark) until it closes,
@@ -233,7 +248,7 @@ def _tell(conn: socket.socket, error: str | None, line: bytes = b"") -> None:
     connection, and the reset can discard the reply before the sender reads it.
     """
     try:
-        conn.sendall(line or framing.reply_error(error or ""))
+        conn.sendall(line)
         conn.shutdown(socket.SHUT_WR)
         conn.settimeout(1.0)
         for _ in range(16):
@@ -308,7 +323,10 @@ def _end_mark(data: bytes, length: int) -> framing.End:
     if len(data) < framing.END.size:
         raise _Incomplete(f"the sender stopped after all {length} bytes but before the end "
                           "mark")
-    end = framing.unpack_end(data)
+    try:
+        end = framing.unpack_end(data)
+    except framing.FramingError as e:
+        raise _Refused(f"the {length} bytes were followed by a bad end mark ({e})") from None
     if end.length != length:
         raise _Refused(f"the end mark says {end.length} bytes, the header {length}")
     return end
