@@ -253,6 +253,7 @@ def test_a_new_subcommand_is_one_function(monkeypatch: pytest.MonkeyPatch) -> No
         (["send", "f", "1", "--timeout", "0"], "more than 0 seconds"),
         (["send", "f", "1", "--timeout", "soon"], "a number of seconds"),
         (["recv", "1234"], "required: -o/--output"),
+        (["recv", "0", "-o", ""], "-o needs a file name, or '-'"),
         (["recv", "70000", "-o", "x"], "port must be 0-65535, got 70000"),
         (["recv", "-5", "-o", "x"], "port must be a number 0-65535, not '-5'"),
         (["recv", "example.org", "-o", "x"], "e.g. example.org:9000"),
@@ -520,7 +521,33 @@ def test_send_killed_midway_stream(tmp_path: Path, receiver) -> None:
     assert Path(f"{out}.partial").read_bytes() == data
 
 
-def test_ctrl_c_during_transfer_keeps_the_partial_file(tmp_path: Path, receiver) -> None:
+def test_ctrl_c_on_send_reports_what_went_out(tmp_path: Path, receiver) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    out = tmp_path / "got.bin"
+    data = os.urandom(300_000)
+    recv, port = receiver("-o", str(out))
+    send = _start("send", str(fifo), str(port))
+    try:
+        with open(fifo, "wb") as w:
+            w.write(data)
+            w.flush()
+            _wait_for_size(Path(f"{out}.partial"), len(data), recv)
+            send.send_signal(signal.SIGINT)  # send is waiting for more from the FIFO
+            send_rest = _finish(send)
+    finally:
+        send.kill()
+        send.wait()
+    rest = _finish(recv)
+    assert send.returncode == 130, send_rest
+    assert f"interrupted after {len(data)} bytes" in send_rest
+    assert recv.returncode == 1, rest
+    assert Path(f"{out}.partial").read_bytes() == data
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_during_transfer_keeps_the_partial_file(tmp_path: Path, receiver,
+                                                       signum: int) -> None:
     out = tmp_path / "got.bin"
     recv, port = receiver("-o", str(out))
     data = os.urandom(100_000)
@@ -528,11 +555,11 @@ def test_ctrl_c_during_transfer_keeps_the_partial_file(tmp_path: Path, receiver)
     try:
         fake.send(cli_framing.pack_header(10 * len(data), sha256=False) + data)
         _wait_for_size(Path(f"{out}.partial"), len(data), recv)
-        recv.send_signal(signal.SIGINT)
+        recv.send_signal(signum)
         rest = _finish(recv)
     finally:
         fake.close()
-    assert recv.returncode == 130, rest
+    assert recv.returncode == 128 + signum, rest
     assert f"interrupted after {len(data)} bytes; kept the {len(data)} bytes received in " \
            f"{out}.partial" in rest
     assert "Traceback" not in rest

@@ -4,7 +4,9 @@
 ``main(argv)`` parses the command line and runs one subcommand; it returns
 the exit status: 0 on success, 1 on a runtime error (one line on stderr,
 never a traceback), 2 on a usage error (the usage and the mistake on
-stderr), 130 when interrupted (Ctrl-C).
+stderr), 130 when interrupted (Ctrl-C), 143 when stopped by SIGTERM (which
+the commands handle like Ctrl-C: they say what they did and what became
+of a partial file).
 
 A subcommand is one function decorated with :func:`subcommand`: it adds
 its arguments to the parser it is given and returns the name of the module
@@ -26,13 +28,14 @@ import argparse
 import importlib
 import ipaddress
 import os
-import shutil
+import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from types import TracebackType
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType, TracebackType
 from typing import IO, Any, NamedTuple, NoReturn
 
 __all__ = [
@@ -281,9 +284,12 @@ def main(
     except SystemExit as e:  # --help or --version: already printed
         return e.code if isinstance(e.code, int) else 0
     console = Console(ns.command, err)
+    terminated: list[int] = []
     try:
         run = importlib.import_module(ns._module).run
-        return int(run(ns, console))
+        with _sigterm_interrupts(terminated):
+            status = int(run(ns, console))
+        return 128 + signal.SIGTERM if terminated and status == 130 else status
     except UsageError as e:
         return _usage(ns._parser, str(e), err)
     except CommandError as e:
@@ -292,7 +298,28 @@ def main(
         return console.error(error_text(e))
     except KeyboardInterrupt:
         console.say("interrupted")
-        return 130
+        return 128 + signal.SIGTERM if terminated else 130
+
+
+@contextmanager
+def _sigterm_interrupts(seen: list[int]) -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, so a command stopped either way says what it did.
+
+    (A command may install its own handler inside, as ``proxy`` does.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _run_passthrough(name: str, argv: list[str], err: IO[str]) -> int:
@@ -354,7 +381,7 @@ def parse_address(
         if not port_text:
             raise UsageError(f"missing port in {text!r}: write {host or 'HOST'}:PORT, "
                              f"e.g. {host or DEFAULT_HOST}:9000")
-    elif text.isdigit() or (text.startswith(("-", "+")) and text[1:].isdigit()):
+    elif text.isdigit() or (text.startswith(("-", "+")) and text[1:].isdigit()):  # a port
         host, port_text = "", text
     else:
         raise UsageError(f"missing port in {text!r}: write {form}, "
@@ -364,7 +391,7 @@ def parse_address(
             raise UsageError(f"missing host in {text!r}: write HOST:PORT, "
                              f"e.g. {DEFAULT_HOST}:{port_text or 9000}")
         host = default_host
-    if not port_text.isdigit():
+    if not (port_text.isascii() and port_text.isdigit()):  # int() takes "²" and "١٢" too
         raise UsageError(f"port must be a number {lowest_port}-65535, not {port_text!r} "
                          f"(in {text!r})")
     port = int(port_text)
@@ -528,8 +555,14 @@ class Progress:
             if self.total > 0:
                 line += f" {min(done / self.total, 1.0) * 100:3.0f}%"
         line += f"  {rate(done, elapsed)}  {elapsed:.1f} s"
-        width = shutil.get_terminal_size((80, 24)).columns - 1
-        return line[:max(width, 20)]
+        return line[:max(self._columns() - 1, 20)]
+
+    def _columns(self) -> int:
+        try:  # the terminal the line goes to (stderr), not stdout's
+            columns = os.get_terminal_size(self.console.stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            columns = 0
+        return columns or 80  # a terminal that does not know its size says 0
 
 
 def stream_name(path: str) -> str:

@@ -11,8 +11,9 @@ replaced; with it, FILE stays as it was until that rename.
 A transfer that ends short, is refused or interrupted exits non-zero and
 says what happened to the data: kept in ``FILE.partial`` (never renamed),
 or removed when nothing arrived.  A ``FILE.partial`` left by an earlier
-transfer is replaced only with ``--force``.  A process killed outright
-(SIGKILL, SIGTERM) also leaves its data under the ``.partial`` name.
+transfer is replaced only with ``--force``.  SIGTERM is handled like
+Ctrl-C (exit status 143); a process killed outright (SIGKILL) also leaves
+its data under the ``.partial`` name.
 
 With ``--raw`` the sender's close ends the data, as with netcat: a sender
 that stopped early cannot be told from one that finished, and the final
@@ -34,6 +35,7 @@ from .cli import (
     DEFAULT_HOST,
     CommandError,
     Console,
+    UsageError,
     close_quietly,
     error_text,
     parse_address,
@@ -141,6 +143,8 @@ class Output:
 def run(args: argparse.Namespace, con: Console) -> int:
     address = parse_address(args.address, DEFAULT_HOST)
     family, _, _, _, sockaddr = resolve(address, passive=True)[0]
+    if not args.output:
+        raise UsageError("-o needs a file name, or '-' for standard output")
     out = Output(args.output, args.force)
     try:
         conn, peer = _accept(family, sockaddr, address, args.timeout, con)
