@@ -74,22 +74,33 @@ static int same_file(int fd, dev_t dev, ino_t ino)
 
 int zc__hold_next(struct zc__hold *h)
 {
+	if (h->calls++ == 0 || h->pinned)
+		return h->fd;
+	return zc__hold_pin(h); /* the second syscall: pin the first one's socket */
+}
+
+int zc__hold_pin(struct zc__hold *h)
+{
 	struct stat st;
 
-	if (h->calls++ == 0 || h->known)
+	if (h->pinned)
 		return h->fd;
-	/* the second syscall: pin the socket the first one used */
-	if (fstat(h->caller, &st) < 0)
-		return -errno;
-	h->dev = st.st_dev;
-	h->ino = st.st_ino;
-	h->known = 1;
+	h->pinned = 1;
+	if (!h->known) {
+		if (fstat(h->caller, &st) < 0)
+			return -errno;
+		h->dev = st.st_dev;
+		h->ino = st.st_ino;
+		h->known = 1;
+	}
 	h->dup = fcntl(h->caller, F_DUPFD_CLOEXEC, 0);
 	if (h->dup >= 0 && !same_file(h->dup, h->dev, h->ino)) {
-		close(h->dup); /* replaced between the two calls above */
+		close(h->dup); /* replaced before the dup */
 		h->dup = -1;
 		return -EBADF;
 	}
+	if (h->dup < 0 && !same_file(h->caller, h->dev, h->ino))
+		return -EBADF;
 	if (h->dup >= 0)
 		h->fd = h->dup;
 	return h->fd;

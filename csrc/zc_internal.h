@@ -115,6 +115,7 @@ struct zc__hold {
 	int known;  /* dev/ino below are set */
 	dev_t dev;
 	ino_t ino;
+	int pinned; /* zc__hold_pin() ran */
 };
 
 static inline void zc__hold_init(struct zc__hold *h, int fd)
@@ -125,10 +126,28 @@ static inline void zc__hold_init(struct zc__hold *h, int fd)
 	h->known = 0;
 	h->dev = 0;
 	h->ino = 0;
+	h->pinned = 0;
+}
+
+/*
+ * A hold on a socket whose identity an object recorded earlier (a
+ * zc_zsock): zc__hold_check() compares with it from the start, so it
+ * guards the first syscall too, and the pin must find the same socket.
+ */
+static inline void zc__hold_init_known(struct zc__hold *h, int fd, dev_t dev,
+				       ino_t ino)
+{
+	zc__hold_init(h, fd);
+	h->known = 1;
+	h->dev = dev;
+	h->ino = ino;
 }
 
 /* The fd for the next syscall (pins the socket before the second); -errno. */
 int zc__hold_next(struct zc__hold *h);
+
+/* Pin now (before a wait, say): dup the socket once; the fd to use, -errno. */
+int zc__hold_pin(struct zc__hold *h);
 
 /* After a wait: 0, or -EBADF when the caller's fd no longer names our socket. */
 int zc__hold_check(struct zc__hold *h);
@@ -198,5 +217,18 @@ int zc__count_to_eof(int file, const off_t *pos, uint64_t *count);
 int zc__splice_direct(int src, off_t *src_off, int dst, off_t *dst_off,
 		      uint64_t count, int to_eof, int timeout_ms,
 		      uint64_t *done);
+
+/* ---- MSG_ZEROCOPY ------------------------------------------------------- */
+
+struct msghdr;
+struct zc_completion;
+
+/*
+ * One error-queue message: 1 and *out for a zero-copy completion; the
+ * error it carries (-ENOMSG for a TX timestamp) or -EPROTO for another
+ * message or a cmsg too short for a sock_extended_err; -EIO when the
+ * control data was truncated.
+ */
+int zc__parse_completion(const struct msghdr *msg, struct zc_completion *out);
 
 #endif
