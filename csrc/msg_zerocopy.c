@@ -732,7 +732,11 @@ int zc_zsock_send(struct zc_zsock *z, const void *buf, size_t len,
 
 int zc_zsock_send_end(struct zc_zsock *z)
 {
-	return z->loaned = zs_seal(z, zs(z));
+	struct zs_priv *p = zs(z);
+
+	if (p->open)
+		z->loaned = zs_seal(z, p);
+	return z->loaned;
 }
 
 int zc_zsock_reap(struct zc_zsock *z)

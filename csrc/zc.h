@@ -545,7 +545,9 @@ int zc_zsock_send(struct zc_zsock *z, const void *buf, size_t len,
  * open buffer too, but only this call says what became of it.
  *
  * Return: 1 when the buffer is on loan (its token will be collected), 0
- * when it is free now or no buffer was open.
+ * when it is free now.  With no buffer open it changes nothing and returns
+ * @z->loaned as the last send left it, so a caller that lost track of the
+ * last return (its signal handler raised) may always call it.
  */
 int zc_zsock_send_end(struct zc_zsock *z);
 
