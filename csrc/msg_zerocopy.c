@@ -267,6 +267,29 @@ static struct zc_track_rec *zs_rec(struct zs_priv *p, uint32_t i)
 	return &p->recs[(p->head + i) % p->cap];
 }
 
+/* 0 when fd names the zsock's socket (zc_zsock_init()'s), else -EBADF. */
+static int zs_same(const struct zs_priv *p, int fd)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) < 0 || st.st_dev != p->dev || st.st_ino != p->ino)
+		return -EBADF;
+	return 0;
+}
+
+/* Pin the socket before a wait (the hold's duplicate), checking that it is
+ * ours; the fd to wait on and use from then on, or -errno. */
+static int zs_pin(const struct zs_priv *p, struct zc__hold *h)
+{
+	int rc = zc__hold_pin(h);
+
+	if (rc < 0)
+		return rc;
+	if (h->dev != p->dev || h->ino != p->ino)
+		return -EBADF;
+	return h->fd;
+}
+
 static long long zs_now_ms(void)
 {
 	struct timespec t;
@@ -448,16 +471,14 @@ static int zs_reap_held(struct zc_zsock *z, struct zs_priv *p,
 			struct cmsghdr align;
 		} control[ZS_BATCH];
 		struct mmsghdr mm[ZS_BATCH];
-		int fd = zc__hold_next(h), n;
+		int n;
 
-		if (fd < 0)
-			return fd;
 		memset(mm, 0, sizeof(mm));
 		for (int i = 0; i < ZS_BATCH; i++) {
 			mm[i].msg_hdr.msg_control = control[i].buf;
 			mm[i].msg_hdr.msg_controllen = sizeof(control[i].buf);
 		}
-		n = recvmmsg(fd, mm, ZS_BATCH, MSG_ERRQUEUE | MSG_DONTWAIT, NULL);
+		n = recvmmsg(h->fd, mm, ZS_BATCH, MSG_ERRQUEUE | MSG_DONTWAIT, NULL);
 		if (n < 0) {
 			if (errno == EAGAIN)
 				break;
@@ -486,7 +507,7 @@ static int zs_wait_step(struct zc_zsock *z, struct zs_priv *p,
 			struct zc__hold *h, int slice_ms, int *idle)
 {
 	uint64_t seen = z->stats.completions;
-	int fd = zc__hold_pin(h), rc, chk;
+	int fd = zs_pin(p, h), rc, chk;
 
 	if (fd < 0)
 		return fd;
@@ -527,14 +548,14 @@ static int zs_flush_held(struct zc_zsock *z, struct zs_priv *p,
 }
 
 /* Wait for writability in slices, checking the socket after each. */
-static int zs_wait_out(struct zc__hold *h, int timeout_ms)
+static int zs_wait_out(const struct zs_priv *p, struct zc__hold *h, int timeout_ms)
 {
 	long long deadline = zs_deadline(timeout_ms);
 	int fd, rc, chk;
 
 	if (timeout_ms == 0)
 		return -EAGAIN;
-	fd = zc__hold_pin(h);
+	fd = zs_pin(p, h);
 	if (fd < 0)
 		return fd;
 	for (;;) {
@@ -658,10 +679,10 @@ int zc_zsock_send(struct zc_zsock *z, const void *buf, size_t len,
 		p->open_loaned = 0;
 		p->orphan = 0;
 	}
-	zc__hold_init_known(&h, z->sock, p->dev, p->ino);
+	zc__hold_init(&h, z->sock);
 	if (len > 0 && z->supported && p->count > 0) {
 		/* learn of COPIED early, and free what is done */
-		rc = zc__hold_check(&h);
+		rc = zs_same(p, z->sock);
 		checked = 1;
 		if (rc == 0)
 			rc = zs_reap_held(z, p, &h);
@@ -680,16 +701,12 @@ int zc_zsock_send(struct zc_zsock *z, const void *buf, size_t len,
 		}
 		plain_next = 0;
 		if (zc && !checked) { /* a sequence number must be ours */
-			rc = zc__hold_check(&h);
+			rc = zs_same(p, z->sock);
 			checked = 1;
 			if (rc < 0)
 				break;
 		}
-		fd = zc__hold_next(&h);
-		if (fd < 0) {
-			rc = fd;
-			break;
-		}
+		fd = h.fd; /* the caller's until a wait pinned the socket */
 		n = send(fd, b + done, left, MSG_NOSIGNAL | more | (zc ? MSG_ZEROCOPY : 0));
 		if (n > 0) {
 			done += (size_t)n;
@@ -718,7 +735,7 @@ int zc_zsock_send(struct zc_zsock *z, const void *buf, size_t len,
 			z->active = 0; /* a layer that refuses the flag (kTLS) */
 			rc = 0;
 		} else if (rc == -EAGAIN) {
-			rc = zs_wait_out(&h, timeout_ms);
+			rc = zs_wait_out(p, &h, timeout_ms);
 		}
 	}
 	*sent += done;
@@ -747,8 +764,8 @@ int zc_zsock_reap(struct zc_zsock *z)
 
 	if (p->ended || !z->supported)
 		return 0;
-	zc__hold_init_known(&h, z->sock, p->dev, p->ino);
-	rc = zc__hold_check(&h);
+	zc__hold_init(&h, z->sock);
+	rc = zs_same(p, z->sock);
 	if (rc == 0)
 		rc = zs_reap_held(z, p, &h);
 	zc__hold_release(&h);
@@ -780,13 +797,13 @@ int zc_zsock_poll(const struct zc_zsock *z, int timeout_ms)
 {
 	const struct zs_priv *p = zs_const(z);
 	long long deadline = zs_deadline(timeout_ms);
-	struct zc__hold h;
 	int rc;
 
+	/* Only looks: polls the caller's fd and checks after each slice that
+	 * it still names the socket (nothing is read or sent here). */
 	if (!z->supported)
 		return 0;
-	zc__hold_init_known(&h, z->sock, p->dev, p->ino);
-	rc = zc__hold_check(&h);
+	rc = zs_same(p, z->sock);
 	if (rc < 0)
 		return rc;
 	if (timeout_ms == 0)
@@ -797,7 +814,7 @@ int zc_zsock_poll(const struct zc_zsock *z, int timeout_ms)
 		if (slice == 0)
 			return -ETIMEDOUT;
 		rc = zc_wait_completions(z->sock, slice);
-		chk = zc__hold_check(&h);
+		chk = zs_same(p, z->sock);
 		if (chk < 0)
 			return chk;
 		if (rc != -ETIMEDOUT)
@@ -813,8 +830,8 @@ int zc_zsock_flush(struct zc_zsock *z, int timeout_ms)
 
 	if (p->ended || !z->supported)
 		return zs_loans_out(z, p) == 0 ? 0 : -EBADF;
-	zc__hold_init_known(&h, z->sock, p->dev, p->ino);
-	rc = zc__hold_check(&h);
+	zc__hold_init(&h, z->sock);
+	rc = zs_same(p, z->sock);
 	if (rc == 0)
 		rc = zs_flush_held(z, p, &h, timeout_ms);
 	zc__hold_release(&h);
@@ -833,8 +850,8 @@ int zc_zsock_end(struct zc_zsock *z, int timeout_ms)
 		p->ended = 1;
 		return (int)z->on_loan;
 	}
-	zc__hold_init_known(&h, z->sock, p->dev, p->ino);
-	if (zc__hold_check(&h) < 0)
+	zc__hold_init(&h, z->sock);
+	if (zs_same(p, z->sock) < 0)
 		goto out; /* not our socket any more: never reset another's */
 	if (!p->reset) {
 		rc = zs_flush_held(z, p, &h, timeout_ms);
@@ -843,7 +860,7 @@ int zc_zsock_end(struct zc_zsock *z, int timeout_ms)
 		/* A stalled peer: reset the connection.  tcp_disconnect()
 		 * purges the write queue; the fd stays open, so the kernel
 		 * reports the completions (a closed socket's are dropped). */
-		fd = zc__hold_next(&h);
+		fd = zs_pin(p, &h); /* flush waited: pinned already */
 		if (fd < 0)
 			goto out;
 		(void)connect(fd, &unspec, sizeof(unspec));

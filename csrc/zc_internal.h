@@ -129,20 +129,6 @@ static inline void zc__hold_init(struct zc__hold *h, int fd)
 	h->pinned = 0;
 }
 
-/*
- * A hold on a socket whose identity an object recorded earlier (a
- * zc_zsock): zc__hold_check() compares with it from the start, so it
- * guards the first syscall too, and the pin must find the same socket.
- */
-static inline void zc__hold_init_known(struct zc__hold *h, int fd, dev_t dev,
-				       ino_t ino)
-{
-	zc__hold_init(h, fd);
-	h->known = 1;
-	h->dev = dev;
-	h->ino = ino;
-}
-
 /* The fd for the next syscall (pins the socket before the second); -errno. */
 int zc__hold_next(struct zc__hold *h);
 
