@@ -72,38 +72,26 @@ static int same_file(int fd, dev_t dev, ino_t ino)
 	return fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
 }
 
-int zc__hold_next(struct zc__hold *h)
-{
-	if (h->calls++ == 0 || h->pinned)
-		return h->fd;
-	return zc__hold_pin(h); /* the second syscall: pin the first one's socket */
-}
-
 int zc__hold_pin(struct zc__hold *h)
 {
 	struct stat st;
 
-	if (h->pinned)
-		return h->fd;
-	h->pinned = 1;
-	if (!h->known) {
-		if (fstat(h->caller, &st) < 0)
-			return -errno;
-		h->dev = st.st_dev;
-		h->ino = st.st_ino;
-		h->known = 1;
-	}
+	if (h->known)
+		return 0;
+	if (fstat(h->caller, &st) < 0)
+		return -errno;
+	h->dev = st.st_dev;
+	h->ino = st.st_ino;
+	h->known = 1;
 	h->dup = fcntl(h->caller, F_DUPFD_CLOEXEC, 0);
 	if (h->dup >= 0 && !same_file(h->dup, h->dev, h->ino)) {
-		close(h->dup); /* replaced before the dup */
+		close(h->dup); /* replaced between the two calls above */
 		h->dup = -1;
 		return -EBADF;
 	}
-	if (h->dup < 0 && !same_file(h->caller, h->dev, h->ino))
-		return -EBADF;
 	if (h->dup >= 0)
 		h->fd = h->dup;
-	return h->fd;
+	return 0;
 }
 
 int zc__hold_check(struct zc__hold *h)
@@ -127,6 +115,9 @@ int zc__hold_wait_writable(struct zc__hold *h, int timeout_ms)
 
 	if (timeout_ms == 0)
 		return -EAGAIN;
+	rc = zc__hold_pin(h);
+	if (rc < 0)
+		return rc;
 	rc = zc_wait_writable(h->fd, timeout_ms);
 	if (rc < 0)
 		return rc;

@@ -107,6 +107,21 @@ int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
 		int timeout_ms, unsigned flags, uint64_t *sent);
 
 /**
+ * zc_tls_tx_offloaded() - does the kernel encrypt what is sent on @sock?
+ * @sock: a socket
+ *
+ * A TLS session that lives in user space (OpenSSL through Python's ssl
+ * module) must never get file bytes from sendfile(2) or splice(2): they would
+ * reach the peer as plaintext inside the TLS stream.  With kernel TLS (the
+ * "tls" ULP with TX keys installed, e.g. by OpenSSL's SSL_OP_ENABLE_KTLS)
+ * the kernel encrypts them, and zero-copy sends are safe.
+ *
+ * Return: 1 when kernel TLS TX is active; 0 when not (also for non-TCP
+ * sockets and kernels without TLS); -errno from getsockopt (-EBADF, ...).
+ */
+int zc_tls_tx_offloaded(int sock);
+
+/**
  * struct zc_cork_state - what zc_cork_begin() changed, for zc_cork_end()
  *
  * Caller-allocated; its contents are private.
@@ -180,7 +195,7 @@ int zc_response_init(struct zc_response *r, int sock, int file, int64_t offset,
  * zc_response_send() - make progress on a response
  * @r: from zc_response_init()
  * @timeout_ms: as for zc_sendfile()
- * @sent_now: out, bytes sent by this call (always set); the running total
+ * @sent_now: out, bytes sent by this call (always set), or NULL; the running total
  *            is @r->sent
  *
  * The first call corks the socket when a trailer follows file data, or

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import select
@@ -9,13 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
-from _zcutil import DEADLINE, HAVE_IPV6, recv_exactly
+from _zcutil import DEADLINE, HAVE_IPV6, Call, closed_port, recv_exactly, reset
 
-from zerocopy.commands import UsageError, parse_address
+import zerocopy
+from zerocopy.commands import UsageError, parse_address, send_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,14 +64,6 @@ def _one_clear_line(result: subprocess.CompletedProcess[str], words: str) -> Non
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert "error" in lines[0] and words in lines[0], lines[0]
-
-
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return int(port)
 
 
 def test_parse_address() -> None:
@@ -138,7 +131,7 @@ def test_recv_address_in_use(tmp_path) -> None:
 
 
 def test_send_errors(tmp_path, small_file: str) -> None:
-    _one_clear_line(_run("send", small_file, f"127.0.0.1:{_closed_port()}"), "refused")
+    _one_clear_line(_run("send", small_file, f"127.0.0.1:{closed_port()}"), "refused")
     _one_clear_line(_run("send", str(tmp_path / "missing"), "127.0.0.1:9"), "cannot open")
 
 
@@ -162,30 +155,9 @@ def test_proxy_address_in_use() -> None:
     _one_clear_line(result, "in use")
 
 
-def _echo_server() -> tuple[socket.socket, threading.Thread]:
-    lst = socket.create_server(("127.0.0.1", 0))
-    lst.settimeout(DEADLINE)
-
-    def run() -> None:
-        try:
-            c, _ = lst.accept()
-        except OSError:
-            return
-        with c:
-            c.settimeout(DEADLINE)
-            while chunk := c.recv(65536):
-                c.sendall(chunk)
-            c.shutdown(socket.SHUT_WR)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return lst, t
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_proxy_relays_then_stops_cleanly(small_data: bytes, signum: int) -> None:
-    lst, t = _echo_server()
-    target = f"127.0.0.1:{lst.getsockname()[1]}"
+def test_proxy_relays_then_stops_cleanly(echo, small_data: bytes, signum: int) -> None:
+    target = f"127.0.0.1:{echo.address[1]}"
     proxy = _start("proxy", "0", target, "-v")
     try:
         port = int(_line(proxy, r"listening on 127\.0\.0\.1:(\d+)").group(1))
@@ -200,8 +172,6 @@ def test_proxy_relays_then_stops_cleanly(small_data: bytes, signum: int) -> None
     finally:
         proxy.kill()
         proxy.wait()
-        lst.close()
-        t.join(DEADLINE)
     assert proxy.returncode == 0, rest
     assert "Traceback" not in rest
     assert f"stopped ({signal.Signals(signum).name})" in rest
@@ -227,3 +197,40 @@ def test_proxy_ipv6_listen_and_target() -> None:
         proxy.wait()
         lst.close()
     assert proxy.returncode == 0
+
+
+def test_send_command_failure_counts_the_current_chunk(tmp_path) -> None:
+    """Regression: send's "failed after N bytes" left out the part of the chunk being sent."""
+    size = 7 * 1024 * 1024  # one chunk (< commands.CHUNK), far more than the buffers hold
+    assert size < zerocopy.commands.CHUNK
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(256)) * (size // 256))
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    ls.settimeout(DEADLINE)
+    want = 200_000
+
+    def receiver() -> int:
+        conn, _ = ls.accept()
+        try:
+            return len(recv_exactly(conn, want))
+        finally:
+            reset(conn)  # with unread data: the sender gets a reset
+
+    rx = Call(receiver)
+    err = io.StringIO()
+    try:
+        rc = send_main(["--timeout", "10", str(path), f"127.0.0.1:{ls.getsockname()[1]}"],
+                       stderr=err)
+        got = rx.value(DEADLINE)
+    finally:
+        ls.close()
+    text = err.getvalue()
+    assert rc == 1, text
+    m = re.search(r"failed after (\d+) bytes", text)
+    assert m, text
+    reported = int(m.group(1))
+    assert got == want
+    assert want <= reported <= size, f"reported {reported}, the receiver got {want}: {text}"

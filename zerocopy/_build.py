@@ -20,6 +20,7 @@ CDEF_SENDFILE = """
 #define ZC_CHECK_STREAM ...
 
 int zc_check_stream(int sock);
+int zc_tls_tx_offloaded(int sock);
 int zc_wait_writable(int sock, int timeout_ms);
 int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
                 int timeout_ms, unsigned flags, uint64_t *sent);

@@ -21,16 +21,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from . import _lowlevel as _c
 from ._args import stream_socket_fd, timeout_ms
-from ._errors import error_for, with_progress
-from ._native import ffi, lib
+from ._lowlevel import ffi, lib
 from .cork import cork as _cork
 from .sendfile import sendfile_all as _sendfile_all
 
-_EINTR = -errno.EINTR
-_EAGAIN = -errno.EAGAIN
-_ENOBUFS = -errno.ENOBUFS
-_ENOSPC = -errno.ENOSPC
 _NO_ZEROCOPY = (-errno.EOPNOTSUPP, -errno.ENOPROTOOPT, -errno.EINVAL)
 _REAP_BATCH = 64
 _WAIT_SLICE_MS = 100
@@ -148,7 +144,7 @@ class Socket:
                 f"this socket cannot send with MSG_ZEROCOPY ({os.strerror(-rc)})"
             )
         elif rc < 0:
-            raise error_for(rc, 0)
+            raise _c.error(rc, 0)
         self.zerocopy_supported = rc == 0
         self.zerocopy_active = self.zerocopy_supported
         self._recs = ffi.new("struct zc_track_rec[]", max_sends_in_flight)
@@ -264,18 +260,17 @@ class Socket:
                         self._count("plain_sends")
                     if stop_after_one:
                         break
-                elif rc == _ENOBUFS:  # the kernel cannot track it: resend plain, now
+                elif rc == _c.ENOBUFS:  # the kernel cannot track it: resend plain, now
                     self._count("enobufs_fallbacks")
                     resend_plain = True
-                elif rc == _EAGAIN:
+                elif rc == _c.EAGAIN:
                     rc = lib.zc_wait_writable(self._fd, wait_ms)
-                    if rc < 0 and rc != _EINTR:
-                        raise error_for(rc, sent)
-                elif rc != _EINTR and rc != _ENOSPC:
-                    raise error_for(rc, sent)
+                    if rc < 0 and rc != _c.EINTR:
+                        raise _c.error(rc, sent)
+                elif rc != _c.EINTR and rc != _c.ENOSPC:
+                    raise _c.error(rc, sent)
         except BaseException as exc:
-            with_progress(exc, sent)
-            raise
+            raise _c.attach(exc, sent) from None
         finally:
             self._settle(token, loan, loaned)
         return sent, SendHandle(self, loan if loaned else None)
@@ -351,7 +346,7 @@ class Socket:
                     break
                 batch, count = ffi.NULL, 0  # more free tokens than fit: collect the rest
             if rc < 0:  # a message that was no completion: after using those before it
-                raise error_for(rc, 0)
+                raise _c.error(rc, 0)
             if n < _REAP_BATCH:
                 return released
 
@@ -397,8 +392,8 @@ class Socket:
                 time.sleep(wait / 1000 / 10)
             rc = lib.zc_wait_completions(self._fd, wait)
             woke = rc == 0
-            if rc < 0 and rc not in (_EINTR, -errno.ETIMEDOUT, _EAGAIN):
-                raise error_for(rc, 0)
+            if rc < 0 and rc not in (_c.EINTR, _c.ETIMEDOUT, _c.EAGAIN):
+                raise _c.error(rc, 0)
 
     # -- the rest of the socket ---------------------------------------------
 
