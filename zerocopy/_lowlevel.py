@@ -436,11 +436,12 @@ class ZSock:
     on its own duplicate: ``EBADF`` then, never a byte to the fd's next owner.
     """
 
-    __slots__ = ("_c", "_loans", "_next_token", "_owner", "_recs", "_tokens")
+    __slots__ = ("_c", "_loans", "_next_token", "_owner", "_recs", "_threshold", "_tokens")
 
     def __init__(self, owner: socket.socket, fd: int, *, threshold: int, max_pinned: int,
                  adaptive: bool, max_in_flight: int) -> None:
         self._owner = owner
+        self._threshold = threshold
         self._loans: dict[int, Loan] = {}
         self._next_token = 1
         opts = ffi.new(_ZSOCK_OPTS_T)
@@ -488,47 +489,73 @@ class ZSock:
         already).  Raises with ``bytes_sent``; whatever happens, a buffer C
         still reads stays referenced until its token is collected.
         """
-        try:
-            view = ffi.from_buffer(data)  # exports it: a bytearray cannot resize now
-        except TypeError:
-            raise TypeError(
-                f"a bytes-like object is required, not '{type(data).__name__}'") from None
-        size = len(view)
+        view: Any = None
+        c = self._c
+        if type(data) is bytes:
+            size = len(data)
+            if timeout_ms < 0 and not c.on_loan and (size < self._threshold or not c.active):
+                # What C would do (one plain send, nothing to reap), through the
+                # socket's own send: a blocking socket resumes after signals itself.
+                if once:
+                    n = self._owner.send(data)
+                else:
+                    self._owner.sendall(data)
+                    n = size
+                c.stats.plain_sends += 1
+                return n, None
+            buf: Any = data  # cffi hands C the object's own buffer, which never moves
+        else:
+            try:
+                buf = view = ffi.from_buffer(data)  # exported: a bytearray cannot resize now
+            except TypeError:
+                raise TypeError(
+                    f"a bytes-like object is required, not '{type(data).__name__}'") from None
+            size = len(view)
         token = self._next_token
         self._next_token = token + 1
-        c = self._c
-        owner = self._owner
-        sent = counter()
+        sent = _counters.pop() if _counters else ffi.new(_U64)
+        sent[0] = 0
         flags = _ZSOCK_ONCE if once else 0
-
-        def again() -> int:
-            done = int(sent[0])
-            rc: int = lib.zc_zsock_send(c, view + done, size - done, token,
-                                        flags | _ZSOCK_RESUME, timeout_ms, sent)
-            return rc
-
         try:
             try:
-                rc = lib.zc_zsock_send(c, view, size, token, flags, timeout_ms, sent)
+                rc = lib.zc_zsock_send(c, buf, size, token, flags, timeout_ms, sent)
                 if rc != 0:
-                    run(again, lambda: int(sent[0]), rc=rc, alive=lambda: is_open(owner))
+                    self._send_rest(rc, data, view, size, token, flags, timeout_ms, sent)
             except BaseException as exc:
                 lib.zc_zsock_send_end(c)  # a buffer left open by -EINTR ends here
                 raise attach(exc, int(sent[0])) from None
-            return int(sent[0]), self._settle(token, data, view, size)
+            n = int(sent[0])
         except BaseException:
             self._settle(token, data, view, size)
+            if c.freed:
+                self._collect()
             raise
         finally:
             _counters.append(sent)
-            if c.freed:
-                self._collect()
+        loan = self._settle(token, data, view, size)
+        if c.freed:
+            self._collect()
+        return n, loan
+
+    def _send_rest(self, rc: int, data: Any, view: Any, size: int, token: int, flags: int,
+                   timeout_ms: int, sent: Any) -> None:
+        """Resume after -EINTR (the handler returned) until done; raise otherwise."""
+        c, owner = self._c, self._owner
+        p = view if view is not None else ffi.from_buffer(data)
+
+        def again() -> int:
+            done = int(sent[0])
+            result: int = lib.zc_zsock_send(c, p + done, size - done, token,
+                                            flags | _ZSOCK_RESUME, timeout_ms, sent)
+            return result
+
+        run(again, lambda: int(sent[0]), rc=rc, alive=lambda: is_open(owner))
 
     def _settle(self, token: int, data: Any, view: Any, size: int) -> Loan | None:
-        if token in self._loans:
-            return self._loans[token]
+        """After a send: keep the buffer under its token while C says it is on loan."""
         if not self._c.loaned:
-            ffi.release(view)  # every byte went plain, or its completions came already
+            if view is not None:
+                ffi.release(view)  # every byte went plain, or its completions came already
             return None
         loan = self._loans[token] = Loan(data, view, size)
         return loan
@@ -543,7 +570,8 @@ class ZSock:
             for i in range(n):
                 loan = loans.pop(int(tokens[i]), None)
                 if loan is not None:
-                    ffi.release(loan._view)
+                    if loan._view is not None:
+                        ffi.release(loan._view)
                     loan._view = loan.obj = None
                     loan.done = True
                     released += 1
