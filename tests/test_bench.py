@@ -497,3 +497,42 @@ def test_a_failing_transfer_is_reported_and_the_exit_code_says_so(
     assert "isolation: none (--isolate none)" in " ".join(out.split())
     row = next(line for line in out.splitlines() if line.startswith("read+sendall"))
     assert row.split()[3] == "1.00x"
+
+
+def _quick_small_json(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    code = harness.main(["small", "--quick", "--calls", "200", "--methods", "os.sendfile",
+                         "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    document: dict[str, Any] = json.loads(captured.out)
+    return document
+
+
+@pytest.mark.timeout(120)
+def test_without_root_the_run_is_pinned_only_and_says_why(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    before = os.sched_getaffinity(0)
+    isolation = _quick_small_json(capsys)["isolation"]
+    assert os.sched_getaffinity(0) == before  # the caller's affinity is given back
+    assert isolation["netns"] is False
+    if len(before) >= 2:
+        assert isolation["reason"] == "needs root"
+        assert isolation["measured_cpu"] != isolation["peer_cpu"]
+    else:
+        assert isolation["reason"] == "fewer than 2 usable CPUs"
+
+
+@pytest.mark.timeout(120)
+def test_when_the_namespace_cannot_be_made_the_run_falls_back(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def refuse(peer_cpu: int) -> str:
+        raise PermissionError(1, "unshare(CLONE_NEWNET): Operation not permitted")
+
+    monkeypatch.setattr(harness, "enter_private_network", refuse)  # the fork inherits it
+    isolation = _quick_small_json(capsys)["isolation"]
+    assert isolation["netns"] is False
+    if os.geteuid() == 0 and len(os.sched_getaffinity(0)) >= 2:
+        assert isolation["reason"] == "unshare(CLONE_NEWNET): Operation not permitted"

@@ -16,13 +16,15 @@ Write one module in this package, say ``zerocopy/bench/serve.py``, that defines 
     def _add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--connections", type=positive_int, default=None)
 
+    def _runner(address: tuple[str, int], name: str) -> Callable[[], Sample]:
+        return lambda: ...  # time one sample of method ``name``: a Sample
+
     def _run(ctx: Context) -> Report:
-        with ctx.receiver() as address:          # a receiver process on the peer CPU
-            runners = {("", name): lambda name=name: _one_sample(address, name)
-                       for name in ctx.methods}  # (group, method) -> one timed Sample
-            runs = ctx.interleave(runners, describe_bytes)
+        with ctx.receiver() as address:  # a receiver process on the peer CPU
+            runners = {("", name): _runner(address, name) for name in ctx.methods}
+            runs = ctx.interleave(runners, describe_bytes)  # keys: (group, method)
         return ctx.report(heading="...", unit=BYTES, settings={...}, runs=runs,
-                          baseline="nginx", targets=[...], notes=[...])
+                          baseline="nginx", targets=[Target(...)], notes=[...])
 
     MODE = Mode(
         name="serve",                   # `bench serve` and `bench --serve`
@@ -41,7 +43,7 @@ with ``_`` and that defines a ``Mode`` named ``MODE``.  The mode gets ``bench se
 ``--plot``, ``--isolate``), the isolation, and a place in ``bench --quick``, which runs
 every mode once with ``ctx.quick`` set: keep that path short (a few seconds).
 
-``ctx.run`` runs in the isolated process: the main process is pinned to the measured CPU
+``MODE.run`` runs in the isolated process: the main process is pinned to the measured CPU
 (or to the peer CPU when ``measured_in_main`` is false), ``ctx.receiver()`` pins its
 process to the peer CPU, and a process the mode starts itself is pinned with
 ``fork_helper(ctx.measured_cpu)`` or ``preexec_fn=ctx.pin_measured``.  A sample's
@@ -698,8 +700,27 @@ class Sample:
 Send = Callable[[socket.socket, dict[str, int]], int]
 
 
+_TCP_INFO_DATA_SEGS_OUT = struct.Struct("=I")  # struct tcp_info.tcpi_data_segs_out ...
+_TCP_INFO_DATA_SEGS_OUT_AT = 156  # ... at this offset (Linux 4.6 and later)
+
+
+def tcp_data_segments(sock: socket.socket) -> int | None:
+    """How many data segments (of at most one MSS) the connection sent, if the kernel says."""
+    size = _TCP_INFO_DATA_SEGS_OUT_AT + _TCP_INFO_DATA_SEGS_OUT.size
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    except OSError:
+        return None
+    if len(info) < size:
+        return None
+    return int(_TCP_INFO_DATA_SEGS_OUT.unpack_from(info, _TCP_INFO_DATA_SEGS_OUT_AT)[0])
+
+
 def timed_transfer(address: tuple[str, int], send: Send, expected: Expected) -> Sample:
-    """One transfer on a fresh connection; wall time runs until the receiver acknowledges."""
+    """One transfer on a fresh connection; wall time runs until the receiver acknowledges.
+
+    The sample's counters get ``tcp_segments``: the data segments the connection sent.
+    """
     counters: dict[str, int] = {}
     with time_limit(transfer_time_limit(expected.size)), connection(address) as sock:
         cpu_start = time.process_time()
@@ -708,6 +729,9 @@ def timed_transfer(address: tuple[str, int], send: Send, expected: Expected) -> 
         ack = finish_and_read_ack(sock)
         wall_seconds = time.perf_counter() - wall_start
         cpu_seconds = time.process_time() - cpu_start
+        segments = tcp_data_segments(sock)
+        if segments is not None:
+            counters["tcp_segments"] = segments
     check_delivery(sent, ack, expected)
     return Sample(wall_seconds, cpu_seconds, expected.size, ack.cpu_seconds, counters)
 
@@ -907,10 +931,19 @@ class Target:
         return f"{group}{self.label}: {verdict} (target {' and '.join(bounds)})"
 
 
-def _series(runs: Runs, unit: str, metric: str) -> list[float]:
+def series(samples: Sequence[Sample], unit: str, metric: str) -> list[float]:
+    """Each sample's CPU per unit (``metric`` "cpu") or value (``metric`` "value")."""
     if metric == "cpu":
-        return [cpu_per_unit(sample, unit) for sample in runs.samples]
-    return [value_of(sample, unit) for sample in runs.samples]
+        return [cpu_per_unit(sample, unit) for sample in samples]
+    return [value_of(sample, unit) for sample in samples]
+
+
+def _ratio(ours: Runs, reference: Runs | None, unit: str, metric: str) -> float | None:
+    if reference is None:
+        return None
+    return paired_ratio(
+        series(ours.samples, unit, metric), series(reference.samples, unit, metric)
+    )
 
 
 def summarize(
@@ -933,20 +966,15 @@ def summarize(
         for run in members:
             result = Result(run.method, error=run.error, samples=run.samples)
             if run.samples:
-                result.cpu, result.cpu_spread = median_and_spread(_series(run, unit, "cpu"))
+                result.cpu, result.cpu_spread = median_and_spread(series(run.samples, unit, "cpu"))
                 result.value, result.value_spread = median_and_spread(
-                    _series(run, unit, "value")
+                    series(run.samples, unit, "value")
                 )
                 peers = [peer_cpu_per_unit(sample, unit) for sample in run.samples]
                 known = [peer for peer in peers if peer is not None]
                 result.peer_cpu = statistics.median(known) if known else None
-                if reference is not None:
-                    result.cpu_ratio = paired_ratio(
-                        _series(run, unit, "cpu"), _series(reference, unit, "cpu")
-                    )
-                    result.value_ratio = paired_ratio(
-                        _series(run, unit, "value"), _series(reference, unit, "value")
-                    )
+                result.cpu_ratio = _ratio(run, reference, unit, "cpu")
+                result.value_ratio = _ratio(run, reference, unit, "value")
                 if columns is not None:
                     result.columns = columns(run.samples)
             results.append(result)
@@ -955,15 +983,11 @@ def summarize(
 
 
 def evaluate(target: Target, runs: Sequence[Runs], unit: str) -> Target:
-    """Fill in ``target.ratio`` and ``target.met`` from the runs."""
+    """A copy of ``target`` with ``ratio`` and ``met`` filled in from the runs."""
     by_key = {(run.group, run.method): run for run in runs}
     ours = by_key.get((target.group, target.method))
     reference = by_key.get((target.group, target.reference))
-    ratio = None
-    if ours is not None and reference is not None:
-        ratio = paired_ratio(
-            _series(ours, unit, target.metric), _series(reference, unit, target.metric)
-        )
+    ratio = None if ours is None else _ratio(ours, reference, unit, target.metric)
     met = None
     if ratio is not None:
         met = (target.at_most is None or ratio <= target.at_most) and (
@@ -1241,13 +1265,12 @@ def plot(reports: Sequence[Report], path: str, title: str) -> None:
             axis = axes[row][column]
             medians, lows, highs, ratios = [], [], [], []
             for result in results:
-                run = Runs(group.title, result.method, result.samples)
-                series = [v * (1.0 if metric == "cpu" else scale) for v in
-                          _series(run, report.unit, metric)]
-                median = statistics.median(series)
+                values = [value * (1.0 if metric == "cpu" else scale)
+                          for value in series(result.samples, report.unit, metric)]
+                median = statistics.median(values)
                 medians.append(median)
-                lows.append(median - min(series))
-                highs.append(max(series) - median)
+                lows.append(median - min(values))
+                highs.append(max(values) - median)
                 ratios.append(result.cpu_ratio if metric == "cpu" else result.value_ratio)
             positions = list(range(len(results)))
             axis.barh(positions, medians, xerr=[lows, highs], color=colours, capsize=3)

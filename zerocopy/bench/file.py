@@ -12,7 +12,8 @@ import argparse
 import mmap
 import os
 import socket
-from collections.abc import Callable, Iterator
+import statistics
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import zerocopy
@@ -21,6 +22,7 @@ from ._harness import (
     BYTES,
     Context,
     Expected,
+    GiB,
     KiB,
     MiB,
     Mode,
@@ -66,6 +68,11 @@ NOTES = (
     " a receiver process that recv_into()s a reused 1 MiB buffer; methods interleaved round"
     " by round; medians, spread = (max - min) / median, ratios = medians of the per-round"
     " ratios to read+sendall.",
+    "- segs/GiB: TCP data segments sent per GiB (TCP_INFO). Each one costs the sender a"
+    " trip down the TCP and loopback transmit path (and, with receive steering, a hand-over"
+    " to the receiver's CPU), so a method that sends more, smaller segments pays for them:"
+    " a sender blocked on a full socket buffer pushes out the partial segment it was"
+    " filling.",
     "- read+sendall copies file -> user buffer -> socket buffer; the sendfile methods hand"
     " page-cache pages to the socket. The FileSender row also sends a 200-byte header"
     " (coalesced with the file's first bytes). MSG_ZEROCOPY never shows a gain on loopback"
@@ -160,6 +167,13 @@ _METHODS: dict[str, tuple[SendFile, str, bool]] = {
 }
 
 
+def _segments_column(samples: Sequence[Sample]) -> dict[str, str]:
+    """TCP data segments per GiB: fewer, fuller segments cost the sender less."""
+    per_gib = [s.counters["tcp_segments"] * GiB / s.size for s in samples
+               if "tcp_segments" in s.counters]
+    return {"segs/GiB": f"{statistics.median(per_gib) / 1000:.1f}k"} if per_gib else {}
+
+
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--size", type=parse_size, default=None,
@@ -206,6 +220,7 @@ def _run(ctx: Context) -> Report:
         baseline=TRADITIONAL,
         targets=TARGETS,
         notes=NOTES,
+        columns=_segments_column,
     )
 
 
