@@ -145,7 +145,7 @@ _METHODS: dict[str, tuple[SendMemory, str]] = {
 
 def _counts(samples: Sequence[Sample]) -> dict[str, str]:
     """The zc sends and COPIED columns (nothing for socket.sendall)."""
-    ours = [sample.counters for sample in samples if sample.counters]
+    ours = [sample.counters for sample in samples if "zerocopy_sends" in sample.counters]
     if not ours:
         return {}
     zerocopy_sends = int(statistics.median(c["zerocopy_sends"] for c in ours))
