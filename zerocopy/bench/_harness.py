@@ -604,6 +604,10 @@ def receiver_process(
 # --------------------------------------------------------------------------- sender side
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def _raise_timeout(signum: int, frame: FrameType | None) -> None:
     raise TransferTimeout("time limit exceeded")
 
@@ -1643,6 +1647,22 @@ class Outcome:
         self.show(report)
 
 
+def _reap(pid: int, grace: float) -> None:
+    """Give the child ``grace`` seconds to end by itself (it cleans up its temporary files),
+    then stop it; a second Ctrl-C stops it at once."""
+    deadline = time.monotonic() + grace
+    try:
+        while time.monotonic() < deadline:
+            if os.waitpid(pid, os.WNOHANG)[0] != 0:
+                return
+            time.sleep(0.01)
+    except KeyboardInterrupt:
+        pass
+    except ChildProcessError:
+        return
+    stop_helper(pid)
+
+
 def _wait_isolated(pid: int, fd: int, outcome: Outcome) -> str | None:
     """Collect the child's messages until it ends.  Returns why isolation was unavailable
     (the caller then runs here, pinned only), or None when the child did the run."""
@@ -1650,13 +1670,7 @@ def _wait_isolated(pid: int, fd: int, outcome: Outcome) -> str | None:
     finished = False
     try:
         while True:
-            try:
-                message = _read_message(fd)
-            except KeyboardInterrupt:  # the child got Ctrl-C too; let it clean up
-                outcome.interrupted = True
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGINT)
-                continue
+            message = _read_message(fd)
             if message is None:
                 break
             kind = message[0]
@@ -1672,9 +1686,12 @@ def _wait_isolated(pid: int, fd: int, outcome: Outcome) -> str | None:
                 outcome.error = str(message[1])
             elif kind == "done":
                 finished = True
+    except KeyboardInterrupt:  # the child got Ctrl-C too: it stops and cleans up
+        outcome.interrupted = True
     finally:
         os.close(fd)
-        stop_helper(pid, ISOLATED_STOP_SECONDS)
+        # Interrupted: a child that got no Ctrl-C of its own is stopped (SIGTERM) soon.
+        _reap(pid, HELPER_STOP_SECONDS if outcome.interrupted else ISOLATED_STOP_SECONDS)
     if unavailable is None and not finished and not outcome.interrupted and not outcome.error:
         outcome.error = "the isolated benchmark process ended unexpectedly"
     return unavailable
@@ -1698,11 +1715,14 @@ def measure(plans: Sequence[Plan], options: argparse.Namespace, outcome: Outcome
         pid = fork_helper(None)
         if pid == 0:  # pragma: no cover - the isolated measuring process
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, _interrupt)  # clean up when stopped
             os.close(read_fd)
             _CLOSE_IN_HELPERS.append(write_fd)
             code = 0
             try:
                 _isolated_child(write_fd, plans, options, cpus)
+            except BrokenPipeError:  # the parent is gone or stopped listening
+                code = 1
             except BaseException:
                 traceback.print_exc()
                 code = 1
