@@ -1282,10 +1282,11 @@ def plot(reports: Sequence[Report], path: str, title: str) -> None:
             axis.set_yticklabels(names if column == 0 else [""] * len(names))
             axis.invert_yaxis()
             axis.set_xlabel(label)
-            for position, median, ratio in zip(positions, medians, ratios):
-                if ratio is not None:
-                    axis.text(median, position, f" {ratio:.2f}x", va="center", fontsize=8)
-            axis.margins(x=0.18)
+            for position, median, high, ratio in zip(positions, medians, highs, ratios):
+                if ratio is not None:  # past the whisker
+                    axis.text(median + high, position, f"  {ratio:.2f}x", va="center",
+                              fontsize=8)
+            axis.margins(x=0.22)
         heading = report.mode if not group.title else f"{report.mode}: {group.title}"
         axes[row][0].set_title(heading, loc="left", fontsize=10)
     figure.suptitle(title, fontsize=9)

@@ -61,13 +61,13 @@ NOTES = (
     "Notes:",
     "- CPU s/GiB: the sender process's user+system CPU time per GiB sent (lower is better),"
     " the figure that carries over to real hardware. Throughput runs from the first send"
-    " until the receiver acknowledges the last byte; on loopback the receiver's copy out of"
-    " the socket caps it for every method alike.",
+    " until the receiver acknowledges the last byte.",
     "- The file is written, fsync'ed and read once first, so every method reads it from the"
     " page cache (disk speed is not measured). A fresh loopback connection per transfer to"
-    " a receiver process that recv_into()s a reused 1 MiB buffer; methods interleaved round"
-    " by round; medians, spread = (max - min) / median, ratios = medians of the per-round"
-    " ratios to read+sendall.",
+    " a receiver process that discards the bytes in the kernel (recv with MSG_TRUNC; with"
+    " --verify it copies them out and checks a CRC-32); methods interleaved round by round;"
+    " medians, spread = (max - min) / median, ratios = medians of the per-round ratios to"
+    " read+sendall.",
     "- segs/GiB: TCP data segments sent per GiB (TCP_INFO). Each one costs the sender a"
     " trip down the TCP and loopback transmit path (and, with receive steering, a hand-over"
     " to the receiver's CPU), so a method that sends more, smaller segments pays for them:"
