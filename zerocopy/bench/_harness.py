@@ -308,9 +308,9 @@ class Isolation:
                 f"isolation: {measured} pinned to CPU {self.measured_cpu}, {peer} to CPU"
                 f" {self.peer_cpu}; private network namespace whose lo steers receive"
                 f" processing to CPU {self.peer_cpu} (rps_cpus {self.rps_cpus}), so loopback's"
-                f" TCP receive work runs there, not in the {measured}'s system calls, as on a"
-                f" real network; the {measured} still pays to hand packets over (an"
-                " inter-processor interrupt per batch, dear in a virtual machine)."
+                f" TCP receive work runs there, not in the {measured}'s system calls; the"
+                f" {measured} still pays to hand packets over (an inter-processor interrupt"
+                " per batch, dear in a virtual machine)."
             )
         why = f" ({self.reason})" if self.reason else ""
         if self.measured_cpu is not None:

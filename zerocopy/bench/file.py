@@ -60,7 +60,8 @@ TARGETS = (
 NOTES = (
     "Notes:",
     "- CPU s/GiB: the sender process's user+system CPU time per GiB sent (lower is better),"
-    " the figure that carries over to real hardware. Throughput runs from the first send"
+    " the figure that carries over to real hardware, where the receiver's TCP work happens"
+    " on another machine (see the isolation line). Throughput runs from the first send"
     " until the receiver acknowledges the last byte.",
     "- The file is written, fsync'ed and read once first, so every method reads it from the"
     " page cache (disk speed is not measured). A fresh loopback connection per transfer to"
