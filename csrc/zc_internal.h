@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+struct stat;
+
 /* ---- intrusive queue ---------------------------------------------------- */
 
 /*
@@ -136,5 +138,87 @@ int zc__send_fallback(int sock, int file, off_t *pos, uint64_t count,
 int zc__splice_direct(int src, off_t *src_off, int dst, off_t *dst_off,
 		      uint64_t count, int to_eof, int timeout_ms,
 		      uint64_t *done);
+
+
+/* ---- open-file cache (file_cache.c) -------------------------------------- */
+
+/* Paths longer than this are opened for each request, not cached. */
+#define ZC__CACHE_KEY_MAX 200
+
+/* What a response needs of an open file. */
+struct zc__file {
+	int fd;		     /* O_RDONLY (regular file) or O_PATH (directory) */
+	uint32_t mode;	     /* st_mode */
+	uint64_t size;
+	int64_t mtime;	     /* seconds */
+	uint32_t mtime_nsec;
+	uint64_t ino;
+	uint64_t dev;
+	const unsigned char *body; /* a copy of a small file's bytes, or NULL */
+};
+
+struct zc__fentry {
+	struct zc__file f;
+	struct zc__queue lru;	  /* idle entries (LRU first), or the free list */
+	struct zc__fentry *hnext; /* hash chain */
+	int64_t checked_ms;	  /* last time the path was compared */
+	uint32_t hash;
+	uint32_t refs;		  /* responses using it */
+	uint16_t key_len;
+	uint8_t stale;		  /* out of the table: closed at the last put */
+	char key[ZC__CACHE_KEY_MAX];
+};
+
+/*
+ * A bounded table of open files, keyed by the path under the root.  Entries
+ * in use (refs > 0) are never closed; an idle entry is closed when its slot
+ * is needed (least recently used first) or when it is found changed.  A
+ * cached path is compared with fstatat() at most once per valid_ms: the
+ * same inode keeps its fd (its size and times are refreshed), another one
+ * (or none) makes the next lookup open the path again.  One thread only.
+ */
+struct zc__fcache {
+	struct zc__fentry *entries;
+	struct zc__fentry **buckets;
+	unsigned char *bodies; /* n slots of body_max bytes, or NULL */
+	unsigned n;
+	unsigned mask;
+	struct zc__queue lru;
+	struct zc__queue free;
+	int root_fd;
+	unsigned open_flags;
+	int valid_ms;
+	size_t body_max;
+	uint64_t hits, misses, stale;
+};
+
+/* Bytes of memory zc__fcache_init() carves for n entries (0: no cache). */
+size_t zc__fcache_mem(unsigned n, size_t body_max);
+
+/* mem: zc__fcache_mem() bytes, pointer-aligned.  n 0 disables the cache. */
+void zc__fcache_init(struct zc__fcache *c, void *mem, unsigned n, int root_fd,
+		     unsigned open_flags, int valid_ms, size_t body_max);
+
+/*
+ * Open path (len bytes, NUL-terminated) through the cache.  Returns 0 with
+ * *out the entry, a reference taken (zc__fcache_put() it); or 0 with *out
+ * NULL when the file could not be cached (cache off, path too long, every
+ * entry in use): then *own describes a descriptor the caller must close.
+ * -errno from zc_open_beneath() (nothing is cached for a failure).
+ */
+int zc__fcache_get(struct zc__fcache *c, const char *path, size_t len,
+		   int64_t now_ms, struct zc__fentry **out, struct zc__file *own);
+
+/* Drop a reference from zc__fcache_get(). */
+void zc__fcache_put(struct zc__fcache *c, struct zc__fentry *e);
+
+/* Close up to max idle entries (to free descriptors); returns how many. */
+unsigned zc__fcache_trim(struct zc__fcache *c, unsigned max);
+
+/* Close every entry (none may be in use). */
+void zc__fcache_destroy(struct zc__fcache *c);
+
+/* Fill f from st, fd and no body. */
+void zc__file_from_stat(struct zc__file *f, int fd, const struct stat *st);
 
 #endif
