@@ -26,7 +26,7 @@ static int hexval(unsigned char c)
 }
 
 /* Well-formed UTF-8 (RFC 3629): no overlong forms, surrogates or > U+10FFFF. */
-static int utf8_ok(const unsigned char *s, size_t n)
+int zc__utf8_ok(const unsigned char *s, size_t n)
 {
 	size_t i = 0;
 
@@ -139,7 +139,7 @@ int zc_http_path_resolve(const char *target, size_t target_len, char *out,
 			return -ENAMETOOLONG;
 		out[n++] = (char)c;
 	}
-	if (!utf8_ok((const unsigned char *)out, n))
+	if (!zc__utf8_ok((const unsigned char *)out, n))
 		return -EINVAL;
 	/* resolve "", "." and ".." segments in place (w <= r throughout) */
 	flags = ZC_HTTP_PATH_SLASH; /* until a name ends the path */

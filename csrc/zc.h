@@ -918,7 +918,8 @@ int zc_http_parse_request(struct zc_http_request *req, const char *buf,
  * (below 0x20, or 0x7f) or backslash, decoded bytes that are not valid
  * UTF-8 (overlong forms such as %c0%ae included), a ".." above the root.
  *
- * Return: 0; -EINVAL as above; -ENAMETOOLONG when @out is too small.
+ * Return: 0; -EINVAL as above; -ENAMETOOLONG when @out is too small (it
+ * needs the decoded path, leading '/' included, and a NUL).
  */
 int zc_http_path_resolve(const char *target, size_t target_len, char *out,
 			 size_t out_size, size_t *out_len, unsigned *out_flags);

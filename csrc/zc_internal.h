@@ -221,4 +221,54 @@ void zc__fcache_destroy(struct zc__fcache *c);
 /* Fill f from st, fd and no body. */
 void zc__file_from_stat(struct zc__file *f, int fd, const struct stat *st);
 
+
+/* ---- HTTP response pieces (http_respond.c, http_path.c) ------------------- */
+
+/* Well-formed UTF-8: no overlong forms, surrogates or code points > U+10FFFF. */
+int zc__utf8_ok(const unsigned char *s, size_t n);
+
+/* The Content-Type for a file name, from its extension (never NULL). */
+const char *zc__mime_type(const char *name, size_t len);
+
+/* IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"): 29 bytes and a NUL. */
+#define ZC__DATE_LEN 29
+void zc__http_date(char out[ZC__DATE_LEN + 1], int64_t t);
+
+/* Common log format time ("10/Oct/2000:13:55:36 +0000"): 26 bytes + NUL. */
+#define ZC__CLF_DATE_LEN 26
+void zc__clf_date(char out[ZC__CLF_DATE_LEN + 1], int64_t t);
+
+/* Parse an IMF-fixdate; 0 and *t (seconds since the epoch), or -EINVAL. */
+int zc__http_parse_date(const char *s, size_t n, int64_t *t);
+
+/* A strong ETag, quotes included, from inode, size and mtime; its length. */
+#define ZC__ETAG_MAX 64
+size_t zc__etag(char out[ZC__ETAG_MAX], const struct zc__file *f);
+
+/* Does an If-None-Match list ("*", or tags, weak or not) match etag? */
+int zc__etag_list_match(const char *list, size_t n, const char *etag,
+			size_t elen);
+
+/* zc__parse_range() results */
+#define ZC__RANGE_NONE 0  /* no usable range: send the whole file (200) */
+#define ZC__RANGE_ONE 1	  /* one satisfiable range: 206 */
+#define ZC__RANGE_UNSAT 2 /* nothing satisfiable: 416 */
+
+/*
+ * A Range value against a representation of size bytes.  Several ranges,
+ * another unit or bad syntax give ZC__RANGE_NONE (the header is ignored,
+ * as RFC 9110 14.2 allows).  For ZC__RANGE_ONE: *first and *len.
+ */
+int zc__parse_range(const char *v, size_t n, uint64_t size, uint64_t *first,
+		    uint64_t *len);
+
+/*
+ * Write an HTML listing of the directory dir_fd (O_PATH or O_RDONLY) into
+ * a new memfd, titled with the decoded path (len bytes, shown as
+ * "/path/").  At most max_entries names.  Returns 0 with *out_fd (the
+ * caller's) and *size, or -errno.
+ */
+int zc__listing(int dir_fd, const char *path, size_t len,
+		unsigned max_entries, int *out_fd, uint64_t *size);
+
 #endif
