@@ -1010,10 +1010,18 @@ static void drive(struct loop_priv *L, struct zc_http_stats *stats,
 				return;
 			}
 			if (rc < 0) {
-				if (rc == -ENODATA)
+				if (rc == -ENODATA) {
+					/* the file shrank: reset, so queued
+					 * bytes are dropped and no client
+					 * takes the short body for whole */
+					struct linger lg = { 1, 0 };
+
 					stats->truncated++;
-				else
+					setsockopt(c->fd, SOL_SOCKET, SO_LINGER,
+						   &lg, sizeof(lg));
+				} else {
 					stats->resets++;
+				}
 				conn_close(L, stats, c);
 				return;
 			}

@@ -742,7 +742,15 @@ void zc_proxy_close(struct zc_proxy *px);
 #define ZC_HTTP_IDLE_TIMEOUT_MS 30000
 #define ZC_HTTP_SEND_TIMEOUT_MS 30000
 #define ZC_HTTP_LINGER_MS 2000
-#define ZC_HTTP_SMALL_FILE_MAX 0 /* see zc_http_config.small_file_max */
+/*
+ * Files up to this size are answered from a copy in memory, header and body
+ * in one sendmsg(2): two syscalls a request (recv, sendmsg) instead of three
+ * (recv, send MSG_MORE, sendfile).  Measured with wrk on loopback at 4 KiB:
+ * about 12% less server CPU per request than header + sendfile.  Larger
+ * files go by sendfile, which never copies them (on a real NIC the pages go
+ * out by DMA) and is what a 64 KiB or larger body wants.
+ */
+#define ZC_HTTP_SMALL_FILE_MAX 16384
 
 /* struct zc_http_request.method */
 #define ZC_HTTP_OTHER 0
