@@ -943,6 +943,35 @@ static void timeouts(void)
 	free(c);
 }
 
+/* A reader that stops reading: the response is abandoned after the
+ * send timeout, and the server goes on serving others. */
+static void send_stall(void)
+{
+	struct zc_http_config cfg;
+	struct server s;
+	struct cli *c = malloc(sizeof(*c));
+	struct resp r;
+	char b[4096];
+
+	REQUIRE(c);
+	h_ran++;
+	zc_http_config_init(&cfg);
+	cfg.send_timeout_ms = 200;
+	REQUIRE(server_start(&s, &cfg, 1, 0) == 0);
+	REQUIRE(cli_open(c, s.port, 4096) == 0);
+	CHECK_EQ(cli_send(c, GET("/big.bin")), 0);
+	CHECK(recv(c->fd, b, sizeof(b), MSG_WAITALL) > 0);
+	/* stall; meanwhile another client is served */
+	CHECK_EQ(get1(s.port, GET("/small.txt"), &r), 0);
+	CHECK_EQ(r.status, 200);
+	resp_free(&r);
+	usleep(1500 * 1000); /* well past the 200 ms timeout */
+	server_stop(&s, 0);
+	CHECK_EQ(sh->stats.send_timeouts, 1);
+	cli_close(c);
+	free(c);
+}
+
 /* A client that resets mid-response hurts only itself. */
 static void reset_midway(int port)
 {
@@ -1350,6 +1379,7 @@ int main(void)
 		server_stop(&s, 0);
 	}
 	timeouts();
+	send_stall();
 	truncated();
 	conn_limit();
 	graceful_stop();

@@ -76,6 +76,14 @@ static void print_stats(int n)
 		(unsigned long long)t.cache_misses,
 		(unsigned long long)t.cache_stale,
 		(unsigned long long)t.log_errors);
+	if (n > 1) {
+		fprintf(stderr, "per loop: accepted/requests");
+		for (int i = 0; i < n; i++)
+			fprintf(stderr, " %llu/%llu",
+				(unsigned long long)loops[i].stats.accepted,
+				(unsigned long long)loops[i].stats.requests);
+		fputc('\n', stderr);
+	}
 }
 
 static void *worker(void *arg)
