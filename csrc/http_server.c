@@ -570,6 +570,19 @@ static void start_send(struct loop_priv *L, struct zc_http_stats *stats,
 		       uint64_t len, const void *body, size_t body_len,
 		       struct out *o, size_t head_len)
 {
+	if (o->over) { /* cannot happen with OUT_SIZE; never send half a head */
+		static const char err[] = "HTTP/1.1 500 Internal Server Error\r\n"
+					  "Content-Length: 0\r\n"
+					  "Connection: close\r\n\r\n";
+
+		memcpy(o->p, err, sizeof(err) - 1);
+		o->len = head_len = sizeof(err) - 1;
+		status = 500;
+		fd = -1;
+		len = 0;
+		body_len = 0;
+		c->close_after = 1;
+	}
 	c->status = status;
 	c->in_response = 1;
 	c->head_out = head_len;
@@ -1233,6 +1246,16 @@ int zc_http_loop_init(struct zc_http_loop *loop, struct zc_http_server *srv,
 	}
 	L->mem = mem;
 	L->mem_size = need;
+	{
+		int acc = 0;
+		socklen_t alen = sizeof(acc);
+
+		if (getsockopt(listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &acc,
+			       &alen) < 0 || !acc) {
+			rc = errno == ENOTSOCK || acc == 0 ? -EINVAL : -errno;
+			goto fail;
+		}
+	}
 	fl = fcntl(listen_fd, F_GETFL);
 	if (fl < 0 || (!(fl & O_NONBLOCK) &&
 		       fcntl(listen_fd, F_SETFL, fl | O_NONBLOCK) < 0)) {

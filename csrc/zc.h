@@ -1201,8 +1201,9 @@ int zc_http_loop_size(const struct zc_http_config *cfg, size_t *size);
  * are not resident).  This is why a loop maps its own memory when asked:
  * calloc-style memory is often all resident.
  *
- * Return: 0; -EINVAL (bad arguments, @mem_size too small); -errno from
- * epoll_create1(), epoll_ctl() or mmap() (-ENOMEM, -EMFILE).
+ * Return: 0; -EINVAL (bad arguments, @mem_size too small, @listen_fd not
+ * a listening socket); -errno from epoll_create1(), epoll_ctl() or mmap()
+ * (-ENOMEM, -EMFILE).
  */
 int zc_http_loop_init(struct zc_http_loop *loop, struct zc_http_server *srv,
 		      int listen_fd, void *mem, size_t mem_size);

@@ -1316,6 +1316,70 @@ static void two_loops(void)
 	free(c);
 }
 
+/* Arguments the loop refuses, and a stop before any run. */
+static void api_edges(void)
+{
+	struct zc_http_config cfg;
+	struct zc_http_server srv;
+	struct zc_http_loop loop;
+	size_t size = 0;
+	int sv[2], lfd;
+
+	h_ran++;
+	zc_http_config_init(&cfg);
+	CHECK_RC(zc_http_server_init(&srv, &cfg), -EINVAL); /* no root */
+	CHECK_RC(zc_http_loop_size(&cfg, &size), -EINVAL);
+	cfg.root_fd = root_fd;
+	cfg.head_max = 10;
+	CHECK_RC(zc_http_server_init(&srv, &cfg), -EINVAL);
+	cfg.head_max = ZC_HTTP_HEAD_MAX;
+	cfg.idle_timeout_ms = -1;
+	CHECK_RC(zc_http_server_init(&srv, &cfg), -EINVAL);
+	cfg.idle_timeout_ms = 1000;
+	CHECK_RC(zc_http_loop_size(&cfg, &size), 0);
+	CHECK(size > cfg.max_conns * (size_t)cfg.head_max);
+	{
+		struct zc_http_config f = cfg;
+		char p[256];
+
+		snprintf(p, sizeof(p), "%s/small.txt", rootp);
+		f.root_fd = open(p, O_RDONLY | O_CLOEXEC);
+		CHECK_RC(zc_http_server_init(&srv, &f), -ENOTDIR);
+		close(f.root_fd);
+	}
+	REQUIRE(zc_http_server_init(&srv, &cfg) == 0);
+	/* not a listening socket */
+	REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+	CHECK_RC(zc_http_loop_init(&loop, &srv, sv[0], NULL, 0), -EINVAL);
+	zc_http_loop_close(&loop);
+	close(sv[0]);
+	close(sv[1]);
+	/* caller's memory too small */
+	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	REQUIRE(lfd >= 0 && listen(lfd, 4) == 0);
+	{
+		void *mem = malloc(size);
+
+		REQUIRE(mem);
+		CHECK_RC(zc_http_loop_init(&loop, &srv, lfd, mem, size - 1), -EINVAL);
+		zc_http_loop_close(&loop);
+		/* with enough: a stop before the first run returns 0 at once,
+		 * again until rearmed; then a timeout */
+		REQUIRE(zc_http_loop_init(&loop, &srv, lfd, mem, size) == 0);
+		CHECK_RC(zc_http_server_stop(&srv, 5000), 0);
+		CHECK_RC(zc_http_loop_run(&loop, 10000), 0);
+		CHECK_RC(zc_http_loop_run(&loop, 10000), 0);
+		CHECK_RC(zc_http_server_rearm(&srv), 0);
+		CHECK_RC(zc_http_loop_run(&loop, 20), -ETIMEDOUT);
+		zc_http_loop_close(&loop);
+		zc_http_loop_close(&loop); /* twice is fine */
+		free(mem);
+	}
+	close(lfd);
+	zc_http_server_close(&srv);
+	zc_http_server_close(&srv);
+}
+
 int main(void)
 {
 	struct zc_http_config cfg;
@@ -1378,6 +1442,7 @@ int main(void)
 		traversal(s.port);
 		server_stop(&s, 0);
 	}
+	api_edges();
 	timeouts();
 	send_stall();
 	truncated();
