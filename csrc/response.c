@@ -198,7 +198,9 @@ static int send_steps(struct zc_response *r, int timeout_ms, uint64_t budget,
 			rc = ZC_RESPONSE_MORE;
 			break;
 		}
-		rc = step(r, timeout_ms, budget - spent);
+		/* UINT64_MAX: no budget (zc_response_send), ZC_TO_EOF intact */
+		rc = step(r, timeout_ms,
+			  budget == UINT64_MAX ? UINT64_MAX : budget - spent);
 		if (rc != 0)
 			break;
 		/* send_both finished the trailer too */
