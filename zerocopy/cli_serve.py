@@ -51,23 +51,29 @@ def run(args: argparse.Namespace, con: Console) -> int:
         stops.append(signal.Signals(signum).name)
         if len(stops) == 1:
             server.shutdown(args.grace)
-            # Printed here only: the main thread is in serve_forever, never in
-            # the console's lock; a second signal prints nothing (it may come
-            # while this handler holds that lock).
+            # Safe to print: the handler runs while the main thread is in
+            # serve_forever, never in the console's lock; a second signal
+            # prints nothing (it may come while this handler holds that lock).
             con.say(f"stopping ({stops[0]}): letting responses finish for up to "
                     f"{args.grace:g} s (again to stop now)")
         else:
             server.shutdown(0)
 
-    with server:
+    signums = (signal.SIGINT, signal.SIGTERM)
+    with server, _handlers(stop, signums):
         where = url(server.server_address)
         workers = f", {server.workers} workers" if server.workers > 1 else ""
-        con.say(f"serving {root} at {where}{workers} (Ctrl-C to stop)")
-        with _handlers(stop, (signal.SIGINT, signal.SIGTERM)):
-            try:
-                server.serve_forever()
-            except OSError as e:
-                raise CommandError(error_text(e)) from None
+        # Ready once this line is out, so the handlers are in place first; a
+        # signal waits until the line is written (the handler writes too).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signums)
+        try:
+            con.say(f"serving {root} at {where}{workers} (Ctrl-C to stop)")
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        try:
+            server.serve_forever()
+        except OSError as e:
+            raise CommandError(error_text(e)) from None
         st = server.stats
     con.say(
         f"stopped ({stops[0] if stops else 'closed'}): {st.requests} requests on "
