@@ -100,7 +100,7 @@ def _whole(name: str, value: Any, low: int, high: int) -> int:
     """``value`` as an int in [low, high]: TypeError for a non-integer, ValueError out of range."""
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an integer, not bool")
-    number = operator.index(value)  # "'float' object cannot be interpreted as an integer"
+    number: int = operator.index(value)  # "'float' object cannot be interpreted as an integer"
     if not low <= number <= high:
         raise ValueError(f"{name} must be between {low} and {high}, got {number}")
     return number
@@ -118,7 +118,7 @@ def _millis(name: str, seconds: Any, *, zero: bool = False) -> int:
                          f"got {seconds!r}")
     if seconds == math.inf:
         return _INT_MAX
-    return max(min(math.ceil(seconds * 1000), _INT_MAX), 0 if zero else 1)
+    return max(min(math.ceil(float(seconds) * 1000), _INT_MAX), 0 if zero else 1)
 
 
 def _log_fd(access_log: Any) -> int:
