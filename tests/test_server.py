@@ -1,9 +1,11 @@
 """zerocopy.FileServer: the C HTTP engine end to end, from real clients over loopback.
 
-Every response a test reads goes through h11, a strict HTTP/1.1 parser of
-its own, so a malformed status line, header or body length fails the test
-whatever the test looks at.  curl (skipped when missing) and urllib are the
-everyday clients.  Servers run in a thread of the test process (their stats
+The protocol tests read every response through h11, a strict HTTP/1.1
+parser of its own (a test dependency), so a malformed status line, header or
+body length fails the test whatever the test looks at; the tests that cut a
+response short (truncation, resets) read raw bytes, and the load for the
+resource tests uses a quick reader.  curl (skipped when missing) and urllib
+are the everyday clients.  Servers run in a thread of the test process (their stats
 are read directly), or in a child process where the test measures the
 server's file descriptors and RSS.  Every wait is bounded.
 """
