@@ -193,7 +193,7 @@ def _serve(parser: argparse.ArgumentParser) -> str:
         "keep-alive) from an epoll loop in C that sends them with sendfile(2).  Nothing "
         "outside DIR is ever served: '..', encoded tricks and symlinks leading out of DIR are "
         "refused.  A directory gets its index.html, else a listing.  Ctrl-C or SIGTERM stops "
-        "it: new connections are refused and responses in flight get --grace seconds to "
+        "it: no new connection is served, and responses in flight get --grace seconds to "
         "finish (a second Ctrl-C stops at once).")
     parser.epilog = ("examples:\n"
                      "  zerocopy serve\n"
