@@ -120,8 +120,55 @@ int zc_zsock_end(struct zc_zsock *z, int timeout_ms);
 uint32_t zc_zsock_abandon(struct zc_zsock *z);
 """
 
+# The HTTP file server: one struct zc_http_server (configuration, stop
+# switch) shared by N struct zc_http_loop, one per thread.
+CDEF_HTTP = """
+#define ZC_HTTP_HEAD_MAX ...
+#define ZC_HTTP_HEADERS_MAX ...
+#define ZC_HTTP_MAX_CONNS ...
+#define ZC_HTTP_CACHE_ENTRIES ...
+#define ZC_HTTP_CACHE_VALID_MS ...
+#define ZC_HTTP_HEADER_TIMEOUT_MS ...
+#define ZC_HTTP_IDLE_TIMEOUT_MS ...
+#define ZC_HTTP_SEND_TIMEOUT_MS ...
+#define ZC_HTTP_LINGER_MS ...
+#define ZC_HTTP_SMALL_FILE_MAX ...
+#define ZC_HTTP_FOLLOW_SYMLINKS ...
+#define ZC_HTTP_NO_OPENAT2 ...
+#define ZC_HTTP_NO_LISTING ...
+struct zc_http_config {
+    int root_fd; unsigned flags; unsigned max_conns; unsigned head_max;
+    unsigned max_headers; int header_timeout_ms; int idle_timeout_ms;
+    int send_timeout_ms; int linger_ms; unsigned cache_entries;
+    int cache_valid_ms; unsigned small_file_max; int log_fd;
+    ...;
+};
+struct zc_http_stats {
+    uint64_t accepted; uint64_t closed; uint64_t requests;
+    uint64_t responses[6]; uint64_t bytes; uint64_t body_bytes;
+    uint64_t bad_requests; uint64_t header_timeouts; uint64_t idle_timeouts;
+    uint64_t send_timeouts; uint64_t resets; uint64_t truncated;
+    uint64_t accept_errors; uint64_t fd_exhausted; uint64_t conn_limit;
+    uint64_t cache_hits; uint64_t cache_misses; uint64_t cache_stale;
+    uint64_t log_errors;
+    ...;
+};
+struct zc_http_server { struct zc_http_config config; ...; };
+struct zc_http_loop { struct zc_http_stats stats; ...; };
+void zc_http_config_init(struct zc_http_config *cfg);
+int zc_http_server_init(struct zc_http_server *srv, const struct zc_http_config *cfg);
+int zc_http_server_stop(struct zc_http_server *srv, int grace_ms);
+int zc_http_server_rearm(struct zc_http_server *srv);
+void zc_http_server_close(struct zc_http_server *srv);
+int zc_http_loop_size(const struct zc_http_config *cfg, size_t *size);
+int zc_http_loop_init(struct zc_http_loop *loop, struct zc_http_server *srv,
+                      int listen_fd, void *mem, size_t mem_size);
+int zc_http_loop_run(struct zc_http_loop *loop, int timeout_ms);
+void zc_http_loop_close(struct zc_http_loop *loop);
+"""
+
 ffibuilder = FFI()
-ffibuilder.cdef(CDEF_SENDFILE + CDEF_ZEROCOPY + CDEF_ZSOCK + CDEF_SPLICE)
+ffibuilder.cdef(CDEF_SENDFILE + CDEF_ZEROCOPY + CDEF_ZSOCK + CDEF_SPLICE + CDEF_HTTP)
 ffibuilder.set_source(
     "zerocopy._native",
     '#include "zc.h"',

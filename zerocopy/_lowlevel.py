@@ -31,6 +31,7 @@ from __future__ import annotations
 import _socket
 import errno
 import math
+import os
 import socket
 import warnings
 import weakref
@@ -719,3 +720,155 @@ class ZSock:
         left = list(self._loans.values())
         self._loans.clear()
         return left
+
+
+# --------------------------------------------------------------------------- HTTP file server
+
+_HTTP_CONFIG_T = ffi.typeof("struct zc_http_config *")
+_HTTP_SERVER_T = ffi.typeof("struct zc_http_server *")
+_HTTP_LOOP_T = ffi.typeof("struct zc_http_loop *")
+
+HTTP_FOLLOW_SYMLINKS: int = lib.ZC_HTTP_FOLLOW_SYMLINKS
+HTTP_NO_LISTING: int = lib.ZC_HTTP_NO_LISTING
+HTTP_NO_OPENAT2: int = lib.ZC_HTTP_NO_OPENAT2
+
+# struct zc_http_config's fields, in order; root_fd, flags and log_fd are the caller's.
+HTTP_CONFIG_FIELDS = (
+    "root_fd", "flags", "max_conns", "head_max", "max_headers", "header_timeout_ms",
+    "idle_timeout_ms", "send_timeout_ms", "linger_ms", "cache_entries", "cache_valid_ms",
+    "small_file_max", "log_fd",
+)
+# struct zc_http_stats's counters, in order; "responses" is six counters (index: status // 100).
+HTTP_STATS_FIELDS = (
+    "accepted", "closed", "requests", "responses", "bytes", "body_bytes", "bad_requests",
+    "header_timeouts", "idle_timeouts", "send_timeouts", "resets", "truncated",
+    "accept_errors", "fd_exhausted", "conn_limit", "cache_hits", "cache_misses",
+    "cache_stale", "log_errors",
+)
+
+
+def http_defaults() -> dict[str, int]:
+    """``zc_http_config_init``'s configuration, field by field."""
+    cfg = ffi.new(_HTTP_CONFIG_T)
+    lib.zc_http_config_init(cfg)
+    return {name: int(getattr(cfg, name)) for name in HTTP_CONFIG_FIELDS}
+
+
+def os_error(rc: int, filename: Any = None) -> OSError:
+    """``OSError`` for ``-errno`` ``rc``, of the class the stdlib would pick
+    (``-ENOENT`` -> ``FileNotFoundError``): for set-up calls, which move no bytes."""
+    if filename is None:
+        return OSError(-rc, os.strerror(-rc))
+    return OSError(-rc, os.strerror(-rc), filename)
+
+
+class HttpServer:
+    """Owner of one ``struct zc_http_server``: the configuration and the stop switch.
+
+    The cdata stays in place while this object lives, and the loops made on
+    it keep a reference to it, so it outlives them.  :meth:`stop` is what a
+    signal handler or another thread calls: one atomic store and one
+    ``write`` to an eventfd in C, no lock in Python.
+    """
+
+    __slots__ = ("__weakref__", "_c", "_open")
+
+    def __init__(self, config: dict[str, int]) -> None:
+        self._open = False
+        cfg = ffi.new(_HTTP_CONFIG_T)
+        lib.zc_http_config_init(cfg)
+        for name, value in config.items():
+            setattr(cfg, name, value)
+        self._c = ffi.new(_HTTP_SERVER_T)
+        rc = lib.zc_http_server_init(self._c, cfg)
+        if rc < 0:
+            raise os_error(rc)
+        self._open = True
+
+    def loop_size(self) -> int:
+        """Bytes of memory one loop maps (most of it stays untouched until needed)."""
+        size = ffi.new("size_t *")
+        rc = lib.zc_http_loop_size(ffi.addressof(self._c, "config"), size)
+        if rc < 0:
+            raise os_error(rc)
+        return int(size[0])
+
+    def stop(self, grace_ms: int) -> None:
+        """Ask every loop to stop (0: close all at once; else drain for ``grace_ms``).
+
+        A second call may shorten the grace.  The switch stays on until :meth:`rearm`.
+        """
+        if self._open:
+            rc = lib.zc_http_server_stop(self._c, grace_ms)
+            if rc < 0:
+                raise os_error(rc)
+
+    def rearm(self) -> None:
+        """Undo :meth:`stop`; only while no loop runs."""
+        rc = lib.zc_http_server_rearm(self._c)
+        if rc < 0:
+            raise os_error(rc)
+
+    def close(self) -> None:
+        """Release the eventfd; only once every loop is closed.  Idempotent."""
+        if self._open:
+            self._open = False
+            lib.zc_http_server_close(self._c)
+
+    def __del__(self) -> None:
+        if getattr(self, "_open", False):
+            self.close()
+
+
+class HttpLoop:
+    """Owner of one ``struct zc_http_loop``: an epoll loop on ``listen_fd``, run by one thread.
+
+    Its memory (``HttpServer.loop_size()`` bytes) is mapped by C, so pages
+    of connection buffers never used are never resident.
+    """
+
+    __slots__ = ("_c", "_open", "_server", "_stats")
+
+    def __init__(self, server: HttpServer, listen_fd: int) -> None:
+        self._open = False
+        self._server = server  # the loop keeps a pointer to its struct
+        self._c = ffi.new(_HTTP_LOOP_T)
+        rc = lib.zc_http_loop_init(self._c, server._c, listen_fd, ffi.NULL, 0)
+        if rc < 0:
+            raise os_error(rc)
+        self._stats = ffi.addressof(self._c, "stats")
+        self._open = True
+
+    def run(self, timeout_ms: int) -> int:
+        """Serve (the GIL released) for up to ``timeout_ms`` (WAIT_FOREVER: no bound).
+
+        Returns 0 once stopped, EINTR after a signal (its Python handler runs
+        when this returns), ETIMEDOUT; raises OSError for anything else.
+        """
+        rc: int = lib.zc_http_loop_run(self._c, timeout_ms)
+        if rc < 0 and rc != EINTR and rc != ETIMEDOUT:
+            raise os_error(rc)
+        return rc
+
+    def stats(self) -> list[int]:
+        """The counters in ``HTTP_STATS_FIELDS`` order, ``responses`` flattened (six of
+        them); a moment old when the loop runs in another thread."""
+        s = self._stats
+        return [int(s.accepted), int(s.closed), int(s.requests),
+                *(int(s.responses[i]) for i in range(6)),
+                int(s.bytes), int(s.body_bytes), int(s.bad_requests), int(s.header_timeouts),
+                int(s.idle_timeouts), int(s.send_timeouts), int(s.resets), int(s.truncated),
+                int(s.accept_errors), int(s.fd_exhausted), int(s.conn_limit),
+                int(s.cache_hits), int(s.cache_misses), int(s.cache_stale),
+                int(s.log_errors)]
+
+    def close(self) -> None:
+        """Close every connection of the loop and unmap its memory; never while it runs.
+        Idempotent."""
+        if self._open:
+            self._open = False
+            lib.zc_http_loop_close(self._c)
+
+    def __del__(self) -> None:
+        if getattr(self, "_open", False):
+            self.close()
