@@ -48,20 +48,26 @@ from ._harness import (
     MiB,
     Mode,
     Report,
+    Running,
     Runs,
     Sample,
     Target,
+    bounded_process,
     describe_calls,
     fork_helper,
     format_rate,
     format_size,
+    free_port,
+    last_line,
     paired_ratio,
     plural,
     positive_int,
     size_list,
+    stop_process,
+    tree_cpu,
+    wait_listening,
     write_test_file,
 )
-from .relay import Running, _bounded, _free_port, _last_line, _stop, _tree_cpu, _wait_listening
 
 ZEROCOPY = "zerocopy FileServer"
 NGINX = "nginx"
@@ -127,8 +133,8 @@ def _forked(body: Callable[[str, socket.socket], None]) -> Starter:
 
 
 def _http_server(root: str, workdir: str, lifetime: float, ctx: Context) -> Running:
-    port = _free_port()
-    proc, log = _bounded([sys.executable, "-m", "http.server", "--bind", "127.0.0.1",
+    port = free_port()
+    proc, log = bounded_process([sys.executable, "-m", "http.server", "--bind", "127.0.0.1",
                           "--directory", root, str(port)], lifetime, ctx)
     return Running(proc.pid, port, proc, log)
 
@@ -166,7 +172,7 @@ _OPEN_FILE_CACHE = """    open_file_cache max=1000 inactive=20s;
 
 def _nginx(open_file_cache: bool) -> Starter:
     def start(root: str, workdir: str, lifetime: float, ctx: Context) -> Running:
-        port = _free_port()
+        port = free_port()
         path = os.path.join(workdir, f"nginx-{port}.conf")
         os.makedirs(os.path.join(workdir, "nginx-tmp"), exist_ok=True)
         with open(path, "w", encoding="ascii") as config:
@@ -180,7 +186,7 @@ def _nginx(open_file_cache: bool) -> Starter:
         argv = ["nginx", "-p", workdir, "-c", path, "-g", "daemon off;"]
         if _nginx_has_e():
             argv[1:1] = ["-e", os.path.join(workdir, f"nginx-{port}.log")]
-        proc, log = _bounded(argv, lifetime, ctx)
+        proc, log = bounded_process(argv, lifetime, ctx)
         return Running(proc.pid, port, proc, log, path)
 
     return start
@@ -430,9 +436,9 @@ def _sample(server: Server, loader: Loader, path: str, size: int, digest: str, c
     if path not in server.checked:
         _check(server.running.port, path, digest)
         server.checked.add(path)
-    cpu_start = _tree_cpu(server.running.pid)
+    cpu_start = tree_cpu(server.running.pid)
     load = loader.run(server.running.port, path, size, conns, seconds)
-    cpu = _tree_cpu(server.running.pid) - cpu_start
+    cpu = tree_cpu(server.running.pid) - cpu_start
     if load.requests == 0:
         raise RuntimeError(f"no request completed ({load.errors} errors)")
     if load.non2xx:
@@ -668,7 +674,7 @@ def _run(ctx: Context) -> Report:
                 running = _SERVERS[name][0](root, workdir, lifetime, ctx)
                 servers[name] = Server(name, running, set())
                 try:
-                    _wait_listening(running)
+                    wait_listening(running)
                 except RuntimeError as error:
                     servers[name].checked.add(f"failed: {error}")
             runners: dict[tuple[str, str], Callable[[], Sample]] = {}
@@ -698,12 +704,12 @@ def _run(ctx: Context) -> Report:
                                       f"{grown / idle:,.0f} bytes each{verdict}")
                 ctx.progress.finish()
             for server in servers.values():
-                _stop(server.running)
+                stop_process(server.running)
             servers.clear()
     finally:
         for server in servers.values():
             with contextlib.suppress(OSError):
-                _stop(server.running)
+                stop_process(server.running)
         signal.signal(signal.SIGPIPE, old_pipe)
     notes = [
         "Notes:",
@@ -759,7 +765,7 @@ def _runner(server: Server, loader: Loader, path: str, size: int, digest: str, c
     def run() -> Sample:
         failed = [c for c in server.checked if c.startswith("failed: ")]
         if failed:
-            raise RuntimeError(failed[0][len("failed: "):] + _last_line(server.running.log))
+            raise RuntimeError(failed[0][len("failed: "):] + last_line(server.running.log))
         return _sample(server, loader, path, size, digest, conns, seconds)
 
     return run
