@@ -58,8 +58,9 @@ CDEF_SPLICE = """
 struct zc_pipe { int rfd; int wfd; uint32_t size; uint32_t buffered; };
 struct zc_pipe_pool {
     size_t pipe_size; uint64_t created; uint64_t reused; uint64_t discarded;
-    uint64_t small; unsigned _count; ...;
+    uint64_t small; ...;
 };
+unsigned zc_pipe_pool_idle(struct zc_pipe_pool *pool);
 int zc_pipe_pool_init(struct zc_pipe_pool *pool, struct zc_pipe *slots,
                       unsigned nslots, size_t pipe_size);
 int zc_pipe_get(struct zc_pipe_pool *pool, struct zc_pipe *p);
@@ -75,7 +76,7 @@ struct zc_relay {
 };
 struct zc_proxy {
     uint64_t accepted; uint64_t active; uint64_t completed; uint64_t failed;
-    uint64_t bytes[2]; ...;
+    uint64_t refused; uint64_t timed_out; uint64_t bytes[2]; ...;
 };
 struct sockaddr;
 int zc_relay_loop_init(struct zc_relay_loop *loop, struct zc_pipe_pool *pool);

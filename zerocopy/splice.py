@@ -71,7 +71,7 @@ class PipePool:
     @property
     def idle(self) -> int:
         """Empty pipes waiting in the pool (two descriptors each)."""
-        return int(self._pool._count)
+        return int(lib.zc_pipe_pool_idle(self._pool))
 
     def take(self) -> Any:
         """An empty ``struct zc_pipe *``; give it back with :meth:`give`."""
