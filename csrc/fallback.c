@@ -45,8 +45,7 @@ static int source_ended(const struct route *r)
 static ssize_t send_some(const struct route *r, const void *buf, size_t len)
 {
 	for (;;) {
-		int fd = zc__hold_next(r->h);
-		ssize_t n = fd < 0 ? fd : zc__send(fd, buf, len, 0);
+		ssize_t n = zc__send(r->h->fd, buf, len, 0);
 		int rc;
 
 		if (n != -EAGAIN)
@@ -195,8 +194,7 @@ static int from_device(const struct route *r)
 		if (got == 0)
 			return source_ended(r);
 		while (off < (size_t)got) {
-			int fd = zc__hold_next(r->h);
-			ssize_t n = fd < 0 ? fd : zc__send(fd, buf + off, (size_t)got - off, 0);
+			ssize_t n = zc__send(r->h->fd, buf + off, (size_t)got - off, 0);
 
 			if (n >= 0) {
 				off += (size_t)n;

@@ -48,8 +48,9 @@ int zc_response_init(struct zc_response *r, int sock, int file, int64_t offset,
 
 		if (rc < 0)
 			return rc;
-	} else if (count > (uint64_t)INT64_MAX) {
-		return -EINVAL;
+	} else if (count > (uint64_t)INT64_MAX ||
+		   (offset >= 0 && count > (uint64_t)(INT64_MAX - offset))) {
+		return -EINVAL; /* the range must fit in off_t */
 	}
 	p->header = header;
 	p->header_len = header_len;
@@ -75,8 +76,7 @@ static int send_memory(struct zc_response *r, struct zc__hold *h,
 {
 	while (r->sent < base + len) {
 		size_t done = (size_t)(r->sent - base);
-		int fd = zc__hold_next(h);
-		ssize_t n = fd < 0 ? fd : zc__send(fd, buf + done, len - done, more);
+		ssize_t n = zc__send(h->fd, buf + done, len - done, more);
 		int rc;
 
 		if (n == -EAGAIN) {
@@ -142,7 +142,8 @@ int zc_response_send(struct zc_response *r, int timeout_ms, uint64_t *sent_now)
 	struct zc__hold h;
 	int rc = 0;
 
-	*sent_now = 0;
+	if (sent_now)
+		*sent_now = 0;
 	if (p->state == ST_DONE)
 		return 0;
 	zc__hold_init(&h, r->sock);
@@ -151,7 +152,6 @@ int zc_response_send(struct zc_response *r, int timeout_ms, uint64_t *sent_now)
 			rc = zc_cork_begin(r->sock, &p->cork);
 			if (rc < 0)
 				return rc;
-			h.calls = 1; /* the socket's first syscall was the cork */
 		}
 		p->state = ST_HEADER;
 	}
@@ -161,7 +161,8 @@ int zc_response_send(struct zc_response *r, int timeout_ms, uint64_t *sent_now)
 			break;
 		p->state++;
 	}
-	*sent_now = r->sent - before;
+	if (sent_now)
+		*sent_now = r->sent - before;
 	/* uncork the socket we sent to, also when the caller's fd moved on */
 	if (rc == 0)
 		rc = zc_cork_end(h.fd, &p->cork);

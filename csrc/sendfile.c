@@ -116,14 +116,9 @@ int zc__sendfile_held(struct zc__hold *h, int file, int64_t offset,
 	while (done < count) {
 		uint64_t left = count - done;
 		size_t want = left < ZC_SENDFILE_MAX ? (size_t)left : ZC_SENDFILE_MAX;
-		int fd = zc__hold_next(h);
-		ssize_t n;
+		int fd = h->fd;
+		ssize_t n = sendfile(fd, file, posp, want);
 
-		if (fd < 0) {
-			rc = fd;
-			break;
-		}
-		n = sendfile(fd, file, posp, want);
 		rc = 0;
 		if (n > 0) {
 			done += (uint64_t)n;

@@ -226,33 +226,20 @@ static size_t pipe_holds(int pipe_fd)
 	return ioctl(pipe_fd, FIONREAD, &n) == 0 && n > 0 ? (size_t)n : 0;
 }
 
-/* Duplicate a held socket before waiting, so the wait and every syscall
- * after it are on our socket whatever happens to the caller's number. */
-static int pin(struct zc__hold *h)
-{
-	int fd;
-
-	if (h->known)
-		return 0;
-	if (h->calls == 0)
-		h->calls = 1;
-	fd = zc__hold_next(h);
-	return fd < 0 ? fd : 0;
-}
-
 /* Wait for ev on one end as timeout_ms says; then both ends must still
  * name the files the transfer started with (-EBADF). */
 static int wait_on(struct move *m, struct end *e, short ev, int timeout_ms)
 {
 	struct pollfd p = { .events = ev };
-	int n, rc = pin(m->src.h);
+	int n, rc;
 
-	if (rc == 0)
-		rc = pin(m->dst.h);
-	if (rc < 0)
-		return rc;
 	if (timeout_ms == 0)
 		return -EAGAIN;
+	rc = zc__hold_pin(m->src.h);
+	if (rc == 0)
+		rc = zc__hold_pin(m->dst.h);
+	if (rc < 0)
+		return rc;
 	p.fd = e->h->fd;
 	n = poll(&p, 1, timeout_ms < 0 ? -1 : timeout_ms);
 	if (n < 0)
@@ -314,12 +301,10 @@ static int drain(struct move *m, struct zc_pipe *via)
 		uint64_t after = m->count - m->done - via->buffered;
 		size_t want = via->buffered;
 		unsigned fl = SPLICE_F_MOVE;
-		int fd = zc__hold_next(m->dst.h);
+		int fd = m->dst.h->fd;
 		ssize_t n;
 		int rc = 0;
 
-		if (fd < 0)
-			return fd;
 		/* More bytes follow this pipe's worth: let TCP fill segments. */
 		if (!m->to_eof && after > 0)
 			fl |= SPLICE_F_MORE;
@@ -365,11 +350,7 @@ static int through_pipe(struct move *m, struct zc_pipe *via)
 		rc = source_ready(m);
 		if (rc < 0)
 			break;
-		fd = zc__hold_next(m->src.h);
-		if (fd < 0) {
-			rc = fd;
-			break;
-		}
+		fd = m->src.h->fd;
 		/* The pipe is empty here, so EAGAIN can only mean that the
 		 * source has nothing to read, and 0 only its end. */
 		n = splice(fd, m->src_off, via->wfd, NULL, want, SPLICE_F_MOVE);
@@ -472,12 +453,8 @@ static int direct(struct move *m)
 		rc = source_ready(m);
 		if (rc < 0)
 			break;
-		sfd = zc__hold_next(m->src.h);
-		dfd = zc__hold_next(m->dst.h);
-		if (sfd < 0 || dfd < 0) {
-			rc = sfd < 0 ? sfd : dfd;
-			break;
-		}
+		sfd = m->src.h->fd;
+		dfd = m->dst.h->fd;
 		avail = exact ? pipe_holds(sfd) : 0;
 		if (avail > 0 && avail < want)
 			want = avail;

@@ -72,13 +72,12 @@ static int same_file(int fd, dev_t dev, ino_t ino)
 	return fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
 }
 
-int zc__hold_next(struct zc__hold *h)
+int zc__hold_pin(struct zc__hold *h)
 {
 	struct stat st;
 
-	if (h->calls++ == 0 || h->known)
-		return h->fd;
-	/* the second syscall: pin the socket the first one used */
+	if (h->known)
+		return 0;
 	if (fstat(h->caller, &st) < 0)
 		return -errno;
 	h->dev = st.st_dev;
@@ -92,7 +91,7 @@ int zc__hold_next(struct zc__hold *h)
 	}
 	if (h->dup >= 0)
 		h->fd = h->dup;
-	return h->fd;
+	return 0;
 }
 
 int zc__hold_check(struct zc__hold *h)
@@ -116,6 +115,9 @@ int zc__hold_wait_writable(struct zc__hold *h, int timeout_ms)
 
 	if (timeout_ms == 0)
 		return -EAGAIN;
+	rc = zc__hold_pin(h);
+	if (rc < 0)
+		return rc;
 	rc = zc_wait_writable(h->fd, timeout_ms);
 	if (rc < 0)
 		return rc;

@@ -96,23 +96,21 @@ static inline void zc__queue_move(struct zc__queue *from, struct zc__queue *to)
 /* ---- a transfer's hold on its socket ------------------------------------ */
 
 /*
- * The caller's fd is only a number: if another thread closes it during a
- * transfer and accept() reuses the number, further syscalls on it would send
- * (or receive) another client's bytes.  So the first syscall of a transfer
- * uses the caller's fd, and before the second one the socket is duplicated
- * (one dup only on transfers that take several syscalls); every later
- * syscall and wait uses the duplicate.  After each wait zc__hold_check()
- * compares the caller's fd with the duplicate and stops the transfer with
- * -EBADF when the caller closed it or it now names another file.  When dup
- * fails (EMFILE) the transfer goes on with the caller's fd and is checked
- * the same way after each wait.
+ * The caller's fd is only a number: if another thread closes it while a
+ * transfer waits and accept() reuses the number, further syscalls on it
+ * would send (or receive) another client's bytes.  So before its first wait
+ * a transfer pins the socket with a duplicate, and the wait and every
+ * syscall after it use the duplicate (h->fd).  After each wait
+ * zc__hold_check() compares the caller's fd with the duplicate and stops
+ * the transfer with -EBADF when the caller closed it or it names another
+ * file now.  A transfer that never waits costs nothing; when dup fails
+ * (EMFILE) the transfer goes on with the caller's fd, checked the same way.
  */
 struct zc__hold {
 	int fd;	    /* for the next syscall */
 	int caller; /* the caller's fd */
 	int dup;    /* our duplicate, or -1 */
-	int calls;  /* zc__hold_next() calls so far */
-	int known;  /* dev/ino below are set */
+	int known;  /* dev/ino below are set: pinned */
 	dev_t dev;
 	ino_t ino;
 };
@@ -121,14 +119,13 @@ static inline void zc__hold_init(struct zc__hold *h, int fd)
 {
 	h->fd = h->caller = fd;
 	h->dup = -1;
-	h->calls = 0;
 	h->known = 0;
 	h->dev = 0;
 	h->ino = 0;
 }
 
-/* The fd for the next syscall (pins the socket before the second); -errno. */
-int zc__hold_next(struct zc__hold *h);
+/* Pin the socket before a wait (once); -errno (-EBADF when it is gone). */
+int zc__hold_pin(struct zc__hold *h);
 
 /* After a wait: 0, or -EBADF when the caller's fd no longer names our socket. */
 int zc__hold_check(struct zc__hold *h);
@@ -137,7 +134,7 @@ int zc__hold_check(struct zc__hold *h);
 void zc__hold_release(struct zc__hold *h);
 
 /* Wait for writability on the held socket as timeout_ms says (0 gives
- * -EAGAIN), then zc__hold_check(). */
+ * -EAGAIN without pinning), then zc__hold_check(). */
 int zc__hold_wait_writable(struct zc__hold *h, int timeout_ms);
 
 /* Set *nonblock from the socket's O_NONBLOCK flag; -errno on failure. */
@@ -223,5 +220,18 @@ int zc__wait_source(int fd, int timeout_ms);
 int zc__splice_direct(struct zc__hold *src, off_t *src_off,
 		      struct zc__hold *dst, off_t *dst_off, uint64_t count,
 		      int to_eof, int timeout_ms, uint64_t *done);
+
+/* ---- MSG_ZEROCOPY ------------------------------------------------------- */
+
+struct msghdr;
+struct zc_completion;
+
+/*
+ * One error-queue message: 1 and *out for a zero-copy completion; the
+ * error it carries (-ENOMSG for a TX timestamp) or -EPROTO for another
+ * message or a cmsg too short for a sock_extended_err; -EIO when the
+ * control data was truncated.
+ */
+int zc__parse_completion(const struct msghdr *msg, struct zc_completion *out);
 
 #endif

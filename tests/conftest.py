@@ -8,10 +8,11 @@ timeouts, so a hung peer fails a test instead of hanging the run.
 from __future__ import annotations
 
 import os
-import random
 import socket
+import ssl
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -20,23 +21,27 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _zcutil import (
     BIG_SIZE,
-    HAVE_IPV6,
     STREAM_KINDS,
     Collector,
+    EchoServer,
+    Pair,
+    make_tls_cert,
     new_pair,
+    rand_bytes,
+    tls_pair,
 )
 
 
 @pytest.fixture
-def make_pair() -> Iterator[Callable[..., tuple[socket.socket, socket.socket]]]:
-    """Factory: make_pair(kind, small=False) -> (sender, receiver).
+def make_pair() -> Iterator[Callable[..., Pair]]:
+    """Factory: make_pair(kind="tcp4", small=False, sndbuf=None, rcvbuf=None) -> (sender, receiver).
 
-    All sockets made are closed at teardown.
+    The arguments are new_pair's.  All sockets made are closed at teardown.
     """
     made: list[socket.socket] = []
 
-    def factory(kind: str = "tcp4", *, small: bool = False) -> tuple[socket.socket, socket.socket]:
-        s, r = new_pair(kind, small=small)
+    def factory(kind: str = "tcp4", **kw: Any) -> Pair:
+        s, r = new_pair(kind, **kw)
         made.extend((s, r))
         return s, r
 
@@ -47,23 +52,18 @@ def make_pair() -> Iterator[Callable[..., tuple[socket.socket, socket.socket]]]:
 
 @pytest.fixture(params=STREAM_KINDS)
 def stream_kind(request: pytest.FixtureRequest) -> str:
-    if request.param == "tcp6" and not HAVE_IPV6:
-        pytest.skip("no IPv6 loopback (::1)")
-    return request.param
+    """Each stream kind in turn (a tcp6 pair skips without an IPv6 loopback)."""
+    return str(request.param)
 
 
 @pytest.fixture
-def pair(
-    make_pair: Callable[..., tuple[socket.socket, socket.socket]], stream_kind: str
-) -> tuple[socket.socket, socket.socket]:
+def pair(make_pair: Callable[..., Pair], stream_kind: str) -> Pair:
     """A connected (sender, receiver) pair of every stream kind."""
     return make_pair(stream_kind)
 
 
 @pytest.fixture
-def small_pair(
-    make_pair: Callable[..., tuple[socket.socket, socket.socket]], stream_kind: str
-) -> tuple[socket.socket, socket.socket]:
+def small_pair(make_pair: Callable[..., Pair], stream_kind: str) -> Pair:
     """Like ``pair`` but with small buffers, so a non-reading peer stalls it."""
     return make_pair(stream_kind, small=True)
 
@@ -90,7 +90,7 @@ def collect() -> Iterator[Callable[..., Collector]]:
 @pytest.fixture(scope="session")
 def big_data() -> bytes:
     """BIG_SIZE bytes of reproducible random data."""
-    return random.Random(20240611).randbytes(BIG_SIZE)
+    return rand_bytes(BIG_SIZE, 20240611)
 
 
 @pytest.fixture(scope="session")
@@ -123,3 +123,29 @@ def open_fds() -> Iterator[list[int]]:
             os.close(fd)
         except OSError:
             pass
+
+
+@pytest.fixture(scope="session")
+def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """(certfile, keyfile) of a self-signed certificate for 127.0.0.1."""
+    cert = make_tls_cert(tmp_path_factory.mktemp("tls"))
+    if cert is None:
+        pytest.skip("the openssl command is not installed")
+    return cert
+
+
+@pytest.fixture
+def tls(tls_cert: tuple[str, str]) -> Iterator[tuple[ssl.SSLSocket, ssl.SSLSocket]]:
+    """(server, client) TLS sockets over loopback; the server side sends."""
+    server, client = tls_pair(tls_cert)
+    yield server, client
+    server.close()
+    client.close()
+
+
+@pytest.fixture
+def echo() -> Iterator[EchoServer]:
+    """An echo server on 127.0.0.1 (EchoServer), closed at teardown."""
+    server = EchoServer()
+    yield server
+    server.close()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import os
 import socket
+from typing import Any
 
 import pytest
+from _zcutil import make_file
 
 import zerocopy
 
@@ -65,6 +67,14 @@ def test_text_mode_file_rejected(
         text.close()
 
 
+def test_text_file_still_rejected(make_pair, tmp_path) -> None:
+    """Regression: accepting binary objects whatever their mode must still refuse text files."""
+    a, _ = make_pair("unix")
+    with open(make_file(tmp_path), "r") as f:  # noqa: UP015 - the mode is the point
+        with pytest.raises(ValueError, match="binary mode"):
+            zerocopy.sendfile_all(a, f)
+
+
 @pytest.mark.parametrize(
     ("kw", "exc"),
     [
@@ -119,3 +129,99 @@ def test_datagram_fd_rejected_all_int_arguments(small_file: str, family: int) ->
             d.setblocking(False)
             with pytest.raises(BlockingIOError):
                 d.recv(100)
+
+
+@pytest.mark.parametrize(
+    "offset,count",
+    [(None, 2**64 - 1), (None, 2**64), (2**63, None), (2**63 - 5, 10), (0, 2**64 - 1),
+     (0, 2**64), (2**63, 1)],
+)
+@pytest.mark.parametrize("file_kind", ["fd", "fileobj"])
+@pytest.mark.parametrize("sock_kind", ["socket", "fd"])
+def test_out_of_range_offset_and_count(
+    make_pair, tmp_path, offset: int | None, count: int | None, file_kind: str, sock_kind: str
+) -> None:
+    """Regression: offset/count past 2**63-1 got through (a count of 2**64-1 meant "to EOF")."""
+    a, b = make_pair("unix")
+    sock: Any = a if sock_kind == "socket" else a.fileno()
+    with open(make_file(tmp_path), "rb") as f:
+        src: Any = f if file_kind == "fileobj" else f.fileno()
+        with pytest.raises(ValueError):
+            zerocopy.sendfile_all(sock, src, offset=offset, count=count)
+    # Nothing went out (and certainly not the file "to EOF").
+    b.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        b.recv(100)
+
+
+# --------------------------------------------------------------------------- typed progress
+
+
+def test_progress_exceptions_are_typed_and_stdlib(make_pair, small_file: str) -> None:
+    """Every OSError after the start is a TransferError (typed bytes_sent) and still the
+    standard library class callers catch; it pickles with its count."""
+    import pickle
+
+    sender, receiver = make_pair("tcp4")
+    receiver.close()
+    with open(small_file, "rb") as f:
+        with pytest.raises(OSError) as info:
+            for _ in range(1000):  # the first sends may still be taken; then EPIPE/ECONNRESET
+                zerocopy.sendfile_all(sender, f, 0, 65536)
+    exc = info.value
+    assert isinstance(exc, zerocopy.TransferError)
+    assert isinstance(exc, (BrokenPipeError, ConnectionResetError))
+    assert isinstance(exc.bytes_sent, int) and exc.bytes_sent >= 0
+    again = pickle.loads(pickle.dumps(exc))
+    assert type(again) is type(exc)
+    assert again.bytes_sent == exc.bytes_sent
+    assert again.errno == exc.errno
+
+
+def test_truncated_file_error_from_recvfile_is_also_a_receive_error(make_pair, tmp_path) -> None:
+    sender, receiver = make_pair("tcp4")
+    sender.sendall(b"x" * 10)
+    sender.close()
+    with open(tmp_path / "out", "wb") as f, pytest.raises(zerocopy.TruncatedFileError) as info:
+        zerocopy.recvfile(receiver, f, count=100)
+    assert isinstance(info.value, zerocopy.ReceiveError)
+    assert info.value.bytes_received == 10
+    assert info.value.bytes_sent == 10
+
+
+@pytest.mark.parametrize("where", ["sock", "file"])
+def test_bool_is_not_a_file_descriptor(make_pair, small_file: str, where: str) -> None:
+    """Regression (issue 8.11): True was taken as fd 1 (stdout)."""
+    sender, _ = make_pair("tcp4")
+    with open(small_file, "rb") as f:
+        args = (True, f) if where == "sock" else (sender, True)
+        with pytest.raises(TypeError, match="bool"):
+            zerocopy.sendfile_all(*args)
+        with pytest.raises(TypeError, match="bool"):
+            zerocopy.FileSender(*args)
+
+
+def test_user_code_type_checks_bytes_sent(tmp_path, monkeypatch) -> None:
+    """mypy --strict accepts exc.bytes_sent / bytes_received / bytes_relayed in user code,
+    run outside the repository (so it finds the installed package, py.typed included)."""
+    mypy_api = pytest.importorskip("mypy.api")
+    monkeypatch.chdir(tmp_path)
+    code = tmp_path / "user.py"
+    code.write_text(
+        "import socket\n"
+        "import zerocopy\n\n\n"
+        "def send(sock: socket.socket, path: str) -> int:\n"
+        "    try:\n"
+        "        with open(path, 'rb') as f:\n"
+        "            return zerocopy.sendfile_all(sock, f)\n"
+        "    except zerocopy.TransferError as exc:\n"
+        "        return exc.bytes_sent\n"
+        "    except zerocopy.ReceiveError as exc:\n"
+        "        return exc.bytes_received\n"
+        "    except zerocopy.RelayError as exc:\n"
+        "        return sum(exc.bytes_relayed)\n"
+    )
+    out, err, status = mypy_api.run(
+        ["--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"), str(code)]
+    )
+    assert status == 0, out + err

@@ -1,45 +1,20 @@
-"""Sources sendfile(2) refuses: BytesIO, pipes, sockets, /proc files."""
+"""Sources sendfile(2) refuses or must not use: BytesIO, gzip, zip, pipes, sockets, /proc."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import select
 import socket
-import threading
 import time
+import zipfile
+from typing import Any
 
 import pytest
-from _zcutil import DEADLINE, eof
+from _zcutil import DEADLINE, Call, eof, feed, recv_exactly, recv_to_eof
 
 import zerocopy
-
-
-def _writer(fd_or_sock: int | socket.socket, data: bytes, chunk: int = 50_000) -> threading.Thread:
-    """Write data into a pipe fd or a socket from a thread, then close it."""
-
-    def run() -> None:
-        try:
-            for i in range(0, len(data), chunk):
-                if isinstance(fd_or_sock, socket.socket):
-                    fd_or_sock.sendall(data[i : i + chunk])
-                else:
-                    view = memoryview(data)[i : i + chunk]
-                    while view:
-                        n = os.write(fd_or_sock, view)
-                        view = view[n:]
-        except OSError:
-            pass  # reader gone: the test reports the missing bytes
-        finally:
-            if isinstance(fd_or_sock, socket.socket):
-                fd_or_sock.close()
-            else:
-                os.close(fd_or_sock)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
-
 
 # -- BytesIO -------------------------------------------------------------------
 
@@ -99,6 +74,51 @@ def test_bytesio_nonblocking_stalled(make_pair, collect, big_data: bytes) -> Non
     assert c.result() == big_data
 
 
+# -- file objects read through Python: gzip, zip members --------------------
+
+
+def _gzip_bytesio(tmp_path, payload: bytes) -> Any:
+    raw = io.BytesIO()
+    with gzip.GzipFile(fileobj=raw, mode="wb") as g:
+        g.write(payload)
+    raw.seek(0)
+    return gzip.GzipFile(fileobj=raw, mode="rb")
+
+
+def _gzip_on_disk(tmp_path, payload: bytes) -> Any:
+    # Has a real fileno() -- of the *compressed* file: it must not be sendfile'd.
+    p = tmp_path / "p.gz"
+    with gzip.open(p, "wb") as g:
+        g.write(payload)
+    return gzip.open(p, "rb")
+
+
+def _zip_member(tmp_path, payload: bytes) -> Any:
+    p = tmp_path / "p.zip"
+    with zipfile.ZipFile(p, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("member", payload)
+    return zipfile.ZipFile(p).open("member")
+
+
+@pytest.mark.parametrize(
+    "opener", [_gzip_bytesio, _gzip_on_disk, _zip_member],
+    ids=["gzip_bytesio", "gzip_on_disk", "zip_member"],
+)
+def test_binary_objects_without_b_in_mode(make_pair, collect, tmp_path, opener) -> None:
+    """Regression: GzipFile and zip members (no "b" in mode) were refused or sent compressed."""
+    a, b = make_pair("unix")
+    payload = bytes(range(256)) * 400  # 100 KiB, compressible
+    c = collect(b)
+    f = opener(tmp_path, payload)
+    try:
+        n = zerocopy.sendfile_all(a, f)
+    finally:
+        f.close()
+    eof(a)
+    assert c.result() == payload
+    assert n == len(payload)
+
+
 # -- pipes -------------------------------------------------------------------
 
 
@@ -107,7 +127,7 @@ def test_pipe_fd_to_eof(pair, collect, small_data: bytes) -> None:
     c = collect(receiver)
     r, w = os.pipe()
     try:
-        t = _writer(w, small_data)
+        t = feed(w, small_data)
         assert zerocopy.sendfile_all(sender, r) == len(small_data)
         t.join(DEADLINE)
     finally:
@@ -121,22 +141,16 @@ def test_pipe_fd_exact_count_leaves_rest(make_pair, collect, small_data: bytes) 
     c = collect(receiver)
     r, w = os.pipe()
     try:
-        t = _writer(w, small_data)
+        t = feed(w, small_data)
         assert zerocopy.sendfile_all(sender, r, count=123_457) == 123_457
         # The rest is still in the pipe, nothing was swallowed.
-        rest = bytearray()
-        end = time.monotonic() + DEADLINE
-        while time.monotonic() < end:
-            b = os.read(r, 65536)
-            if not b:
-                break
-            rest += b
+        rest = recv_to_eof(r)
         t.join(DEADLINE)
     finally:
         os.close(r)
     eof(sender)
     assert c.result() == small_data[:123_457]
-    assert bytes(rest) == small_data[123_457:]
+    assert rest == small_data[123_457:]
 
 
 def test_pipe_fd_truncated(make_pair, collect, small_data: bytes) -> None:
@@ -144,7 +158,7 @@ def test_pipe_fd_truncated(make_pair, collect, small_data: bytes) -> None:
     c = collect(receiver)
     r, w = os.pipe()
     try:
-        t = _writer(w, small_data[:5000])
+        t = feed(w, small_data[:5000])
         with pytest.raises(zerocopy.TruncatedFileError) as ei:
             zerocopy.sendfile_all(sender, r, count=5001)
         assert ei.value.bytes_sent == 5000
@@ -159,12 +173,40 @@ def test_pipe_file_object(make_pair, collect, small_data: bytes) -> None:
     sender, receiver = make_pair("tcp4")
     c = collect(receiver)
     r, w = os.pipe()
-    t = _writer(w, small_data)
+    t = feed(w, small_data)
     with open(r, "rb", buffering=0) as f:
         assert zerocopy.sendfile_all(sender, f) == len(small_data)
     t.join(DEADLINE)
     eof(sender)
     assert c.result() == small_data
+
+
+@pytest.mark.parametrize("count", [None, 5])
+def test_nonblocking_buffered_pipe_eagain_is_not_eof(make_pair, count: int | None) -> None:
+    """Regression: read() -> None from a non-blocking buffered pipe was taken for EOF."""
+    a, b = make_pair("unix")
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    f = open(r, "rb")
+    try:
+        call = Call(lambda: zerocopy.sendfile_all(a, f, count=count))
+        early = call.join(1.0)  # the writer has written nothing yet
+        os.write(w, b"hello")
+        os.close(w)
+        w = -1
+        assert call.join(20.0), "sendfile_all did not finish after the writer closed"
+        if call.error is not None:
+            # Raising BlockingIOError is right; EOF (TruncatedFileError) is not.
+            assert isinstance(call.error, BlockingIOError), repr(call.error)
+            assert not isinstance(call.error, zerocopy.TruncatedFileError)
+            return
+        assert not early or call.result != 0, "reported EOF while the writer was open"
+        assert call.result == 5, call.result
+        assert recv_exactly(b, 5) == b"hello"
+    finally:
+        if w >= 0:
+            os.close(w)
+        f.close()
 
 
 @pytest.mark.parametrize("source", ["pipe", "socket"])
@@ -178,11 +220,11 @@ def test_stream_source_to_stalled_nonblocking_socket(
     data = big_data[:2_000_000]
     if source == "pipe":
         r, w = os.pipe()
-        t = _writer(w, data)
+        t = feed(w, data)
         src_fd, closer = r, (lambda: os.close(r))
     else:
         src_r, src_w = socket.socketpair()
-        t = _writer(src_w, data)
+        t = feed(src_w, data, close=True)
         src_fd, closer = src_r.fileno(), src_r.close
     try:
         total = 0
@@ -219,7 +261,7 @@ def test_socket_source_to_eof(pair, collect, small_data: bytes) -> None:
     c = collect(receiver)
     src_r, src_w = socket.socketpair()
     try:
-        t = _writer(src_w, small_data)
+        t = feed(src_w, small_data, close=True)
         assert zerocopy.sendfile_all(sender, src_r.fileno()) == len(small_data)
         t.join(DEADLINE)
     finally:
@@ -233,34 +275,45 @@ def test_socket_source_exact_count_leaves_rest(make_pair, collect, small_data: b
     c = collect(receiver)
     src_r, src_w = socket.socketpair()
     try:
-        t = _writer(src_w, small_data)
+        t = feed(src_w, small_data, close=True)
         assert zerocopy.sendfile_all(sender, src_r.fileno(), count=77_777) == 77_777
-        rest = bytearray()
-        src_r.settimeout(DEADLINE)
-        for _ in range(100_000):
-            b = src_r.recv(65536)
-            if not b:
-                break
-            rest += b
+        rest = recv_to_eof(src_r)
         t.join(DEADLINE)
     finally:
         src_r.close()
     eof(sender)
     assert c.result() == small_data[:77_777]
-    assert bytes(rest) == small_data[77_777:]
+    assert rest == small_data[77_777:]
 
 
 def test_tcp_socket_source_truncated(make_pair, collect, small_data: bytes) -> None:
     sender, receiver = make_pair("unix")
     src_w, src_r = make_pair("tcp4")
     c = collect(receiver)
-    t = _writer(src_w, small_data[:9000])
+    t = feed(src_w, small_data[:9000], close=True)
     with pytest.raises(zerocopy.TruncatedFileError) as ei:
         zerocopy.sendfile_all(sender, src_r.fileno(), count=10_000)
     assert ei.value.bytes_sent == 9000
     t.join(DEADLINE)
     eof(sender)
     assert c.result() == small_data[:9000]
+
+
+@pytest.mark.parametrize("kind", ["tcp4", "unix"])
+def test_socket_object_as_source(make_pair, collect, small_data: bytes, kind: str) -> None:
+    """Regression: a socket object (not its fileno()) was refused as the source."""
+    feeder, src = make_pair(kind)
+    dst, receiver = make_pair(kind)
+    count = len(small_data) - 1000
+    feeding = Call(lambda: feeder.sendall(small_data))
+    c = collect(receiver)
+    n = Call(lambda: zerocopy.sendfile_all(dst, src, count=count)).value(DEADLINE)
+    assert n == count
+    eof(dst)
+    assert c.result() == small_data[:count]
+    feeding.value(DEADLINE)
+    # The rest is still in the source socket, untouched.
+    assert recv_exactly(src, 1000) == small_data[count:]
 
 
 # -- /proc files ---------------------------------------------------------------

@@ -8,23 +8,27 @@ import os
 import random
 import selectors
 import socket
-import struct
 import threading
 import time
+from typing import Any
 
 import pytest
-from _zcutil import DEADLINE, eof
+from _zcutil import (
+    DEADLINE,
+    Call,
+    cork_of,
+    eof,
+    feed,
+    itimer,
+    make_file,
+    nodelay_of,
+    raise_keyboard_interrupt,
+    recv_exactly,
+    recv_then_reset,
+    recv_to_eof,
+)
 
 import zerocopy
-
-
-def _cork(sock: socket.socket) -> int:
-    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK)
-
-
-def _nodelay(sock: socket.socket) -> int:
-    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n"
 TAIL = b"\r\n--trailer--\r\n"
@@ -119,7 +123,7 @@ def test_headers_only_count_zero(make_pair, collect, small_file: str) -> None:
         assert fs.total == len(HEAD) + len(TAIL)
         fs.send_all()
         assert fs.done
-    assert _cork(sender) == 0
+    assert cork_of(sender) == 0
     eof(sender)
     assert c.result() == HEAD + TAIL
 
@@ -134,7 +138,7 @@ def test_truncated_file_raises(make_pair, collect, small_file: str, small_data: 
             fs.send_all()
         assert isinstance(ei.value, zerocopy.TruncatedFileError)
         fs.close()
-    assert _cork(sender) == 0
+    assert cork_of(sender) == 0
     eof(sender)
     got = c.result()
     # Header and the 100 bytes that exist went out; nothing invented.
@@ -168,7 +172,7 @@ def test_nonblocking_send_never_raises_would_block(
         assert fs.done
         assert fs.sent == fs.total == len(HEAD) + 3_000_000 + len(TAIL)
         fs.close()
-    assert _cork(sender) == 0
+    assert cork_of(sender) == 0
     eof(sender)
     assert c.result() == HEAD + big_data[5:3_000_005] + TAIL
 
@@ -192,7 +196,7 @@ def test_nonblocking_send_all_slow_reader(
 def test_abandoned_response_restores_cork(make_pair, big_file: str) -> None:
     sender, _ = make_pair("tcp4", small=True)
     sender.setblocking(False)
-    assert _cork(sender) == 0
+    assert cork_of(sender) == 0
     with open(big_file, "rb") as f:
         fs = zerocopy.FileSender(sender, f, headers=HEAD, trailers=TAIL)
         for _ in range(50):
@@ -202,7 +206,7 @@ def test_abandoned_response_restores_cork(make_pair, big_file: str) -> None:
         assert fs.sent > 0
         fs.close()
         fs.close()  # idempotent
-    assert _cork(sender) == 0
+    assert cork_of(sender) == 0
 
 
 # -- socket options ----------------------------------------------------------------
@@ -212,13 +216,13 @@ def test_cork_restored_after_close(make_pair, collect, small_file: str, small_da
     sender, receiver = make_pair("tcp4")
     sender.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     c = collect(receiver)
-    assert _cork(sender) == 0
+    assert cork_of(sender) == 0
     with open(small_file, "rb") as f:
         fs = zerocopy.FileSender(sender, f, 0, 10_000, headers=HEAD, trailers=TAIL)
         fs.send_all()
         fs.close()
-    assert _cork(sender) == 0
-    assert _nodelay(sender) == 1
+    assert cork_of(sender) == 0
+    assert nodelay_of(sender) == 1
     eof(sender)
     assert c.result() == HEAD + small_data[:10_000] + TAIL
 
@@ -232,7 +236,7 @@ def test_user_cork_stays(make_pair, collect, small_file: str, small_data: bytes)
         zerocopy.FileSender(sender, f, 0, 10_000, headers=HEAD, trailers=TAIL) as fs,
     ):
         fs.send_all()
-    assert _cork(sender) == 1
+    assert cork_of(sender) == 1
     sender.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
     eof(sender)
     assert c.result() == HEAD + small_data[:10_000] + TAIL
@@ -244,24 +248,7 @@ def test_cork_restored_after_peer_reset(
 ) -> None:
     sender, receiver = make_pair("tcp4", small=True)
     sender.settimeout(DEADLINE)
-    got = bytearray()
-
-    def peer() -> None:
-        receiver.settimeout(0.2)
-        end = time.monotonic() + DEADLINE
-        while len(got) < 100_000 and time.monotonic() < end:
-            try:
-                b = receiver.recv(65536)
-            except socket.timeout:
-                continue
-            if not b:
-                break
-            got.extend(b)
-        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        receiver.close()
-
-    t = threading.Thread(target=peer, daemon=True)
-    t.start()
+    peer = Call(lambda: recv_then_reset(receiver, 100_000))
     with open(big_file, "rb") as f:
         if use_with:
             with (
@@ -274,9 +261,44 @@ def test_cork_restored_after_peer_reset(
             with pytest.raises((ConnectionResetError, BrokenPipeError)):
                 fs.send_all()
             fs.close()
-    t.join(DEADLINE)
-    assert _cork(sender) == 0
-    assert bytes(got) == (HEAD + big_data)[: len(got)]
+    got = peer.value(DEADLINE)
+    assert cork_of(sender) == 0
+    assert got == (HEAD + big_data)[: len(got)]
+
+
+@pytest.mark.parametrize("kind", ["tcp4", "tcp6"])
+def test_filesender_uncorks_after_timeout(make_pair, big_file: str, kind: str) -> None:
+    """Regression: a send_all that failed with TimeoutError left TCP_CORK set."""
+    sender, _receiver = make_pair(kind, small=True)  # the receiver never reads
+    sender.settimeout(0.3)
+    with open(big_file, "rb") as f:
+        fs = zerocopy.FileSender(sender, f, headers=b"H" * 100, trailers=b"T" * 10)
+        try:
+            with pytest.raises(TimeoutError):
+                fs.send_all()
+            assert cork_of(sender) == 0, "TCP_CORK left set after TimeoutError"
+        finally:
+            fs.close()
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_filesender_uncorks_after_keyboard_interrupt(make_pair, collect, big_file: str) -> None:
+    """Regression: a send_all interrupted by KeyboardInterrupt left TCP_CORK set."""
+    sender, receiver = make_pair("tcp4", small=True)
+    # Escape hatch: if the interrupt is lost, the receiver drains after 20 s,
+    # send_all completes, and the test fails instead of hanging.
+    go = threading.Event()
+    collect(receiver, start=go, start_timeout=20)
+    f = open(big_file, "rb")
+    fs = zerocopy.FileSender(sender, f, headers=b"H" * 100, trailers=b"T")
+    try:
+        with itimer(raise_keyboard_interrupt, 0.3), pytest.raises(KeyboardInterrupt):
+            fs.send_all()
+        assert cork_of(sender) == 0, "TCP_CORK left set after KeyboardInterrupt"
+    finally:
+        go.set()
+        fs.close()
+        f.close()
 
 
 def test_unix_socket_no_cork_needed(make_pair, collect, small_file: str, small_data: bytes) -> None:
@@ -297,11 +319,11 @@ def test_unix_socket_no_cork_needed(make_pair, collect, small_file: str, small_d
 def test_cork_context_manager(make_pair, collect) -> None:
     sender, receiver = make_pair("tcp4")
     c = collect(receiver)
-    assert _cork(sender) == 0
+    assert cork_of(sender) == 0
     with zerocopy.cork(sender):
-        assert _cork(sender) == 1
+        assert cork_of(sender) == 1
         sender.sendall(b"abc")
-    assert _cork(sender) == 0
+    assert cork_of(sender) == 0
     eof(sender)
     assert c.result() == b"abc"
 
@@ -313,20 +335,20 @@ def test_cork_restored_when_body_raises(make_pair) -> None:
         pass
 
     with pytest.raises(Boom), zerocopy.cork(sender):
-        assert _cork(sender) == 1
+        assert cork_of(sender) == 1
         raise Boom
-    assert _cork(sender) == 0
+    assert cork_of(sender) == 0
 
 
 def test_cork_keeps_user_cork(make_pair) -> None:
     sender, _ = make_pair("tcp4")
     sender.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
     with zerocopy.cork(sender):
-        assert _cork(sender) == 1
-    assert _cork(sender) == 1
+        assert cork_of(sender) == 1
+    assert cork_of(sender) == 1
     with pytest.raises(KeyError), zerocopy.cork(sender):
         raise KeyError("x")
-    assert _cork(sender) == 1
+    assert cork_of(sender) == 1
 
 
 # -- many concurrent non-blocking responses ------------------------------------------
@@ -410,7 +432,7 @@ def test_many_concurrent_nonblocking_with_selectors(big_file: str, big_data: byt
                     if fs.done:
                         sel.unregister(fs)
                         fs.close()
-                        assert _cork(clis[i]) == 0
+                        assert cork_of(clis[i]) == 0
                         clis[i].shutdown(socket.SHUT_WR)
                         open_senders -= 1
                 else:
@@ -460,6 +482,45 @@ def test_file_object_position_after_response(
     assert c.result() == expected
 
 
+@pytest.mark.parametrize(
+    "seek,offset,count", [(100, None, 1000), (0, 100, 1000), (100, None, None), (7, 50, None)]
+)
+@pytest.mark.parametrize("source", ["bytesio", "file"])
+def test_filesender_position_rule(
+    make_pair, collect, tmp_path, small_data: bytes, seek: int, offset: int | None,
+    count: int | None, source: str
+) -> None:
+    """Regression: FileSender moved an io.BytesIO source's position before any byte went out."""
+    data = small_data[:20_000]
+    a, b = make_pair("unix")
+    if source == "bytesio":
+        f: Any = io.BytesIO(data)
+    else:
+        f = open(make_file(tmp_path, data), "rb")
+    try:
+        f.seek(seek)
+        start = seek if offset is None else offset
+        end = len(data) if count is None else start + count
+        c = collect(b)
+        fs = zerocopy.FileSender(a, f, offset=offset, count=count)
+        try:
+            # Nothing is sent yet: the position is where it was, or the range's
+            # start (a real file keeps its position until the first step; the
+            # docs only promise start + bytes sent after each step).  Never
+            # past bytes that did not go out.
+            assert f.tell() in (seek, start), "the position moved before anything was sent"
+            if offset is None:
+                assert f.tell() == start
+            fs.send_all()
+        finally:
+            fs.close()
+        assert f.tell() == end
+        eof(a)
+        assert c.result() == data[start:end]
+    finally:
+        f.close()
+
+
 # -- sources and arguments shared with sendfile_all ------------------------------------
 
 
@@ -480,15 +541,7 @@ def test_pipe_source_with_count(make_pair, collect, small_data: bytes) -> None:
     sender, receiver = make_pair("tcp4")
     c = collect(receiver)
     r, w = os.pipe()
-
-    def write() -> None:
-        try:
-            os.write(w, small_data[:50_000])  # fits in a default 64 KiB pipe
-        finally:
-            os.close(w)
-
-    t = threading.Thread(target=write, daemon=True)
-    t.start()
+    t = feed(w, small_data[:50_000])  # fits in a default 64 KiB pipe, then EOF
     try:
         with zerocopy.FileSender(sender, r, count=30_000, headers=HEAD, trailers=TAIL) as fs:
             assert fs.total == len(HEAD) + 30_000 + len(TAIL)
@@ -500,6 +553,35 @@ def test_pipe_source_with_count(make_pair, collect, small_data: bytes) -> None:
         os.close(r)
     eof(sender)
     assert c.result() == HEAD + small_data[:30_000] + TAIL
+
+
+def test_filesender_waits_for_a_non_blocking_buffered_source(make_pair) -> None:
+    """Regression: read() -> None from a non-blocking source was taken for EOF (a short body)."""
+    # A non-blocking pipe whose writer is still open: neither cut short nor failed.
+    a, b = make_pair("unix")
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.write(w, b"x" * 1000)
+    writer = feed(w, b"y" * 10, delay=0.2)  # then closes w
+    try:
+        with open(r, "rb") as f, zerocopy.FileSender(a, f, headers=b"H") as fs:
+            fs.send_all()
+            assert fs.sent == fs.total == 1011
+        eof(a)
+        assert recv_to_eof(b) == b"H" + b"x" * 1000 + b"y" * 10
+    finally:
+        writer.join(5)
+
+
+@pytest.mark.parametrize("kind", ["tcp4", "unix"])
+def test_huge_socket_timeout(make_pair, tmp_path, kind: str) -> None:
+    """Regression: a socket timeout of more milliseconds than a C int holds overflowed."""
+    a, b = make_pair(kind)
+    a.settimeout(1e7)  # ~116 days
+    data = b"x0123456789" * 10
+    with open(make_file(tmp_path, data), "rb") as f, zerocopy.FileSender(a, f, headers=b"H:") as fs:
+        assert fs.send_all() == len(data) + 2
+    assert recv_exactly(b, len(data) + 2) == b"H:" + data
 
 
 def test_argument_checks(make_pair, small_file: str) -> None:
@@ -519,4 +601,127 @@ def test_argument_checks(make_pair, small_file: str) -> None:
         pytest.raises(ValueError, match="binary mode"),
     ):
         zerocopy.FileSender(sender, text)
-    assert _cork(sender) == 0
+    assert cork_of(sender) == 0
+
+
+# ---------------------------------------------------------------- header only, TLS, errors
+
+
+def test_header_only_response_without_a_file(pair, collect) -> None:
+    """file=None: a 304 or a HEAD answer needs no stand-in file."""
+    sender, receiver = pair
+    c = collect(receiver)
+    with zerocopy.FileSender(sender, None, headers=HEAD, trailers=TAIL) as fs:
+        assert fs.total == len(HEAD) + len(TAIL)
+        assert fs.send() == len(HEAD) + len(TAIL)
+        assert fs.done
+    eof(sender)
+    assert c.result() == HEAD + TAIL
+    with pytest.raises(ValueError, match="file=None"):
+        zerocopy.FileSender(sender, None, 0, 10, headers=HEAD)
+
+
+@pytest.mark.parametrize("bad", ["text", 5, [1, 2], 3.0])
+def test_headers_and_trailers_must_be_bytes_like(make_pair, small_file: str, bad) -> None:
+    """Regression: a str header raised cffi's message; trailers=5 sent five NUL bytes on
+    the Python route and raised TypeError on the file route (issue 8.10)."""
+    sender, _ = make_pair("tcp4")
+    for file in (open(small_file, "rb"), io.BytesIO(b"abc")):
+        with file:
+            with pytest.raises(TypeError, match="headers must be a bytes-like object"):
+                zerocopy.FileSender(sender, file, headers=bad)
+            with pytest.raises(TypeError, match="trailers must be a bytes-like object"):
+                zerocopy.FileSender(sender, file, trailers=bad)
+    fd = os.open(small_file, os.O_RDONLY)
+    try:
+        with pytest.raises(TypeError, match="headers must be a bytes-like object"):
+            zerocopy.FileSender(sender, fd, 0, 10, headers=bad)
+        with pytest.raises(TypeError, match="trailers must be a bytes-like object"):
+            zerocopy.FileSender(sender, fd, 0, 10, trailers=bad)
+    finally:
+        os.close(fd)
+
+
+def test_fast_path_errors_match_the_general_path(make_pair, small_file: str) -> None:
+    sender, _ = make_pair("tcp4")
+    fd = os.open(small_file, os.O_RDONLY)
+    try:
+        with pytest.raises(ValueError, match="2\\*\\*63"):
+            zerocopy.FileSender(sender, fd, 2**62, 2**62, headers=HEAD)
+        with pytest.raises(ValueError, match=">= 0"):
+            zerocopy.FileSender(sender, fd, -1, 10, headers=HEAD)
+        closed = socket.socket()
+        closed.close()
+        with pytest.raises(OSError, match="closed"):
+            zerocopy.FileSender(closed, fd, 0, 10, headers=HEAD)
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with udp, pytest.raises(ValueError, match="SOCK_STREAM"):
+            zerocopy.FileSender(udp, fd, 0, 10, headers=HEAD)
+    finally:
+        os.close(fd)
+
+
+def test_bytes_header_stays_valid_across_resumed_steps(small_pair, collect) -> None:
+    """A bytes header is handed to C without a copy: a large one sent over many
+    non-blocking steps must arrive intact."""
+    sender, receiver = small_pair
+    head = os.urandom(3 << 20)
+    sender.setblocking(False)
+    c = collect(receiver, delay=0.001)
+    fd = os.open(__file__, os.O_RDONLY)
+    body = open(__file__, "rb").read(1000)
+    try:
+        fs = zerocopy.FileSender(sender, fd, 0, 1000, headers=head)
+        sel = selectors.DefaultSelector()
+        sel.register(fs, selectors.EVENT_WRITE)
+        steps = 0
+        end = time.monotonic() + DEADLINE
+        while not fs.done and time.monotonic() < end:
+            sel.select(1.0)
+            fs.send()
+            steps += 1
+        fs.close()
+        sel.close()
+        assert fs.done and steps > 1
+    finally:
+        os.close(fd)
+    sender.setblocking(True)
+    eof(sender)
+    assert c.result() == head + body
+
+
+def test_tls_response_goes_through_tls(tls, collect, big_file: str, big_data: bytes) -> None:
+    """Regression: over an ssl.SSLSocket the file went out raw, as plaintext."""
+    server, client = tls
+    c = collect(client)
+    with open(big_file, "rb") as f:
+        f.seek(3)
+        with zerocopy.FileSender(server, f, count=200_000, headers=HEAD, trailers=TAIL) as fs:
+            assert fs.send_all() == len(HEAD) + 200_000 + len(TAIL)
+            assert fs.done and fs.sent == fs.total
+        assert f.tell() == 200_003
+    server.shutdown(socket.SHUT_WR)
+    assert c.result() == HEAD + big_data[3:200_003] + TAIL
+
+
+def test_tls_nonblocking_steps(tls, collect, big_file: str, big_data: bytes) -> None:
+    server, client = tls
+    server.setblocking(False)
+    c = collect(client, delay=0.001)
+    fd = os.open(big_file, os.O_RDONLY)
+    try:
+        fs = zerocopy.FileSender(server, fd, 0, len(big_data), headers=HEAD)
+        sel = selectors.DefaultSelector()
+        sel.register(fs, selectors.EVENT_WRITE)
+        end = time.monotonic() + DEADLINE
+        while not fs.done and time.monotonic() < end:
+            sel.select(1.0)
+            fs.send()
+        fs.close()
+        sel.close()
+        assert fs.done
+    finally:
+        os.close(fd)
+    server.setblocking(True)
+    server.shutdown(socket.SHUT_WR)
+    assert c.result() == HEAD + big_data

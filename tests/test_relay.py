@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import gc
-import os
 import random
 import selectors
 import signal
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
 
 import pytest
-from _zcutil import DEADLINE, HAVE_IPV6, new_pair, recv_exactly
+from _zcutil import (
+    DEADLINE,
+    HAVE_IPV6,
+    Call,
+    EchoServer,
+    LibHook,
+    Pair,
+    Ticker,
+    closed_port,
+    fd_count,
+    itimer,
+    new_pair,
+    recv_exactly,
+    reset,
+    wait_until,
+)
 
 from zerocopy.relay import Proxy, relay
 from zerocopy.splice import default_pool
-
-Pair = tuple[socket.socket, socket.socket]
 
 
 class Peer:
@@ -62,23 +73,17 @@ class Peer:
         return bytes(self.got)
 
 
-def _chain(kind_a: str, kind_b: str) -> tuple[Pair, Pair]:
-    """x <-> a  and  b <-> y: relay(a, b) joins x and y."""
-    return new_pair(kind_a), new_pair(kind_b)
-
-
 @pytest.fixture
-def chain() -> Callable[[str, str], tuple[Pair, Pair]]:
-    made: list[socket.socket] = []
+def chain(make_pair: Callable[..., Pair]) -> Callable[..., tuple[Pair, Pair]]:
+    """Factory: chain(kind_a="tcp4", kind_b="tcp4") -> ((x, a), (b, y)), closed at teardown.
+
+    x <-> a  and  b <-> y: relay(a, b) joins x and y.
+    """
 
     def factory(kind_a: str = "tcp4", kind_b: str = "tcp4") -> tuple[Pair, Pair]:
-        p, q = _chain(kind_a, kind_b)
-        made.extend([*p, *q])
-        return p, q
+        return make_pair(kind_a), make_pair(kind_b)
 
-    yield factory
-    for s in made:
-        s.close()
+    return factory
 
 
 @pytest.mark.parametrize(
@@ -117,25 +122,13 @@ def test_reset_on_either_side_ends_both(chain, side: str) -> None:
     (x, a), (b, y) = chain()
     x.sendall(b"hello")
     y.sendall(b"world!")
-    result: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            relay(a, b, timeout=DEADLINE)
-        except BaseException as e:
-            result.append(e)
-
-    t = threading.Thread(target=run)
-    t.start()
+    call = Call(lambda: relay(a, b, timeout=DEADLINE))
     assert recv_exactly(y, 5) == b"hello"
     assert recv_exactly(x, 6) == b"world!"
     victim, other = (x, y) if side == "x" else (y, x)
-    victim.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    victim.close()  # RST
-    t.join(DEADLINE)
-    assert not t.is_alive()
-    assert len(result) == 1
-    exc = result[0]
+    reset(victim)
+    assert call.join(DEADLINE)
+    exc = call.error
     assert isinstance(exc, (ConnectionResetError, BrokenPipeError)), exc
     assert exc.bytes_relayed == (5, 6)  # type: ignore[attr-defined]
     other.settimeout(DEADLINE)
@@ -174,28 +167,20 @@ def test_many_relays_in_threads(small_data: bytes) -> None:
     rng = random.Random(4)
     socks: list[socket.socket] = []
     peers: list[tuple[Peer, Peer, bytes, bytes]] = []
-    results: dict[int, tuple[int, int]] = {}
-
-    def run(i: int, a: socket.socket, b: socket.socket) -> None:
-        results[i] = relay(a, b, timeout=DEADLINE)
-
-    threads = []
+    pairs: list[tuple[socket.socket, socket.socket]] = []
     try:
         for i in range(n):
-            (x, a), (b, y) = _chain("unix" if i % 2 else "tcp4", "tcp4")
+            (x, a), (b, y) = new_pair("unix" if i % 2 else "tcp4"), new_pair("tcp4")
             socks += [x, a, b, y]
             up = small_data[: rng.randrange(0, len(small_data))]
             down = small_data[rng.randrange(0, len(small_data)) :]
             peers.append((Peer(x, up), Peer(y, down), up, down))
-            threads.append(threading.Thread(target=run, args=(i, a, b), daemon=True))
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(DEADLINE)
-        for i, (px, py, up, down) in enumerate(peers):
+            pairs.append((a, b))
+        calls = [Call(lambda a=a, b=b: relay(a, b, timeout=DEADLINE)) for a, b in pairs]
+        for call, (px, py, up, down) in zip(calls, peers):
             assert py.result() == up
             assert px.result() == down
-            assert results[i] == (len(up), len(down))
+            assert call.value(DEADLINE) == (len(up), len(down))
     finally:
         for s in socks:
             s.close()
@@ -215,13 +200,8 @@ def test_signal_handler_that_returns_resumes_relay(chain, small_data: bytes) -> 
 
     py = Peer(y, b"")
     threading.Thread(target=later, daemon=True).start()
-    old = signal.signal(signal.SIGALRM, handler)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
+    with itimer(handler, 0.05, 0.05):
         moved = relay(a, b, timeout=DEADLINE)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
     assert moved == (len(small_data), 0)
     assert py.result() == small_data
     assert ticks[0] > 0
@@ -254,45 +234,27 @@ def test_keyboard_interrupt_during_blocked_relay(chain) -> None:
 
 def test_gil_released_during_relay(chain) -> None:
     (x, a), (b, y) = chain()
-    counter = [0]
-    stop = threading.Event()
+    with Ticker() as ticker:
 
-    def count() -> None:
-        while not stop.is_set():
-            counter[0] += 1
-            time.sleep(0.001)
+        def finish_when_counted() -> None:  # the ticker ran while relay waited
+            ticker.wait_for(50)
+            x.shutdown(socket.SHUT_WR)
+            y.shutdown(socket.SHUT_WR)
 
-    def finish_when_counted() -> None:
-        end = time.monotonic() + DEADLINE
-        while counter[0] < 50 and time.monotonic() < end:
-            time.sleep(0.005)
-        x.shutdown(socket.SHUT_WR)
-        y.shutdown(socket.SHUT_WR)
-
-    ts = [
-        threading.Thread(target=count, daemon=True),
-        threading.Thread(target=finish_when_counted, daemon=True),
-    ]
-    for t in ts:
-        t.start()
-    try:
+        finishing = Call(finish_when_counted)
         assert relay(a, b, timeout=DEADLINE) == (0, 0)
-    finally:
-        stop.set()
-        for t in ts:
-            t.join(DEADLINE)
-    assert counter[0] >= 50
+        finishing.value(DEADLINE)
+    assert ticker.count >= 50
 
 
 def test_no_fd_leaks_over_many_relays() -> None:
     def once(i: int) -> None:
-        (x, a), (b, y) = _chain("unix", "unix")
+        (x, a), (b, y) = new_pair("unix"), new_pair("unix")
         try:
             x.sendall(bytes([i % 256]) * (1 + i % 300))
             x.shutdown(socket.SHUT_WR)
             if i % 3 == 0:
-                y.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                y.close()  # a failed relay
+                reset(y)  # a failed relay
             else:
                 y.shutdown(socket.SHUT_WR)
             try:
@@ -306,63 +268,14 @@ def test_no_fd_leaks_over_many_relays() -> None:
     once(1)
     gc.collect()
     pool = default_pool()
-    before = len(os.listdir("/proc/self/fd")) - 2 * pool.idle
+    before = fd_count() - 2 * pool.idle
     for i in range(1500):
         once(i)
     gc.collect()
-    assert len(os.listdir("/proc/self/fd")) - 2 * pool.idle == before
+    assert fd_count() - 2 * pool.idle == before
 
 
 # --------------------------------------------------------------------------- Proxy
-
-
-class EchoServer:
-    """Echoes each connection (threads), half-closing after the client's EOF."""
-
-    def __init__(self, family: int = socket.AF_INET, host: str = "127.0.0.1") -> None:
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.bind((host, 0))
-        self.sock.listen(512)
-        self.sock.settimeout(0.2)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.sock.getsockname()[:2]  # type: ignore[no-any-return]
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                c, _ = self.sock.accept()
-            except (socket.timeout, OSError):
-                continue
-            threading.Thread(target=self._echo, args=(c,), daemon=True).start()
-
-    @staticmethod
-    def _echo(c: socket.socket) -> None:
-        try:
-            c.settimeout(DEADLINE)
-            while chunk := c.recv(65536):
-                c.sendall(chunk)
-            c.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        finally:
-            c.close()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(DEADLINE)
-        self.sock.close()
-
-
-@pytest.fixture
-def echo() -> EchoServer:
-    server = EchoServer()
-    yield server
-    server.close()
 
 
 def _serve(proxy: Proxy) -> threading.Thread:
@@ -424,9 +337,7 @@ def test_proxy_many_concurrent_connections(
         t = _serve(proxy)
         got = _echo_clients(proxy.address, payloads)
         assert got == payloads
-        end = time.monotonic() + DEADLINE
-        while proxy.stats().completed < n and time.monotonic() < end:
-            time.sleep(0.01)
+        wait_until(lambda: proxy.stats().completed >= n)
         st = proxy.stats()
         proxy.close()
         t.join(DEADLINE)
@@ -437,10 +348,7 @@ def test_proxy_many_concurrent_connections(
 
 
 def test_proxy_failures_stay_per_connection(echo: EchoServer, small_data: bytes) -> None:
-    dead = socket.socket()
-    dead.bind(("127.0.0.1", 0))
-    dead_address = dead.getsockname()
-    dead.close()  # nothing listens there
+    dead_address = ("127.0.0.1", closed_port())  # nothing listens there
     with Proxy(("127.0.0.1", 0), dead_address) as bad:
         tb = _serve(bad)
         try:  # the reset may even beat connect() back to the caller
@@ -448,9 +356,7 @@ def test_proxy_failures_stay_per_connection(echo: EchoServer, small_data: bytes)
                 assert c.recv(10) == b""
         except ConnectionResetError:
             pass
-        end = time.monotonic() + DEADLINE
-        while bad.stats().failed < 1 and time.monotonic() < end:
-            time.sleep(0.01)
+        wait_until(lambda: bad.stats().failed >= 1)
         bad.close()
         tb.join(DEADLINE)
         assert bad.stats().failed == 1
@@ -464,19 +370,15 @@ def test_proxy_failures_stay_per_connection(echo: EchoServer, small_data: bytes)
         rude = socket.create_connection(proxy.address, timeout=DEADLINE)
         rude.sendall(b"x" * 1000)
         recv_exactly(rude, 1000)
-        rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        rude.close()
-        end = time.monotonic() + DEADLINE
-        while proxy.stats().failed < 1 and time.monotonic() < end:
-            time.sleep(0.01)
+        reset(rude)
+        wait_until(lambda: proxy.stats().failed >= 1)
         # the first client is unaffected
         keeper.sendall(b"second half")
         keeper.shutdown(socket.SHUT_WR)
         assert recv_exactly(keeper, 11) == b"second half"
         assert keeper.recv(10) == b""
         keeper.close()
-        while proxy.stats().completed < 1 and time.monotonic() < end:
-            time.sleep(0.01)
+        wait_until(lambda: proxy.stats().completed >= 1)
         st = proxy.stats()
         assert (st.accepted, st.completed, st.failed) == (2, 1, 1)
         proxy.close()
@@ -523,13 +425,8 @@ def test_proxy_closed_from_a_signal_handler(echo: EchoServer) -> None:
     def handler(signum, frame) -> None:
         proxy.close()
 
-    old = signal.signal(signal.SIGALRM, handler)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.3)
+    with itimer(handler, 0.3):
         proxy.serve_forever(callback=ticks.append, interval=0.05)  # returns after close()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
     assert "closed" in repr(proxy)
     assert ticks  # the progress callback ran
 
@@ -560,25 +457,16 @@ def test_proxy_close_never_wakes_a_freed_loop(echo: EchoServer, monkeypatch) -> 
 
     proxy = Proxy(("127.0.0.1", 0), echo.address)
     t = _serve(proxy)
-    end = time.monotonic() + DEADLINE
-    while proxy._serving_thread is None and time.monotonic() < end:
-        time.sleep(0.01)
-    assert proxy._serving_thread is not None
+    assert wait_until(lambda: proxy._serving_thread is not None)
     state_at_wake: list[bool] = []
 
-    class Hook:
-        def __getattr__(self, name: str):
-            return getattr(lib, name)
+    def before_wake() -> None:
+        # give the serving thread every chance to leave (its slice ends
+        # by itself) and free the loop before the wake is written
+        t.join(1.0)
+        state_at_wake.append(proxy._closed)
 
-        @staticmethod
-        def zc_relay_wake(loop):
-            # give the serving thread every chance to leave (its slice ends
-            # by itself) and free the loop before the wake is written
-            t.join(1.0)
-            state_at_wake.append(proxy._closed)
-            return lib.zc_relay_wake(loop)
-
-    monkeypatch.setattr(relay_mod, "lib", Hook())
+    monkeypatch.setattr(relay_mod, "lib", LibHook(lib, "zc_relay_wake", before_wake))
     proxy.close()
     monkeypatch.undo()
     t.join(DEADLINE)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import socket
-import threading
+import time
 from collections.abc import Iterator
 
 import pytest
-from _zcutil import eof
+from _zcutil import Call, eof, itimer, make_file, recv_exactly, recv_to_eof
 
 import zerocopy
 
@@ -152,14 +154,7 @@ def test_count_zero_sends_nothing(
         assert os.lseek(fd, 0, os.SEEK_CUR) == 9
     sender.sendall(b"END")
     eof(sender)
-    receiver.settimeout(5)
-    got = b""
-    for _ in range(10):
-        b = receiver.recv(100)
-        if not b:
-            break
-        got += b
-    assert got == b"END"
+    assert recv_to_eof(receiver) == b"END"
 
 
 def test_empty_file_and_at_eof(make_pair, collect, tmp_path, small_file: str) -> None:
@@ -312,22 +307,18 @@ def test_receives_via_recv_into_small_chunks(make_pair, small_file: str, small_d
     """A transfer larger than the socket buffers, with the reader in this thread."""
     sender, receiver = make_pair("unix", small=True)
     # Reader in the main thread, sender in a helper thread.
-    result: dict[str, object] = {}
 
-    def run() -> None:
+    def run() -> int:
         try:
             with open(small_file, "rb") as f:
-                result["n"] = zerocopy.sendfile_all(sender, f)
-        except Exception as e:
-            result["error"] = e
+                return zerocopy.sendfile_all(sender, f)
         finally:
-            sender.shutdown(socket.SHUT_WR)
+            eof(sender)
 
     # A timeout bounds the sender's waits even if it held the GIL (which would
     # starve this reader): the test then fails instead of hanging the run.
     sender.settimeout(10)
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
+    call = Call(run)
     receiver.settimeout(10)
     buf = bytearray()
     for _ in range(100_000):
@@ -335,10 +326,7 @@ def test_receives_via_recv_into_small_chunks(make_pair, small_file: str, small_d
         if not b:
             break
         buf += b
-    t.join(10)
-    assert not t.is_alive()
-    assert "error" not in result, result
-    assert result["n"] == len(small_data)
+    assert call.value(10) == len(small_data)
     assert bytes(buf) == small_data
 
 
@@ -355,3 +343,146 @@ def test_socket_with_timeout_slow_reader(
     sender.settimeout(None)
     eof(sender)
     assert c.result() == big_data[99:2_000_099]
+
+
+@pytest.mark.parametrize("kind", ["tcp4", "unix"])
+def test_huge_socket_timeout(make_pair, tmp_path, kind: str) -> None:
+    """Regression: a socket timeout of more milliseconds than a C int holds overflowed."""
+    a, b = make_pair(kind)
+    a.settimeout(1e7)  # ~116 days
+    data = b"x0123456789" * 10
+    with open(make_file(tmp_path, data), "rb") as f:
+        assert zerocopy.sendfile_all(a, f) == len(data)
+    assert recv_exactly(b, len(data)) == data
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def test_tls_socket_gets_the_file_through_tls(tls, collect, big_file: str, big_data: bytes) -> None:
+    """Regression: an ssl.SSLSocket got raw file bytes (plaintext inside the TLS stream)."""
+    server, client = tls
+    c = collect(client)
+    with open(big_file, "rb") as f:
+        f.seek(100)
+        assert zerocopy.sendfile_all(server, f, count=1_000_000) == 1_000_000
+        assert f.tell() == 1_000_100
+    server.sendall(b"--end")  # the TLS stream is still in step after the file
+    eof_tls(server)
+    assert c.result() == big_data[100:1_000_100] + b"--end"
+
+
+def test_tls_socket_int_fd_source_positions(tls, collect, big_file: str, big_data: bytes) -> None:
+    server, client = tls
+    c = collect(client)
+    fd = os.open(big_file, os.O_RDONLY)
+    try:
+        assert zerocopy.sendfile_all(server, fd, 10, 5000) == 5000
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 0  # an explicit offset leaves it alone
+        os.lseek(fd, 7, os.SEEK_SET)
+        assert zerocopy.sendfile_all(server, fd, count=3000) == 3000
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 3007
+    finally:
+        os.close(fd)
+    eof_tls(server)
+    assert c.result() == big_data[10:5010] + big_data[7:3007]
+
+
+def test_tls_nonblocking_socket_resumes_with_the_same_bytes(
+    tls, big_file: str, big_data: bytes
+) -> None:
+    """A non-blocking TLS socket raises BlockingIOError with bytes_sent; calling again
+    from there offers OpenSSL the same bytes it could not write, and the stream stays valid."""
+    server, client = tls
+    server.setblocking(False)
+    sent = 0
+    received = bytearray()
+    client.settimeout(5)
+    with open(big_file, "rb") as f:
+        for _ in range(10_000):
+            if sent == len(big_data):
+                break
+            try:
+                sent += zerocopy.sendfile_all(server, f, sent, len(big_data) - sent)
+            except BlockingIOError as exc:
+                pass
+                sent += exc.bytes_sent
+                received += client.recv(1 << 20)
+        assert sent == len(big_data)
+    server.setblocking(True)
+    eof_tls(server)
+    while True:
+        chunk = client.recv(1 << 20)
+        if not chunk:
+            break
+        received += chunk
+    assert bytes(received) == big_data
+
+
+def eof_tls(sock) -> None:
+    """End the stream with a TCP FIN (the client's ssl module takes it as EOF)."""
+    sock.shutdown(socket.SHUT_WR)
+
+
+# ---------------------------------------------------------------- closed by another thread
+
+
+@pytest.mark.parametrize("mode", ["timeout", "signals"])
+def test_socket_closed_by_another_thread_never_feeds_a_new_connection(
+    make_pair, big_file: str, big_data: bytes, mode: str
+) -> None:
+    """Regression (issue 8.1): a server thread closes a connection another thread is
+    sending to, and the next accept() gets the same fd number.  The transfer must finish
+    to the original peer or stop with EBADF (with bytes_sent); the new client gets nothing."""
+    sender, receiver = make_pair("tcp4", small=True)
+    if mode == "timeout":
+        sender.settimeout(10)
+    old_fd = sender.fileno()
+    newcomers: list[tuple[socket.socket, socket.socket]] = []
+    got = bytearray()
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def meddle() -> None:
+        time.sleep(0.2)  # the sender is stalled on the full socket by now
+        sender.close()
+        # a new client: its socket takes the lowest free number, the old one if it was freed
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        newcomers.append((client, server))
+        receiver.settimeout(5)
+        while True:
+            chunk = receiver.recv(1 << 16)
+            if not chunk:
+                return
+            got.extend(chunk)
+
+    reader = Call(meddle)
+    handler_calls = [0]
+
+    def tick(signum, frame) -> None:
+        handler_calls[0] += 1
+
+    timer = itimer(tick, 0.005, 0.005) if mode == "signals" else contextlib.nullcontext()
+    with timer, open(big_file, "rb") as f:
+        try:
+            sent = zerocopy.sendfile_all(sender, f)
+            assert sent == len(big_data)  # finished to the original peer
+        except OSError as exc:
+            assert exc.errno == errno.EBADF
+            assert isinstance(exc, zerocopy.TransferError)
+            sent = exc.bytes_sent
+    assert 0 < sent <= len(big_data)
+    assert sender.fileno() == -1
+    reader.value()  # to EOF: the deferred close sends FIN after the queued bytes
+    assert bytes(got) == big_data[: len(got)] and len(got) == sent
+    new_client, new_server = newcomers[0]
+    try:
+        new_server.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            new_server.recv(1)  # not one byte reached the newcomer
+        assert new_client.fileno() != old_fd  # the number was not free while in use
+    finally:
+        new_client.close()
+        new_server.close()
+        listener.close()

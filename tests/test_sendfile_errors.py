@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 import select
 import socket
-import struct
-import threading
 import time
 
 import pytest
-from _zcutil import DEADLINE, eof
+from _zcutil import DEADLINE, Call, eof, recv_then_reset
 
 import zerocopy
 
@@ -155,34 +153,12 @@ def test_nonblocking_with_explicit_count(
     assert c.result() == big_data[start : start + count]
 
 
-def _abort(sock: socket.socket) -> None:
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        # RST instead of FIN.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
 def test_peer_resets_mid_transfer(
     small_pair, big_file: str, big_data: bytes, stream_kind: str
 ) -> None:
     sender, receiver = small_pair
-    got = bytearray()
-
-    def peer() -> None:
-        receiver.settimeout(0.2)
-        end = time.monotonic() + DEADLINE
-        while len(got) < 200_000 and time.monotonic() < end:
-            try:
-                b = receiver.recv(65536)
-            except socket.timeout:
-                continue
-            if not b:
-                break
-            got.extend(b)
-        _abort(receiver)  # unread data is queued: the sender gets reset / EPIPE
-
-    t = threading.Thread(target=peer, daemon=True)
-    t.start()
+    # Unread data is queued when the peer goes: the sender gets reset / EPIPE.
+    peer = Call(lambda: recv_then_reset(receiver, 200_000))
     sender.settimeout(DEADLINE)
     with open(big_file, "rb") as f:
         f.seek(10)
@@ -190,10 +166,10 @@ def test_peer_resets_mid_transfer(
             zerocopy.sendfile_all(sender, f)
         sent = ei.value.bytes_sent
         assert isinstance(sent, int)
+        got = peer.value(DEADLINE)
         assert len(got) <= sent < len(big_data) - 10
         assert f.tell() == 10 + sent
-    t.join(DEADLINE)
-    assert bytes(got) == big_data[10 : 10 + len(got)]
+    assert got == big_data[10 : 10 + len(got)]
 
 
 def test_peer_closed_before_call(make_pair, small_file: str) -> None:

@@ -8,26 +8,26 @@ implementation fails the test instead of hanging it.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
-import struct
 import subprocess
 import sys
-import termios
 import threading
 import time
 
 import pytest
-from _zcutil import DEADLINE, eof
+from _zcutil import (
+    DEADLINE,
+    Call,
+    Ticker,
+    eof,
+    itimer,
+    outq,
+    raise_keyboard_interrupt,
+    wait_until,
+)
 
 import zerocopy
-
-
-def _outq(sock) -> int:
-    """Bytes in the socket's send queue (SIOCOUTQ == TIOCOUTQ)."""
-    raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
-    return struct.unpack("i", raw)[0]
 
 
 @pytest.mark.timeout(60, method="thread")
@@ -48,16 +48,10 @@ def test_sigalrm_handler_that_returns_does_not_disturb(
 
     # A slow reader: the sender blocks again and again on a full socket.
     c = collect(receiver, delay=0.003, chunk=16384)
-    old = signal.signal(signal.SIGALRM, handler)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.005, 0.005)
-        with open(big_file, "rb") as f:
-            f.seek(start)
-            n = zerocopy.sendfile_all(sender, f, count=count)
-            pos = f.tell()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    with itimer(handler, 0.005, 0.005), open(big_file, "rb") as f:
+        f.seek(start)
+        n = zerocopy.sendfile_all(sender, f, count=count)
+        pos = f.tell()
     assert n == count
     assert pos == start + count
     eof(sender)
@@ -119,22 +113,16 @@ def test_keyboard_interrupt_while_blocked(
     f.seek(start)
     src = f if flavour == "fileobj" else f.fileno()
 
-    def raiser(signum, frame) -> None:
-        raise KeyboardInterrupt
-
-    old_alrm = signal.signal(signal.SIGALRM, raiser)
     old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        if how == "alarm_handler_raises":
-            signal.setitimer(signal.ITIMER_REAL, 0.3)
-        with pytest.raises(KeyboardInterrupt) as ei:
+        # first=0: the handler is set, the timer not armed (the watchdog sends SIGINT).
+        alarm = 0.3 if how == "alarm_handler_raises" else 0
+        with itimer(raise_keyboard_interrupt, alarm), pytest.raises(KeyboardInterrupt) as ei:
             zerocopy.sendfile_all(sender, src)
         pos = f.tell() if flavour == "fileobj" else os.lseek(f.fileno(), 0, os.SEEK_CUR)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
         watchdog.kill()
         watchdog.wait(DEADLINE)
-        signal.signal(signal.SIGALRM, old_alrm)
         signal.signal(signal.SIGINT, old_int)
         f.close()
     sent = pos - start
@@ -159,39 +147,27 @@ def test_gil_released_while_blocked(
     """
     sender, receiver = make_pair(kind, small=True)
     sender.settimeout(20)
-    counter = [0]
-    stop = threading.Event()
     seen: dict[str, int] = {}
     go = threading.Event()
-
-    def count() -> None:
-        end = time.monotonic() + 2 * DEADLINE
-        while not stop.is_set() and time.monotonic() < end:
-            counter[0] += 1
+    ticker = Ticker(pause=0)
 
     def watch() -> None:
-        end = time.monotonic() + DEADLINE
-        while time.monotonic() < end and _outq(sender) == 0:
-            time.sleep(0.002)
-        c0 = counter[0]
-        while time.monotonic() < end and counter[0] < c0 + 10_000:
-            time.sleep(0.001)
-        seen["queued"] = _outq(sender)
-        seen["advanced"] = counter[0] - c0
+        wait_until(lambda: outq(sender) > 0, pause=0.002)
+        c0 = ticker.count
+        ticker.wait_for(c0 + 10_000)
+        seen["queued"] = outq(sender)
+        seen["advanced"] = ticker.count - c0
         go.set()
 
     c = collect(receiver, start=go, start_timeout=DEADLINE)
-    threads = [threading.Thread(target=count, daemon=True), threading.Thread(target=watch)]
-    for t in threads:
-        t.start()
+    watcher = Call(watch)
     try:
         with open(big_file, "rb") as f:
             n = zerocopy.sendfile_all(sender, f)
     finally:
-        stop.set()
+        ticker.stop()
         go.set()
-        for t in threads:
-            t.join(DEADLINE)
+        watcher.value(DEADLINE)
     assert n == len(big_data)
     eof(sender)
     assert c.result() == big_data

@@ -5,49 +5,35 @@ from __future__ import annotations
 import gc
 import io
 import os
-import signal
 import socket
 import threading
-import time
 
 import pytest
-from _zcutil import DEADLINE, recv_exactly
+from _zcutil import (
+    DEADLINE,
+    Call,
+    LibHook,
+    Ticker,
+    eof,
+    fd_count,
+    feed,
+    itimer,
+    make_file,
+    raise_keyboard_interrupt,
+    recv_exactly,
+    recv_to_eof,
+)
 
 from zerocopy import TruncatedFileError
 from zerocopy._native import ffi, lib
 from zerocopy.splice import PipePool, default_pool, recvfile, splice_all
-
-
-def _feed(
-    sock: socket.socket, data: bytes, *, close: bool = True, delay: float = 0.0
-) -> threading.Thread:
-    """Send data from a thread (after delay), then close (EOF) unless told not to."""
-
-    def run() -> None:
-        try:
-            if delay:
-                time.sleep(delay)
-            sock.sendall(data)
-            if close:
-                sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
-
-
-def _fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
 
 # --------------------------------------------------------------------------- recvfile
 
 
 def test_recvfile_to_eof(pair, big_data: bytes, tmp_path) -> None:
     sender, receiver = pair
-    t = _feed(sender, big_data)
+    t = feed(sender, big_data)
     path = tmp_path / "out.bin"
     with open(path, "wb") as f:
         f.write(b"HEAD")
@@ -63,7 +49,7 @@ def test_recvfile_at_offset(make_pair, small_data: bytes, tmp_path, flavour: str
     sender, receiver = make_pair("tcp4")
     path = tmp_path / "out.bin"
     path.write_bytes(b"x" * 10_000)
-    t = _feed(sender, small_data)
+    t = feed(sender, small_data)
     with open(path, "r+b") as f:
         f.seek(123)
         if flavour == "fileobj":
@@ -79,7 +65,7 @@ def test_recvfile_at_offset(make_pair, small_data: bytes, tmp_path, flavour: str
 
 def test_recvfile_fd_position_advances(make_pair, small_data: bytes, tmp_path) -> None:
     sender, receiver = make_pair("unix")
-    t = _feed(sender, small_data)
+    t = feed(sender, small_data)
     fd = os.open(tmp_path / "o", os.O_RDWR | os.O_CREAT)
     try:
         os.write(fd, b"ab")
@@ -93,7 +79,7 @@ def test_recvfile_fd_position_advances(make_pair, small_data: bytes, tmp_path) -
 
 def test_recvfile_exact_count_leaves_the_rest(pair, small_data: bytes, tmp_path) -> None:
     sender, receiver = pair
-    t = _feed(sender, small_data)
+    t = feed(sender, small_data)
     with open(tmp_path / "o", "wb") as f:
         assert recvfile(receiver, f, count=100_000) == 100_000
     assert (tmp_path / "o").read_bytes() == small_data[:100_000]
@@ -104,7 +90,7 @@ def test_recvfile_exact_count_leaves_the_rest(pair, small_data: bytes, tmp_path)
 @pytest.mark.parametrize("flavour", ["fileobj", "fd", "bytesio"])
 def test_recvfile_peer_sends_less_than_count(pair, small_data: bytes, tmp_path, flavour) -> None:
     sender, receiver = pair
-    t = _feed(sender, small_data)
+    t = feed(sender, small_data)
     path = tmp_path / "o"
     with open(path, "w+b") as f:
         target = {"fileobj": f, "fd": f.fileno(), "bytesio": io.BytesIO()}[flavour]
@@ -123,7 +109,7 @@ def test_recvfile_peer_sends_less_than_count(pair, small_data: bytes, tmp_path, 
 
 def test_recvfile_bytesio_and_append_mode(make_pair, small_data: bytes, tmp_path) -> None:
     sender, receiver = make_pair("tcp4")
-    t = _feed(sender, small_data)
+    t = feed(sender, small_data)
     buf = io.BytesIO(b"0123456789")
     assert recvfile(receiver, buf, offset=4) == len(small_data)
     assert buf.getvalue() == b"0123" + small_data
@@ -133,7 +119,7 @@ def test_recvfile_bytesio_and_append_mode(make_pair, small_data: bytes, tmp_path
     sender, receiver = make_pair("unix")
     path = tmp_path / "log"
     path.write_bytes(b"old")
-    t = _feed(sender, small_data)
+    t = feed(sender, small_data)
     with open(path, "ab") as f:  # O_APPEND: splice refuses it, copied instead
         assert recvfile(receiver, f) == len(small_data)
     t.join(DEADLINE)
@@ -143,23 +129,18 @@ def test_recvfile_bytesio_and_append_mode(make_pair, small_data: bytes, tmp_path
 def test_recvfile_to_a_pipe(make_pair, small_data: bytes) -> None:
     sender, receiver = make_pair("tcp4")
     r, w = os.pipe()
-    got = bytearray()
-
-    def drain() -> None:
-        while chunk := os.read(r, 65536):
-            got.extend(chunk)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    t = _feed(sender, small_data)
+    reader = Call(lambda: recv_to_eof(r))
+    t = feed(sender, small_data)
     try:
         assert recvfile(receiver, w) == len(small_data)
     finally:
         os.close(w)
-    reader.join(DEADLINE)
-    os.close(r)
+    try:
+        got = reader.value(DEADLINE)
+    finally:
+        os.close(r)
     t.join(DEADLINE)
-    assert bytes(got) == small_data
+    assert got == small_data
 
 
 def test_recvfile_would_block_and_timeout(make_pair, tmp_path) -> None:
@@ -209,7 +190,7 @@ def test_splice_all_socket_to_socket_through_the_pool(make_pair, big_data: bytes
     a_send, a_recv = make_pair("tcp4")
     b_send, b_recv = make_pair("unix")
     c = collect(b_recv)
-    t = _feed(a_send, big_data)
+    t = feed(a_send, big_data)
     assert splice_all(a_recv, b_send) == len(big_data)
     b_send.shutdown(socket.SHUT_WR)
     t.join(DEADLINE)
@@ -221,21 +202,18 @@ def test_splice_all_file_to_socket_and_back(
 ) -> None:
     sender, receiver = make_pair("tcp4")
     out = tmp_path / "copy"
-    done: list[int] = []
 
-    def receive() -> None:
+    def receive() -> int:
         with open(out, "wb") as f:
-            done.append(recvfile(receiver, f))
+            return recvfile(receiver, f)
 
-    t = threading.Thread(target=receive, daemon=True)
-    t.start()
+    received = Call(receive)
     with open(big_file, "rb") as f:
         f.seek(1000)
         assert splice_all(f, sender, count=2_000_000) == 2_000_000
         assert f.tell() == 2_001_000  # the file object's position moved
     sender.shutdown(socket.SHUT_WR)
-    t.join(DEADLINE)
-    assert done == [2_000_000]
+    assert received.value(DEADLINE) == 2_000_000
     assert out.read_bytes() == big_data[1000:2_001_000]
 
 
@@ -377,7 +355,7 @@ def test_no_fd_leaks_over_thousands_of_transfers(tmp_path) -> None:
         recvfile(b, rw)  # the default pool now holds its pipe
         b.close()
         gc.collect()  # sockets and pools of earlier tests
-        before = _fd_count() - 2 * default_pool().idle
+        before = fd_count() - 2 * default_pool().idle
         created = default_pool().stats()["created"]
         failures = 0
         for i in range(3000):
@@ -401,7 +379,7 @@ def test_no_fd_leaks_over_thousands_of_transfers(tmp_path) -> None:
                 a.close()
                 b.close()
         assert failures == 1500
-        assert _fd_count() - 2 * default_pool().idle == before
+        assert fd_count() - 2 * default_pool().idle == before
         # clean pipes are reused; each failure with bytes in its pipe costs one
         assert default_pool().stats()["created"] - created <= 750 + 1
     finally:
@@ -420,15 +398,9 @@ def test_signal_handler_that_returns_resumes_recvfile(
         ticks[0] += 1
 
     # The data arrives only after several timer ticks: the call is blocked then.
-    t = _feed(sender, small_data, delay=0.5)
-    old = signal.signal(signal.SIGALRM, handler)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
-        with open(tmp_path / "o", "wb") as f:
-            n = recvfile(receiver, f)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    t = feed(sender, small_data, delay=0.5)
+    with itimer(handler, 0.05, 0.05), open(tmp_path / "o", "wb") as f:
+        n = recvfile(receiver, f)
     t.join(DEADLINE)
     assert n == len(small_data)
     assert ticks[0] > 0
@@ -440,55 +412,28 @@ def test_signal_handler_that_returns_resumes_recvfile(
 def test_keyboard_interrupt_while_recvfile_blocked(make_pair, tmp_path, kind: str) -> None:
     sender, receiver = make_pair(kind)
     sender.sendall(b"early bytes")
-
-    def raiser(signum, frame) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGALRM, raiser)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.3)
-        with open(tmp_path / "o", "wb") as f:
-            with pytest.raises(KeyboardInterrupt) as ei:
-                recvfile(receiver, f)
-            assert f.tell() == 11
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    with open(tmp_path / "o", "wb") as f:
+        with itimer(raise_keyboard_interrupt, 0.3), pytest.raises(KeyboardInterrupt) as ei:
+            recvfile(receiver, f)
+        assert f.tell() == 11
     assert ei.value.bytes_received == 11  # type: ignore[attr-defined]
     assert (tmp_path / "o").read_bytes() == b"early bytes"
 
 
 def test_gil_released_while_recvfile_waits(make_pair, small_data: bytes, tmp_path) -> None:
     sender, receiver = make_pair("tcp4")
-    counter = [0]
-    stop = threading.Event()
+    with Ticker() as ticker:
 
-    def count() -> None:
-        while not stop.is_set():
-            counter[0] += 1
-            time.sleep(0.001)
+        def send_when_counted() -> None:  # the ticker ran while recvfile waited
+            ticker.wait_for(50)
+            sender.sendall(small_data)
+            sender.shutdown(socket.SHUT_WR)
 
-    def send_when_counted() -> None:
-        end = time.monotonic() + DEADLINE
-        while counter[0] < 50 and time.monotonic() < end:
-            time.sleep(0.005)
-        sender.sendall(small_data)
-        sender.shutdown(socket.SHUT_WR)
-
-    threads = [
-        threading.Thread(target=count, daemon=True),
-        threading.Thread(target=send_when_counted, daemon=True),
-    ]
-    for t in threads:
-        t.start()
-    try:
+        sending = Call(send_when_counted)
         with open(tmp_path / "o", "wb") as f:
             assert recvfile(receiver, f) == len(small_data)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(DEADLINE)
-    assert counter[0] >= 50
+        sending.value(DEADLINE)
+    assert ticker.count >= 50
 
 
 # --------------------------------------------------------------------------- review fixes
@@ -496,15 +441,14 @@ def test_gil_released_while_recvfile_waits(make_pair, small_data: bytes, tmp_pat
 
 @pytest.mark.parametrize("how", ["fileobj", "intfd"])
 def test_splice_all_timeout_leaves_source_at_bytes_sent(
-    tmp_path, make_pair, big_data: bytes, how: str
+    tmp_path, make_pair, collect, big_data: bytes, how: str
 ) -> None:
     """Bytes read into the pipe but not delivered are given back to the source.
 
     After the TimeoutError the source's position is start + bytes_sent, so a
     second call resumes exactly there and the receiver gets the file intact.
     """
-    path = tmp_path / "src.bin"
-    path.write_bytes(big_data)
+    path = make_file(tmp_path, big_data, "src.bin")
     s, r = make_pair("tcp4", small=True)
     s.settimeout(0.3)
     f = open(path, "rb")
@@ -516,21 +460,11 @@ def test_splice_all_timeout_leaves_source_at_bytes_sent(
         pos = f.tell() if how == "fileobj" else os.lseek(src, 0, os.SEEK_CUR)
         assert 0 < sent < len(big_data)
         assert pos == sent
-        got = bytearray()
-
-        def reader() -> None:
-            r.settimeout(DEADLINE)
-            while chunk := r.recv(1 << 20):
-                got.extend(chunk)
-
-        t = threading.Thread(target=reader, daemon=True)
-        t.start()
+        c = collect(r)
         s.settimeout(DEADLINE)
         assert splice_all(src, s) == len(big_data) - sent
-        s.shutdown(socket.SHUT_WR)
-        t.join(DEADLINE)
-        assert not t.is_alive()
-        assert bytes(got) == big_data
+        eof(s)
+        assert c.result() == big_data
     finally:
         f.close()
         if how == "intfd":
@@ -557,33 +491,14 @@ def test_splice_all_buffered_reader_to_file_and_beyond_its_buffer(tmp_path) -> N
     """Buffered bytes, then the pipe's: all in order, into a buffered file object."""
     data = bytes(range(256)) * 4096  # 1 MiB, far more than the reader's buffer
     r, w = os.pipe()
-    writer = threading.Thread(target=lambda: (os.write(w, data), os.close(w)), daemon=True)
     with open(r, "rb", buffering=8192) as f, open(tmp_path / "out", "wb") as out:
-        writer.start()
+        writer = feed(w, data)  # then closes w
         first = f.read(100)
         out.write(b"H")  # still in out's buffer: goes first
         assert splice_all(f, out) == len(data) - 100
         writer.join(DEADLINE)
     assert first == data[:100]
     assert (tmp_path / "out").read_bytes() == b"H" + data[100:]
-
-
-class _LibHook:
-    """Stands in for ``lib`` in a module, running ``before(name)`` ahead of one call."""
-
-    def __init__(self, real: object, name: str, before) -> None:
-        self._real, self._name, self._before = real, name, before
-
-    def __getattr__(self, attr: str):
-        fn = getattr(self._real, attr)
-        if attr != self._name:
-            return fn
-
-        def call(*args):
-            self._before()
-            return fn(*args)
-
-        return call
 
 
 def test_pipe_pool_give_racing_close_does_not_pool_the_pipe(monkeypatch) -> None:
@@ -598,10 +513,50 @@ def test_pipe_pool_give_racing_close_does_not_pool_the_pipe(monkeypatch) -> None
         closer.start()
         closer.join(0.5)  # with the fix close() waits for give()'s lock
 
-    monkeypatch.setattr(splice_mod, "lib", _LibHook(lib, "zc_pipe_put", close_meanwhile))
+    monkeypatch.setattr(splice_mod, "lib", LibHook(lib, "zc_pipe_put", close_meanwhile))
     pool.give(pipe)
     monkeypatch.undo()
     closer.join(DEADLINE)
     assert not closer.is_alive()
     assert pool.idle == 0  # before the fix: 1, a pipe pooled after close() (two fds leaked)
     assert pipe.rfd == -1 and pipe.wfd == -1
+
+
+def _huge_recvfile(a, b, path, data):
+    b.sendall(data)
+    eof(b)
+    out = path + ".out"
+    with open(out, "wb") as f:
+        assert recvfile(a, f, count=len(data)) == len(data)
+    with open(out, "rb") as f:
+        assert f.read() == data
+
+
+def _huge_splice_to_socket(a, b, path, data):
+    with open(path, "rb") as f:
+        assert splice_all(f, a) == len(data)
+    assert recv_exactly(b, len(data)) == data
+
+
+def _huge_splice_from_socket(a, b, path, data):
+    b.sendall(data)
+    eof(b)
+    out = path + ".out"
+    with open(out, "wb") as f:
+        assert splice_all(a, f) == len(data)
+    with open(out, "rb") as f:
+        assert f.read() == data
+
+
+@pytest.mark.parametrize(
+    "op",
+    [_huge_recvfile, _huge_splice_to_socket, _huge_splice_from_socket],
+    ids=["recvfile", "splice_to_socket", "splice_from_socket"],
+)
+@pytest.mark.parametrize("kind", ["tcp4", "unix"])
+def test_huge_socket_timeout(make_pair, tmp_path, op, kind: str) -> None:
+    """Regression: a socket timeout of more milliseconds than a C int holds overflowed."""
+    a, b = make_pair(kind)
+    a.settimeout(1e7)  # ~116 days
+    data = b"x0123456789" * 10
+    op(a, b, make_file(tmp_path, data), data)

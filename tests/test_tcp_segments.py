@@ -25,15 +25,13 @@ send_all() returns the queue must be empty.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import random
 import socket
 import struct
 from typing import NamedTuple
 
 import pytest
-from _zcutil import recv_exactly
+from _zcutil import cork_of, make_file, nodelay_of, rand_bytes, recv_exactly, unsent
 
 import zerocopy
 
@@ -44,7 +42,6 @@ OFF_NOTSENT = 144
 OFF_DATA_SEGS_OUT = 156
 OFF_BYTES_SENT = 200
 TCP_ESTABLISHED = 1
-SIOCOUTQNSD = 0x894B
 
 
 class TcpInfo(NamedTuple):
@@ -68,21 +65,14 @@ def tcp_info(sock: socket.socket) -> TcpInfo:
     )
 
 
-def unsent(sock: socket.socket) -> int:
-    raw = fcntl.ioctl(sock.fileno(), SIOCOUTQNSD, struct.pack("i", 0))
-    return struct.unpack("i", raw)[0]
-
-
 HEADER = (b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nX-Pad: " + b"p" * 100)[:98] + b"\r\n"
 assert len(HEADER) == 100
 
 
 @pytest.fixture
 def body_file(tmp_path) -> tuple[str, bytes]:
-    body = random.Random(5).randbytes(1000)
-    p = tmp_path / "body.bin"
-    p.write_bytes(body)
-    return str(p), body
+    body = rand_bytes(1000, 5)
+    return make_file(tmp_path, body, "body.bin"), body
 
 
 @pytest.fixture
@@ -142,8 +132,8 @@ def test_filesender_header_and_body_one_segment(
     assert left == 0, f"{left} bytes still queued after send_all (cork not undone?)"
     assert after.bytes_sent - before.bytes_sent == total
     assert after.data_segs_out - before.data_segs_out == 1
-    assert sender.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 0
-    assert sender.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    assert cork_of(sender) == 0
+    assert nodelay_of(sender) == 1
     sender.setblocking(True)
     assert recv_exactly(receiver, total) == HEADER + body + trailers
 

@@ -8,7 +8,7 @@ if not sys.platform.startswith("linux"):
         f"this is {sys.platform}"
     )
 
-from ._errors import TruncatedFileError
+from ._errors import ReceiveError, RelayError, TransferError, TruncatedFileError
 from .cork import cork
 from .msg_zerocopy import SendHandle, Socket, SocketStats
 from .relay import Proxy, ProxyStats, relay
@@ -20,9 +20,12 @@ __all__ = [
     "FileSender",
     "Proxy",
     "ProxyStats",
+    "ReceiveError",
+    "RelayError",
     "SendHandle",
     "Socket",
     "SocketStats",
+    "TransferError",
     "TruncatedFileError",
     "cork",
     "recvfile",

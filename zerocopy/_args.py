@@ -8,46 +8,61 @@ import io
 import math
 import os
 import socket
-from typing import Any, NamedTuple, Union
+import sys
+from typing import Any, NamedTuple, Optional, Union
 
-from ._native import lib
+from ._lowlevel import FD_POSITION, INT_MAX, OFF_MAX, WAIT_FOREVER, tls_tx_offloaded
+from ._lowlevel import check_stream as _check_stream
 
 SocketLike = Union[socket.socket, int]
 
-FD_POSITION: int = lib.ZC_FD_POSITION
-TO_EOF: int = lib.ZC_TO_EOF
-WAIT_FOREVER: int = lib.ZC_WAIT_FOREVER
-
-
 # Where bytes go: (the socket's fd, how long to wait when it is full in ms,
-# whether its SOCK_STREAM type is still unchecked).  A plain tuple: this is on
-# the per-call path, where a NamedTuple costs.
-Target = tuple[int, int, bool]
+# whether its SOCK_STREAM type is still unchecked, the socket object to hold
+# during C calls or None for an int fd, whether bytes must go through its TLS
+# layer).  A plain tuple: this is on the per-call path, where a NamedTuple costs.
+Target = tuple[int, int, bool, Optional[socket.socket], bool]
 
 # socket.socket.type converts to an enum on every read; the raw getter does not.
 _raw_socket_type = _socket.socket.type.__get__
 
 
-_INT_MAX = 2**31 - 1  # the C side's timeouts are ints (poll's)
-_OFF_MAX = 2**63 - 1  # off_t
-
-
 def timeout_ms(timeout: float | None) -> int:
-    if timeout is None:
+    """A socket-style timeout in seconds (None or inf: no bound) as C's milliseconds."""
+    if timeout is None or timeout == math.inf:
         return WAIT_FOREVER
-    return min(math.ceil(timeout * 1000), _INT_MAX)  # ~25 days: as good as forever
+    if not timeout >= 0:  # negative or NaN
+        raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+    return min(math.ceil(timeout * 1000), INT_MAX)  # ~25 days: as good as forever
 
 
 def socket_target(sock: SocketLike) -> Target:
     """Check ``sock`` and say how to send to it."""
     if type(sock) is int and sock >= 0:  # the per-call fast path
-        return (sock, 0, True)
+        return (sock, 0, True, None, False)
     if isinstance(sock, socket.socket):
-        return (stream_socket_fd(sock), timeout_ms(sock.gettimeout()), False)
+        fd = stream_socket_fd(sock)
+        return (fd, timeout_ms(sock.gettimeout()), False, sock, needs_tls_layer(sock, fd))
     # An int fd says nothing about timeouts: a blocking fd blocks in the
     # kernel, a non-blocking one raises BlockingIOError.  Its type is left
     # unchecked (the third field): the C call checks it (ZC_CHECK_STREAM).
-    return (_fd_number(sock, "sock"), 0, True)
+    return (_fd_number(sock, "sock"), 0, True, None, False)
+
+
+def needs_tls_layer(sock: socket.socket, fd: int) -> bool:
+    """True for a TLS socket whose records are made in user space (``ssl.SSLSocket``).
+
+    Bytes given to its fd directly would reach the peer as plaintext in the
+    middle of the TLS stream, so they must go through ``sock.send`` -- unless
+    kernel TLS encrypts the fd's TX side, where zero-copy sends are safe.
+    """
+    if type(sock) is socket.socket:
+        return False
+    ssl = sys.modules.get("ssl")
+    if ssl is None or not isinstance(sock, ssl.SSLSocket):
+        return False
+    if getattr(sock, "_sslobj", None) is None:  # not wrapped (yet), or unwrapped
+        return False
+    return not tls_tx_offloaded(fd)
 
 
 def stream_socket_fd(sock: SocketLike, name: str = "sock") -> int:
@@ -66,6 +81,8 @@ def stream_socket_fd(sock: SocketLike, name: str = "sock") -> int:
 
 
 def _fd_number(sock: Any, name: str) -> int:
+    if isinstance(sock, bool):  # an int, but never meant as a file descriptor
+        raise TypeError(f"{name} must be a socket.socket or an int file descriptor, not bool")
     if isinstance(sock, int):
         if sock < 0:
             raise ValueError(f"{name} must be a file descriptor >= 0, got {sock}")
@@ -77,7 +94,7 @@ def _fd_number(sock: Any, name: str) -> int:
 
 def check_stream(fd: int, name: str = "sock") -> None:
     """Raise unless ``fd`` is a ``SOCK_STREAM`` socket (one getsockopt)."""
-    rc = lib.zc_check_stream(fd)
+    rc = _check_stream(fd)
     if rc == -errno.EPROTOTYPE:
         raise ValueError(f"{name} must be a SOCK_STREAM socket")
     if rc < 0:
@@ -92,9 +109,9 @@ def check_range(offset: int | None, count: int | None) -> None:
             raise TypeError(f"{name} must be an integer or None, not {type(value).__name__}")
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
-        if value > _OFF_MAX:
+        if value > OFF_MAX:
             raise ValueError(f"{name} must be <= 2**63 - 1, got {value}")
-    if offset is not None and count is not None and offset + count > _OFF_MAX:
+    if offset is not None and count is not None and offset + count > OFF_MAX:
         raise ValueError(f"offset + count must be <= 2**63 - 1, got {offset + count}")
 
 
@@ -130,6 +147,8 @@ def seekable(file: Any) -> bool:
 def file_source(file: Any, offset: int | None) -> Source:
     """Check ``file`` and find the fd and start offset to send from."""
     if isinstance(file, int):
+        if isinstance(file, bool):
+            raise TypeError("file must be an int file descriptor or a binary file object, not bool")
         if file < 0:
             raise ValueError(f"file must be a file descriptor >= 0, got {file}")
         return Source(file, FD_POSITION if offset is None else offset, None)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from . import _lowlevel as _c
 from ._args import SocketLike, socket_target
-from ._errors import error_for
-from ._native import ffi, lib
 
 
 @contextmanager
@@ -19,14 +18,8 @@ def cork(sock: SocketLike) -> Iterator[None]:
     already, in which case it stays corked.  Sockets other than TCP (AF_UNIX)
     are left alone.
     """
-    fd = socket_target(sock)[0]
-    state = ffi.new("struct zc_cork_state *")
-    rc = lib.zc_cork_begin(fd, state)
-    if rc < 0:
-        raise error_for(rc, 0)
+    corked = _c.Cork(socket_target(sock)[0])
     try:
         yield
     finally:
-        rc = lib.zc_cork_end(fd, state)
-        if rc < 0:
-            raise error_for(rc, 0)
+        corked.end()

@@ -11,14 +11,13 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, NamedTuple, Union
 
+from . import _lowlevel as _c
 from ._args import stream_socket_fd
-from ._errors import error_for, with_progress
-from ._native import ffi, lib
+from ._lowlevel import ffi, lib
 from .splice import PipePool, default_pool
 
 __all__ = ["Proxy", "ProxyStats", "relay"]
 
-_EINTR = -errno.EINTR
 # The longest the C loop runs without returning to Python, so that signal
 # handlers run promptly even while bytes flow (a busy loop never sleeps in
 # epoll_wait, where a signal would interrupt it).
@@ -56,13 +55,13 @@ def relay(
     loop = ffi.new("struct zc_relay_loop *")
     rc = lib.zc_relay_loop_init(loop, pool.cdata)
     if rc < 0:
-        raise error_for(rc, 0)
+        raise _c.error(rc, 0)
     r = ffi.new("struct zc_relay *")
     done = ffi.new("struct zc_relay *[1]")
     try:
         rc = lib.zc_relay_add(loop, r, fa, fb)
         if rc < 0:
-            raise error_for(rc, 0)
+            raise _c.error(rc, 0)
         slice_ms = _SLICE_MS
         if timeout is not None:
             slice_ms = max(1, min(_SLICE_MS, int(timeout * 1000)))
@@ -73,8 +72,8 @@ def relay(
                 rc = lib.zc_relay_run(loop, slice_ms, done, 1)
                 if rc > 0:
                     break
-                if rc < 0 and rc != _EINTR:
-                    raise error_for(rc, 0)
+                if rc < 0 and rc != _c.EINTR:
+                    raise _c.error(rc, 0)
                 # after -EINTR the signal's handler has run (or raised)
                 if timeout is not None:
                     now_seen = (int(r.bytes[0]), int(r.bytes[1]))
@@ -83,13 +82,12 @@ def relay(
                         seen, quiet_since = now_seen, now
                     elif now - quiet_since >= timeout:
                         exc = TimeoutError(errno.ETIMEDOUT, "relay timed out: no bytes moved")
-                        raise with_progress(exc, seen, attr="bytes_relayed")
+                        raise _c.attach(exc, seen, "bytes_relayed")
         except BaseException as exc:
-            with_progress(exc, (int(r.bytes[0]), int(r.bytes[1])), attr="bytes_relayed")
-            raise
+            raise _c.attach(exc, (int(r.bytes[0]), int(r.bytes[1])), "bytes_relayed") from None
         moved = (int(r.bytes[0]), int(r.bytes[1]))
         if r.error:
-            raise error_for(r.error, moved, attr="bytes_relayed")
+            raise _c.error(r.error, moved, attr="bytes_relayed")
         return moved
     finally:
         lib.zc_relay_remove(r)  # a no-op once it ended; restores the sockets' flags
@@ -181,7 +179,7 @@ class Proxy:
             self._loop = ffi.new("struct zc_relay_loop *")
             rc = lib.zc_relay_loop_init(self._loop, self._pool.cdata)
             if rc < 0:
-                raise error_for(rc, 0)
+                raise _c.error(rc, 0)
             self._slots = ffi.new("struct zc_relay[]", max_connections)
             self._px = ffi.new("struct zc_proxy *")
             self._target_buf = ffi.from_buffer(self._target)
@@ -192,7 +190,7 @@ class Proxy:
             )
             if rc < 0:
                 lib.zc_relay_loop_close(self._loop)
-                raise error_for(rc, 0)
+                raise _c.error(rc, 0)
         except BaseException:
             if self._own_sock:
                 self._sock.close()
@@ -257,8 +255,8 @@ class Proxy:
             next_tick = time.monotonic() + interval
             while not self._closing:
                 rc = lib.zc_relay_run(self._loop, slice_ms, self._done, 1)
-                if rc < 0 and rc != _EINTR:
-                    raise error_for(rc, 0)
+                if rc < 0 and rc != _c.EINTR:
+                    raise _c.error(rc, 0)
                 if callback is not None and time.monotonic() >= next_tick:
                     next_tick += interval
                     callback(self.stats())

@@ -3,31 +3,29 @@
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
-import warnings
 from types import TracebackType
 from typing import Any
 
+from . import _lowlevel as _c
 from ._args import (
-    FD_POSITION,
-    TO_EOF,
-    WAIT_FOREVER,
     SocketLike,
+    _raw_socket_type,
     check_range,
     check_stream,
     file_source,
     socket_target,
+    timeout_ms,
 )
-from ._errors import error_for, with_progress
-from ._native import ffi, lib
+from ._lowlevel import FD_POSITION, TO_EOF, WAIT_FOREVER
 
-_EINTR = -errno.EINTR
-_EAGAIN = -errno.EAGAIN
-_U64 = ffi.typeof("uint64_t[1]")
+_TLS_CHUNK = 64 * 1024
+_SOCK_STREAM = int(socket.SOCK_STREAM)
 
 
-class FileSender:
+class FileSender(_c.Response):
     """Send ``headers``, then ``count`` bytes of ``file`` from ``offset``, then ``trailers``.
 
     On TCP the parts are coalesced, so a small header never leaves in a
@@ -37,6 +35,7 @@ class FileSender:
     response goes on uncorked, and one that is abandoned never holds its
     last segment back), or at ``close()``.
 
+    ``file=None`` sends the headers and trailers only (a ``304``, a ``HEAD``).
     ``send()`` makes progress: on a non-blocking socket it sends until the
     kernel would block and returns the bytes sent by this step (0 is fine);
     on a blocking socket it finishes.  ``send_all()`` finishes on any socket.
@@ -46,9 +45,20 @@ class FileSender:
     Arguments and errors are those of :func:`zerocopy.sendfile_all`; a file
     object's position is moved to start + file bytes sent after every step.
     Objects without a usable ``fileno()`` (``io.BytesIO``) are read into
-    memory when the sender is made.  Exceptions carry ``bytes_sent``: the
-    bytes of the whole response that went out.
+    memory when the sender is made.  An ``ssl.SSLSocket`` gets every byte
+    through its TLS layer (the file is read in chunks), unless kernel TLS
+    encrypts its fd.  Exceptions carry ``bytes_sent``: the bytes of the whole
+    response that went out (``OSError`` subclasses are also
+    :class:`zerocopy.TransferError`).
+
+    Made once per response, it costs little: with an int file descriptor, an
+    explicit range and ``bytes`` headers, construction is a few attribute
+    stores and one C call that sends nothing; ``send()`` is one C call.
     """
+
+    __slots__ = ("__weakref__", "_closed", "_fd", "_slow", "_timeout_ms")
+
+    _slow: _Slow | None
 
     def __init__(
         self,
@@ -60,64 +70,98 @@ class FileSender:
         headers: Any = b"",
         trailers: Any = b"",
     ) -> None:
+        if (
+            type(sock) is socket.socket
+            and type(file) is int
+            and type(headers) is bytes
+            and trailers == b""
+            and type(offset) is int
+            and type(count) is int
+            and file | offset | count >= 0
+            and _raw_socket_type(sock) == _SOCK_STREAM
+        ):
+            # The per-response fast path: a plain socket object, an fd, a
+            # range, a bytes header.  C refuses a range past off_t (EINVAL).
+            fd = self._fd = sock.fileno()
+            timeout = sock.gettimeout()
+            self._timeout_ms = WAIT_FOREVER if timeout is None else timeout_ms(timeout)
+            self._slow = None
+            self._closed = fd < 0
+            if fd >= 0:
+                try:
+                    self._c_init_plain(sock, fd, file, offset, count, headers)
+                    return
+                except OSError:
+                    self._closed = True
+                    check_range(offset, count)  # says what is wrong
+                    raise
+            raise OSError(errno.EBADF, "the socket is closed")
         self._closed = True
-        fd, timeout_ms, unchecked = socket_target(sock)
+        self._setup(sock, file, offset, count, headers, trailers)
+        self._closed = False
+
+    def _setup(self, sock: SocketLike, file: Any, offset: int | None, count: int | None,
+               headers: Any, trailers: Any) -> None:
+        """Every other combination of arguments."""
+        fd, wait_ms, unchecked, owner, tls = socket_target(sock)
         check_range(offset, count)
         if unchecked:
             check_stream(fd)
-        self._sock = sock
         self._fd = fd
-        self._timeout_ms = timeout_ms
-        self._fileobj: Any = None
-        self._start = FD_POSITION
-        self._file_at = 0  # where the file's bytes start in the response
-        self._file_len: int | None = None
-        src = file_source(file, offset)
-        file_fd, start, file_len = -1, FD_POSITION, TO_EOF if count is None else count
-        if src.fd is None:  # read it now; the response then is memory only
-            reader = file if src.fileobj is None else src.fileobj
-            before = reader.tell() if src.fileobj is not None else None
-            body = _read_range(reader, src.start, count)
-            self._file_at, self._file_len = memoryview(headers).nbytes, len(body)
-            if src.fileobj is not None:
-                self._fileobj, self._start = reader, src.start
-                reader.seek(before)  # as for a real file: moved by the steps only
-            headers = b"".join([bytes(headers), body, bytes(trailers)])
-            trailers, file_len = b"", 0
+        self._timeout_ms = wait_ms
+        slow = self._slow = _Slow(sock, _header_len(headers))
+        if file is None:  # headers and trailers only
+            if offset or count:
+                raise ValueError("file=None sends no file bytes: offset and count must be None")
+            file_fd, start, file_len = -1, 0, 0
+        elif type(file) is int and file >= 0:
+            file_fd = file
+            start = FD_POSITION if offset is None else offset
+            file_len = TO_EOF if count is None else count
         else:
-            file_fd, start, self._fileobj, self._start = src.fd, src.start, src.fileobj, src.start
-        # exported and referenced until the sender dies; NULL costs nothing
-        self._headers = ffi.from_buffer(headers) if headers else ffi.NULL
-        self._trailers = ffi.from_buffer(trailers) if trailers else ffi.NULL
-        self._header_len = len(self._headers) if headers else 0
-        self._trailer_len = len(self._trailers) if trailers else 0
-        if src.fd is not None:
-            self._file_at, self._file_len = self._header_len, None  # None: ask C
-        self._resp = ffi.new("struct zc_response *")
-        self._step = ffi.new(_U64)
-        rc = lib.zc_response_init(
-            self._resp, self._fd, file_fd, start, file_len,
-            self._headers, self._header_len, self._trailers, self._trailer_len,
-        )
-        if rc < 0:
-            raise error_for(rc, 0)
-        self._done = False
-        self._closed = False
+            src = file_source(file, offset)
+            file_len = TO_EOF if count is None else count
+            if src.fd is None:  # read it now; the response then is memory only
+                reader = file if src.fileobj is None else src.fileobj
+                before = reader.tell() if src.fileobj is not None else None
+                body = _read_range(reader, src.start, count)
+                if src.fileobj is not None:
+                    slow.fileobj, slow.start = reader, src.start
+                    reader.seek(before)  # as for a real file: moved by the steps only
+                slow.file_len = len(body)
+                headers = b"".join([_bytes_like(headers, "headers"), body,
+                                    _bytes_like(trailers, "trailers")])
+                trailers, file_fd, start, file_len = b"", -1, 0, 0
+            else:
+                file_fd, start = src.fd, src.start
+                slow.fileobj, slow.start = src.fileobj, src.start
+        if tls and owner is not None:
+            slow.tls = _TlsResponse(owner, file_fd, start, file_len, headers, trailers)
+            self._c = self._extra = None
+        else:
+            self._c_init(fd, file_fd, start, file_len, headers, trailers, owner)
 
     @property
     def sent(self) -> int:
         """Bytes of the whole response sent so far."""
-        return int(self._resp.sent)
+        slow = self._slow
+        if slow is not None and slow.tls is not None:
+            return slow.tls.sent
+        return int(self._c.sent)
 
     @property
     def total(self) -> int | None:
         """Bytes of the whole response; None until a pipe-like source with ``count=None`` ends."""
-        total = int(self._resp.total)
+        slow = self._slow
+        total = slow.tls.total if slow is not None and slow.tls is not None else self._total()
         return None if total == TO_EOF else total
 
     @property
     def done(self) -> bool:
         """True once every byte of the response went out."""
+        slow = self._slow
+        if slow is not None and slow.tls is not None:
+            return slow.tls.done
         return self._done
 
     def fileno(self) -> int:
@@ -130,54 +174,58 @@ class FileSender:
         Non-blocking socket: sends until the kernel would block (may return 0).
         Blocking socket or one with a timeout: finishes, or raises.
         """
-        return self._drive(self._timeout_ms)
+        if self._slow is None and not self._closed:  # no position to follow, no TLS
+            return self._c_send(self._timeout_ms, self._timeout_ms == 0)
+        return self._drive(self._timeout_ms, True)
 
     def send_all(self) -> int:
         """Finish the response on any socket (waiting for a non-blocking one); return bytes sent."""
         wait = WAIT_FOREVER if self._timeout_ms == 0 else self._timeout_ms
-        return self._drive(wait)
+        return self._drive(wait, False)
 
-    def _drive(self, timeout_ms: int) -> int:
+    def _drive(self, timeout_ms: int, stop_on_again: bool) -> int:
         if self._closed:
             raise ValueError("I/O operation on a closed FileSender")
-        before = self._resp.sent
+        if self.done:
+            return 0
+        before = self.sent
+        slow = self._slow
         try:
-            while not self._done:
-                rc = lib.zc_response_send(self._resp, timeout_ms, self._step)
-                if rc == 0:
-                    self._done = True
-                elif rc == _EAGAIN and timeout_ms == 0:
-                    break
-                elif rc != _EINTR:  # after -EINTR a handler ran: resume
-                    raise error_for(rc, self.sent)
-        except BaseException as exc:
-            with_progress(exc, self.sent)
-            lib.zc_response_end(self._resp)  # a failed step never leaves the cork set
-            raise
+            if slow is not None and slow.tls is not None:
+                slow.tls.send(timeout_ms, stop_on_again and timeout_ms == 0)
+            else:
+                self._c_send(timeout_ms, stop_on_again and timeout_ms == 0)
         finally:
-            self._sync_position()
-        return int(self._resp.sent - before)
+            if slow is not None and slow.fileobj is not None:
+                self._sync_position(slow)
+        return self.sent - before
 
-    def _sync_position(self) -> None:
-        if self._fileobj is None:
-            return
-        file_len = self._file_len
+    def _sync_position(self, slow: _Slow) -> None:
+        file_len = slow.file_len
+        trailer_len = slow.tls.trailer_len if slow.tls is not None else self.trailer_len
         if file_len is None:
-            file_len = int(self._resp.total) - self._header_len - self._trailer_len
-        file_sent = min(max(self.sent - self._file_at, 0), file_len)
-        self._fileobj.seek(self._start + file_sent)
+            file_len = (self.total or 0) - slow.file_at - trailer_len
+        file_sent = min(max(self.sent - slow.file_at, 0), file_len)
+        slow.fileobj.seek(slow.start + file_sent)
 
     def close(self) -> None:
         """Restore the socket options the response changed; idempotent."""
         if self._closed:
             return
         self._closed = True
-        rc = lib.zc_response_end(self._resp)
-        for exported in (self._headers, self._trailers):
-            if exported != ffi.NULL:
-                ffi.release(exported)  # a bytearray header may be resized again
-        if rc < 0:
-            raise error_for(rc, self.sent)
+        if self._slow is None and self._extra is None:
+            return  # it never corks, exports nothing: nothing to undo
+        slow = self._slow
+        if slow is not None and slow.tls is not None:
+            slow.tls.close()
+        elif self._extra is None and self._done:
+            pass  # a completed response uncorked itself
+        else:
+            try:
+                if not self._done:
+                    self._c_end()
+            finally:
+                self._c_release()
 
     def __enter__(self) -> FileSender:
         return self
@@ -190,17 +238,44 @@ class FileSender:
     ) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        if getattr(self, "_closed", True):
-            return
-        warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2)
-        # Restore the cork only while the socket object still owns the fd:
-        # a bare fd may have been closed and reused by now.
-        if isinstance(self._sock, socket.socket) and self._sock.fileno() == self._fd:
-            self.close()
-
     def __repr__(self) -> str:
-        return f"<FileSender fd={self._fd} sent={self.sent} total={self.total} done={self._done}>"
+        try:
+            return (f"<FileSender fd={self._fd} sent={self.sent} total={self.total} "
+                    f"done={self.done}>")
+        except AttributeError:
+            return "<FileSender (not set up)>"
+
+
+class _Slow:
+    """What a FileSender needs beyond the fast path: a file position to follow, TLS."""
+
+    __slots__ = ("file_at", "file_len", "fileobj", "sock", "start", "tls")
+
+    def __init__(self, sock: SocketLike, file_at: int) -> None:
+        self.sock = sock
+        self.file_at = file_at  # where the file's bytes start in the response
+        self.file_len: int | None = None  # None: ask C (a pipe's length is known at its end)
+        self.fileobj: Any = None
+        self.start = FD_POSITION
+        self.tls: _TlsResponse | None = None
+
+
+def _header_len(headers: Any) -> int:
+    if type(headers) is bytes:
+        return len(headers)
+    try:
+        return memoryview(headers).nbytes
+    except TypeError:
+        raise TypeError(
+            f"headers must be a bytes-like object, not {type(headers).__name__}"
+        ) from None
+
+
+def _bytes_like(data: Any, name: str) -> bytes:
+    try:
+        return bytes(memoryview(data))
+    except TypeError:
+        raise TypeError(f"{name} must be a bytes-like object, not {type(data).__name__}") from None
 
 
 def _read_range(file: Any, start: int, count: int | None) -> bytes:
@@ -219,7 +294,7 @@ def _read_range(file: Any, start: int, count: int | None) -> bytes:
         chunks.append(bytes(data))
         got += len(data)
     if count is not None and got < count:
-        raise error_for(-errno.ENODATA, 0)
+        raise _c.error(_c.ENODATA, 0)
     return b"".join(chunks)
 
 
@@ -229,3 +304,102 @@ def _wait_readable(file: Any) -> None:
     except (AttributeError, OSError, ValueError):
         raise BlockingIOError(errno.EAGAIN, "the source has no bytes ready", 0) from None
     select.select([fd], [], [])
+
+
+class _TlsResponse:
+    """The response through an ``ssl.SSLSocket``'s TLS layer (the same interface as
+    ``_lowlevel.Response``): the file is read in chunks and each chunk is encrypted by
+    OpenSSL.  A chunk OpenSSL could not write is offered again with the same bytes."""
+
+    def __init__(self, sock: socket.socket, file_fd: int, start: int, count: int,
+                 header: Any, trailer: Any) -> None:
+        self._sock = sock
+        self._header = _bytes_like(header, "headers")
+        self._trailer = _bytes_like(trailer, "trailers")
+        self.header_len = len(self._header)
+        self.trailer_len = len(self._trailer)
+        self._fd = file_fd
+        if count == TO_EOF and file_fd >= 0:
+            size = _size_from(file_fd, start)
+            count = TO_EOF if size is None else size
+        self._file_len = count
+        self._at = start  # next file offset, or FD_POSITION
+        self._pending = b""  # file bytes read but not yet taken by OpenSSL
+        self.sent = 0
+        self.done = False
+
+    @property
+    def total(self) -> int:
+        if self._file_len == TO_EOF:
+            return TO_EOF
+        return self.header_len + self._file_len + self.trailer_len
+
+    def _next(self) -> bytes:
+        """The bytes to offer next (b"" when the response is complete)."""
+        if self.sent < self.header_len:
+            return self._header[self.sent : self.sent + _TLS_CHUNK]
+        file_sent = self.sent - self.header_len
+        if self._file_len == TO_EOF or file_sent < self._file_len:
+            if not self._pending:
+                want = _TLS_CHUNK if self._file_len == TO_EOF else min(
+                    _TLS_CHUNK, self._file_len - file_sent)
+                if self._at == FD_POSITION:
+                    data = os.read(self._fd, want)
+                else:
+                    data = os.pread(self._fd, want, self._at)
+                if not data:
+                    if self._file_len != TO_EOF:
+                        raise _c.error(_c.ENODATA, self.sent)
+                    self._file_len = file_sent  # a pipe's end: now the length is known
+                    return self._next()
+                self._pending = data
+            return self._pending
+        at = self.sent - self.header_len - self._file_len
+        return self._trailer[at : at + _TLS_CHUNK]
+
+    def send(self, timeout_ms: int, stop_on_again: bool) -> int:
+        import ssl  # an SSLSocket exists, so ssl is imported already
+
+        try:
+            while True:
+                data = self._next()
+                if not data:
+                    self.done = True
+                    return 0
+                try:
+                    n = self._sock.send(data)
+                except (ssl.SSLWantWriteError, BlockingIOError):
+                    if stop_on_again:
+                        return _c.EAGAIN
+                    rc = _c.wait_writable(self._sock.fileno(), timeout_ms)
+                    if rc < 0 and rc != _c.EINTR:
+                        raise _c.error(rc, self.sent) from None
+                    continue
+                in_file = self.header_len <= self.sent < self.header_len + self._file_len
+                self.sent += n
+                if in_file:
+                    self._pending = self._pending[n:]
+                    if self._at != FD_POSITION:
+                        self._at += n
+        except BaseException as exc:
+            raise _c.attach(exc, self.sent) from None
+
+    def end(self) -> None:
+        pass  # nothing was changed on the socket
+
+    def close(self) -> None:
+        if self._at == FD_POSITION and self._pending:
+            try:  # give back what was read and not sent, where the fd can
+                os.lseek(self._fd, -len(self._pending), os.SEEK_CUR)
+            except OSError:
+                pass
+        self._pending = b""
+
+
+def _size_from(fd: int, start: int) -> int | None:
+    """Bytes from ``start`` to the end of a regular file; None for pipes and devices."""
+    st = os.fstat(fd)
+    if not (st.st_mode & 0o170000 == 0o100000) or st.st_size == 0:
+        return None
+    at = os.lseek(fd, 0, os.SEEK_CUR) if start == FD_POSITION else start
+    return max(st.st_size - at, 0)

@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 from typing import Any
 
-from ._args import (
-    FD_POSITION,
-    TO_EOF,
-    WAIT_FOREVER,
-    SocketLike,
-    Source,
-    Target,
-    check_range,
-    check_stream,
-    file_source,
-    socket_target,
-)
-from ._errors import error_for, with_progress
-from ._native import ffi, lib
+from . import _lowlevel as _c
+from ._args import SocketLike, Source, Target, check_range, check_stream, file_source, socket_target
+from ._lowlevel import FD_POSITION, OFF_MAX, TO_EOF, WAIT_FOREVER
 
-_U64 = ffi.typeof("uint64_t[1]")
-_EINTR = -errno.EINTR
-_EPROTOTYPE = -errno.EPROTOTYPE
-_CHECK_STREAM: int = lib.ZC_CHECK_STREAM
-_OFF_MAX = 2**63 - 1  # off_t; larger ranges go to check_range's ValueError
 _CHUNK = 256 * 1024
 
 
@@ -40,12 +25,18 @@ def sendfile_all(
     also after an exception; an int fd's position is used and advanced only
     when ``offset`` is None.
 
+    An ``ssl.SSLSocket`` gets the bytes through its TLS layer (read and
+    encrypted in user space, as ``socket.sendfile`` does), unless kernel TLS
+    encrypts its fd, where the zero-copy route is safe.
+
     Raises ``TruncatedFileError`` when the file ends before ``count`` bytes,
     ``BlockingIOError`` (``characters_written``) when a non-blocking socket is
     full, ``TimeoutError`` when a socket's timeout expires while waiting, and
     the usual ``OSError`` subclasses (``BrokenPipeError``,
-    ``ConnectionResetError``) otherwise.  Every exception raised once the
-    transfer started, ``KeyboardInterrupt`` included, has ``bytes_sent``.
+    ``ConnectionResetError``) otherwise.  Every ``OSError`` raised once the
+    transfer started is also a :class:`zerocopy.TransferError` with
+    ``bytes_sent``; other exceptions (``KeyboardInterrupt``) get the
+    attribute too.
     """
     if (
         type(sock) is int
@@ -53,141 +44,146 @@ def sendfile_all(
         and type(offset) is int
         and type(count) is int
         and sock | file | offset | count >= 0
-        and offset + count <= _OFF_MAX
+        and offset + count <= OFF_MAX
     ):
         # The per-call fast path (a server sending small files from a cache
         # of fds): one C call, which also checks the fd is a stream socket.
-        sent = _counters.pop() if _counters else ffi.new(_U64)
-        sent[0] = 0
-        try:
-            rc = lib.zc_sendfile(sock, file, offset, count, 0, _CHECK_STREAM, sent)
-        except BaseException as exc:  # a signal handler raised as the call returned
-            with_progress(exc, int(sent[0]))
-            raise
-        if rc == 0:
-            _counters.append(sent)
-            return count
-        return _resume(rc, (sock, 0, True), file, offset, count, sent)
+        return _c.sendfile_range(sock, file, offset, count)
     target = socket_target(sock)
     check_range(offset, count)
     left = TO_EOF if count is None else count
-    if type(file) is int and file >= 0:
+    if type(file) is int and file >= 0 and not target[4]:
         return send_fd(target, file, FD_POSITION if offset is None else offset, left)
     src = file_source(file, offset)
-    if src.fd is None:
+    if src.fd is None or target[4]:
         if target[2]:
             check_stream(target[0])
-        return _send_through_python(target, src, file if src.fileobj is None else src.fileobj, left)
+        reader = file if src.fileobj is None else src.fileobj
+        return _send_through_python(target, src, reader, left)
     if src.fileobj is None:
         return send_fd(target, src.fd, src.start, left)
-    sent = _take_counter()
+    sent = _c.counter()
     try:
-        return send_fd(target, src.fd, src.start, left, sent)
+        return _c.sendfile_into(sent, target[0], src.fd, src.start, left, target[1], target[2],
+                                target[3])
     finally:
-        src.fileobj.seek(src.start + sent[0])
-        _counters.append(sent)
+        src.fileobj.seek(src.start + int(sent[0]))
+        _c._counters.append(sent)
 
 
-# uint64_t[1] running totals for the C loop, reused: ffi.new on every call
-# costs a measurable share of a 4 KiB send.  list.pop/append are atomic.
-_counters: list[Any] = []
+def send_fd(target: Target, file_fd: int, start: int, count: int) -> int:
+    """The C sendfile loop for ``target``, resumed after each signal."""
+    return _c.sendfile(target[0], file_fd, start, count, target[1], target[2], target[3])
 
 
-def _take_counter() -> Any:
-    counter = _counters.pop() if _counters else ffi.new(_U64)
-    counter[0] = 0
-    return counter
-
-
-def send_fd(target: Target, file_fd: int, start: int, count: int, sent: Any = None) -> int:
-    """The C loop, resumed after each signal; ``sent`` (uint64_t[1]) keeps the running total."""
-    own = sent is None
-    if own:
-        sent = _take_counter()
-    try:
-        try:
-            rc = lib.zc_sendfile(
-                target[0], file_fd, start, count, target[1], _CHECK_STREAM if target[2] else 0, sent
-            )
-        except BaseException as exc:  # a signal handler raised as the call returned
-            with_progress(exc, int(sent[0]))
-            raise
-        if rc == 0:
-            return int(sent[0])
-        return _resume(rc, target, file_fd, start, count, sent)
-    finally:
-        if own:
-            _counters.append(sent)
-
-
-def _resume(rc: int, target: Target, file_fd: int, start: int, count: int, sent: Any) -> int:
-    """After a call that did not finish: resume after signals, or raise with ``bytes_sent``."""
-    sock_fd, timeout_ms, unchecked = target
-    try:
-        while True:
-            if rc == _EPROTOTYPE and unchecked:
-                raise ValueError("sock must be a SOCK_STREAM socket")
-            if rc != _EINTR:
-                raise error_for(rc, int(sent[0]))
-            # A signal cut the transfer short and its handler has run (it
-            # would have raised here otherwise): resume where it stopped.
-            done = int(sent[0])
-            offset = start if start == FD_POSITION else start + done
-            left = count if count == TO_EOF else count - done
-            rc = lib.zc_sendfile(sock_fd, file_fd, offset, left, timeout_ms, 0, sent)
-            if rc == 0:
-                return int(sent[0])
-    except BaseException as exc:
-        with_progress(exc, int(sent[0]))
-        raise
+# --------------------------------------------------------------------------- through Python
 
 
 def _send_through_python(target: Target, src: Source, file: Any, count: int) -> int:
-    """read + write for objects the kernel cannot read (``io.BytesIO``, buffered pipes).
+    """read + send for what the kernel cannot send: objects without a file descriptor
+    (``io.BytesIO``, buffered pipes) and TLS sockets, whose records are made in user space.
 
-    A seekable object gives back what the socket did not take, so a
+    A seekable source gives back what the socket did not take, so a
     non-blocking socket just raises ``BlockingIOError``; from a non-seekable
     one, a chunk once read is finished, waiting for the socket if need be.
     """
-    seekable = src.fileobj is not None
-    if seekable:
-        file.seek(src.start)
-    sent = 0
+    fd_position = src.fileobj is None and src.fd is not None and src.start == FD_POSITION
+    if src.fileobj is not None:
+        src.fileobj.seek(src.start)
+        seekable = True
+    elif src.fd is not None:
+        seekable = not fd_position or _can_seek(src.fd)
+    else:
+        seekable = False
+    read = _reader(src, file)
+    sock = target[3]
+    write = _tls_writer(sock) if target[4] and sock is not None else _fd_writer(target[0])
+    sent = got = 0
     try:
         while count == TO_EOF or sent < count:
-            data = file.read(_CHUNK if count == TO_EOF else min(_CHUNK, count - sent))
+            want = _CHUNK if count == TO_EOF else min(_CHUNK, count - sent)
+            data = read(sent, want)
             if data is None:  # a non-blocking source with nothing ready: not the end
                 raise BlockingIOError(errno.EAGAIN, "the source has no bytes ready", sent)
             if not data:
                 if count == TO_EOF:
                     break
-                raise error_for(-errno.ENODATA, sent)
+                raise _c.error(_c.ENODATA, sent)
+            got += len(data)
             view = memoryview(data)
             while view:
-                try:
-                    n = os.write(target[0], view)
-                except BlockingIOError:
-                    _wait_for_room(target, seekable, sent)
+                n = write(view)
+                if n is None:  # the socket is full
+                    if seekable and target[1] == 0:
+                        raise BlockingIOError(
+                            errno.EAGAIN, "the socket would block; call again to continue", sent
+                        )
+                    _wait_for_room(target, sent)  # a timeout, or what was read cannot go back
                     continue
                 view = view[n:]
                 sent += n
-                if seekable and view:
-                    break  # re-read the rest from the file next round
-            if seekable and view:
-                file.seek(src.start + sent)
         return sent
     except BaseException as exc:
-        with_progress(exc, sent)
-        raise
+        raise _c.attach(exc, sent) from None
     finally:
-        if seekable:
-            file.seek(src.start + sent)
+        if src.fileobj is not None:
+            src.fileobj.seek(src.start + sent)
+        elif fd_position and seekable and got > sent:
+            os.lseek(src.fd, sent - got, os.SEEK_CUR)  # type: ignore[arg-type]
 
 
-def _wait_for_room(target: Target, can_stop: bool, sent: int) -> None:
-    sock_fd, timeout, _ = target
-    if timeout == 0 and not can_stop:
-        timeout = WAIT_FOREVER
-    rc = lib.zc_wait_writable(sock_fd, timeout)
-    if rc < 0 and rc != _EINTR:
-        raise error_for(rc, sent)
+def _can_seek(fd: int) -> bool:
+    try:
+        os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError:
+        return False
+    return True
+
+
+def _reader(src: Source, file: Any) -> Any:
+    """``read(done, n)`` -> bytes (b"" at the end, None when a non-blocking source is dry)."""
+    if src.fd is not None and src.fileobj is None:
+        fd = src.fd
+        if src.start == FD_POSITION:
+            return lambda done, n: _read_fd(fd, n)
+        start = src.start
+        return lambda done, n: os.pread(fd, n, start + done)
+    return lambda done, n: file.read(n)
+
+
+def _read_fd(fd: int, n: int) -> bytes | None:
+    try:
+        return os.read(fd, n)
+    except BlockingIOError:
+        return None
+
+
+def _fd_writer(fd: int) -> Any:
+    def write(view: memoryview) -> int | None:
+        try:
+            return os.write(fd, view)
+        except BlockingIOError:
+            return None
+
+    return write
+
+
+def _tls_writer(sock: socket.socket) -> Any:
+    import ssl  # an SSLSocket exists, so ssl is imported already
+
+    def write(view: memoryview) -> int | None:
+        try:
+            return sock.send(view)
+        except (ssl.SSLWantWriteError, BlockingIOError):
+            # OpenSSL must be given the same bytes again: the next call
+            # re-reads them from the same position in the same chunk size
+            return None
+
+    return write
+
+
+def _wait_for_room(target: Target, sent: int) -> None:
+    timeout = target[1]
+    rc = _c.wait_writable(target[0], WAIT_FOREVER if timeout == 0 else timeout)
+    if rc < 0 and rc != _c.EINTR:
+        raise _c.error(rc, sent)

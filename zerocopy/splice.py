@@ -2,7 +2,6 @@
 """``recvfile`` and ``splice_all``: bytes between sockets, pipes and files with splice(2)."""
 from __future__ import annotations
 
-import errno
 import io
 import os
 import socket
@@ -10,9 +9,8 @@ import stat
 import threading
 from typing import Any, Union
 
+from . import _lowlevel as _c
 from ._args import (
-    TO_EOF,
-    WAIT_FOREVER,
     check_binary,
     check_range,
     seekable,
@@ -20,14 +18,10 @@ from ._args import (
     timeout_ms,
     writable,
 )
-from ._errors import error_for, with_progress
-from ._native import ffi, lib
+from ._lowlevel import TO_EOF, WAIT_FOREVER, ffi, lib
 
 __all__ = ["PipePool", "recvfile", "splice_all"]
 
-_EINTR = -errno.EINTR
-_EAGAIN = -errno.EAGAIN
-_ENODATA = -errno.ENODATA
 _CHUNK = 256 * 1024
 
 FdLike = Union[int, Any]  # an int fd or an object with fileno()
@@ -49,7 +43,7 @@ class PipePool:
         self._pool = ffi.new("struct zc_pipe_pool *")
         rc = lib.zc_pipe_pool_init(self._pool, self._slots, max_idle, pipe_size)
         if rc < 0:
-            raise error_for(rc, 0)
+            raise _c.error(rc, 0)
         self._lock = threading.Lock()
         self._closed = False
 
@@ -79,7 +73,7 @@ class PipePool:
         with self._lock:  # not while close() empties the pool
             rc = lib.zc_pipe_get(self._pool if not self._closed else ffi.NULL, pipe)
         if rc < 0:
-            raise error_for(rc, 0)
+            raise _c.error(rc, 0)
         return pipe
 
     def give(self, pipe: Any) -> None:
@@ -188,18 +182,17 @@ def _run(
             rc = lib.zc_splice(src, src_off, dst, dst_off, left, via, wait_ms, moved)
             if rc == 0:
                 return int(moved[0])
-            if rc == _EAGAIN and via != ffi.NULL and via.buffered:
+            if rc == _c.EAGAIN and via != ffi.NULL and via.buffered:
                 # Bytes read from the source sit in our pipe: they cannot go
                 # back, so finish writing them even to a non-blocking socket.
                 rc = lib.zc_wait_writable(dst, WAIT_FOREVER)
-                if rc == 0 or rc == _EINTR:
+                if rc == 0 or rc == _c.EINTR:
                     continue
-            if rc != _EINTR:
-                raise error_for(rc, int(moved[0]), attr=attr, what=what)
+            if rc != _c.EINTR:
+                raise _c.error(rc, int(moved[0]), attr=attr, what=what)
             # a signal arrived and its handler ran (it would have raised): resume
     except BaseException as exc:
-        with_progress(exc, int(moved[0]), attr=attr)
-        raise
+        raise _c.attach(exc, int(moved[0]), attr) from None
     finally:
         if pool is not None:
             if via.buffered and not preload:
@@ -306,13 +299,12 @@ def _recv_through_python(
             if n == 0:
                 if count == TO_EOF:
                     break
-                raise error_for(_ENODATA, done, attr="bytes_received", what="the stream")
+                raise _c.error(_c.ENODATA, done, attr="bytes_received", what="the stream")
             file.write(view[:n])
             done += n
         return done
     except BaseException as exc:
-        with_progress(exc, done, attr="bytes_received")
-        raise
+        raise _c.attach(exc, done, "bytes_received") from None
     finally:
         if can_seek:
             file.seek(start + done)

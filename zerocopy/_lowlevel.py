@@ -1,0 +1,620 @@
+# SPDX-License-Identifier: MIT
+"""The C boundary: the only module that imports ``zerocopy._native``.
+
+The public modules normalise arguments and keep the little policy that must
+be Python; everything that crosses into C goes through here, by these rules:
+
+- A C function returns a count or 0, or ``-errno``.  :func:`run` is the one
+  loop that calls C: after ``-EINTR`` the signal's Python handler has already
+  run (cffi checks for pending signals when a call returns), so it calls
+  again; a handler that raised ends the transfer with its exception, and any
+  other ``-errno`` becomes a typed exception built by ``_errors.build`` that
+  carries the progress (``bytes_sent`` by default).  Whatever is raised on
+  the way, ``KeyboardInterrupt`` included, leaves with the progress attached.
+- cdata stays here.  The capability sections below hand out ints and small
+  classes that own their C structs; ``ffi.new`` results that every call
+  needs (progress counters, response structs) are pooled, because a 4 KiB
+  send costs about 3 us and an allocation a tenth of that.
+- While C works on a socket object's fd, the object is held (its
+  ``_io_refs``, the count ``socket.makefile`` uses): a ``close()`` from
+  another thread is deferred until the call returns, so the fd number cannot
+  be reused under the transfer.  A transfer resumed after a signal stops with
+  ``EBADF`` if the socket was closed meanwhile.  The C core separately holds
+  a socket across its own waits (``struct zc__hold``), which protects int
+  fds and C callers.
+- Every C capability has its own banner below; a new capability adds its
+  cdef to ``_build.py`` and a section here, and nothing else imports
+  ``_native``.
+"""
+from __future__ import annotations
+
+import errno
+import socket
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from . import _errors
+from ._native import ffi as ffi  # re-exported to the modules that still need cdata
+from ._native import lib as lib
+
+# --------------------------------------------------------------------------- constants
+
+EINTR = -errno.EINTR
+EAGAIN = -errno.EAGAIN
+ETIMEDOUT = -errno.ETIMEDOUT
+ENODATA = -errno.ENODATA
+EPROTOTYPE = -errno.EPROTOTYPE
+EBADF = -errno.EBADF
+ENOBUFS = -errno.ENOBUFS
+ENOSPC = -errno.ENOSPC
+
+TO_EOF: int = lib.ZC_TO_EOF  # count: up to the end of the source
+FD_POSITION: int = lib.ZC_FD_POSITION  # offset: the fd's own position (used and advanced)
+WAIT_FOREVER: int = lib.ZC_WAIT_FOREVER  # timeout_ms
+OFF_MAX = 2**63 - 1  # off_t
+INT_MAX = 2**31 - 1  # C int (poll's timeouts)
+
+
+# --------------------------------------------------------------------------- the call protocol
+
+
+def error(rc: int, done: _errors.Progress, attr: str = "bytes_sent",
+          what: str | None = None) -> OSError:
+    """The exception for a negative return ``rc`` after ``done`` bytes moved."""
+    return _errors.build(-rc, done, attr, what)
+
+
+def attach(exc: BaseException, done: _errors.Progress, attr: str = "bytes_sent") -> BaseException:
+    """``exc`` (caught during a transfer) with the progress on it; see ``_errors.with_progress``."""
+    return _errors.with_progress(exc, done, attr)
+
+
+def run(
+    call: Callable[[], int],
+    done: Callable[[], _errors.Progress],
+    *,
+    rc: int | None = None,
+    attr: str = "bytes_sent",
+    what: str | None = None,
+    alive: Callable[[], bool] | None = None,
+) -> int:
+    """Call ``call()`` until it returns >= 0 and return that; raise with ``done()`` otherwise.
+
+    ``rc`` is the result of a first call the caller already made (a fast
+    path tries once inline and hands over only when that did not finish).
+    After ``-EINTR``, ``alive()`` (when given) says whether the target is
+    still there; if not, ``EBADF`` ends the transfer instead of a resume.
+    """
+    try:
+        while True:
+            if rc is None:
+                rc = call()
+            if rc >= 0:
+                return rc
+            if rc != EINTR:
+                raise error(rc, done(), attr, what)
+            if alive is not None and not alive():
+                raise error(EBADF, done(), attr, what)
+            rc = None  # the handler returned: resume
+    except BaseException as exc:
+        raise attach(exc, done(), attr) from None
+
+
+# uint64_t[1] progress counters, reused: list.pop/append are atomic.
+_U64 = ffi.typeof("uint64_t[1]")
+_counters: list[Any] = []
+
+
+def counter() -> Any:
+    """A ``uint64_t[1]`` set to 0; give it back with ``_counters.append``."""
+    c = _counters.pop() if _counters else ffi.new(_U64)
+    c[0] = 0
+    return c
+
+
+# --------------------------------------------------------------------------- sockets
+
+
+def hold(sock: socket.socket) -> None:
+    """Defer a ``close()`` of ``sock`` from another thread until :func:`release`."""
+    sock._io_refs += 1  # type: ignore[attr-defined]
+
+
+def release(sock: socket.socket) -> None:
+    sock._decref_socketios()  # type: ignore[attr-defined]  # closes now if close() came
+
+
+def is_open(sock: socket.socket) -> bool:
+    """False once ``close()`` was called (even while it is deferred by :func:`hold`)."""
+    return not sock._closed  # type: ignore[attr-defined]
+
+
+def check_stream(fd: int) -> int:
+    """0 for a SOCK_STREAM socket; -EPROTOTYPE, -ENOTSOCK or another -errno otherwise."""
+    rc: int = lib.zc_check_stream(fd)
+    return rc
+
+
+def wait_writable(fd: int, timeout_ms: int) -> int:
+    """0 once ``fd`` is writable; -ETIMEDOUT, -EAGAIN (timeout 0), -EINTR."""
+    rc: int = lib.zc_wait_writable(fd, timeout_ms)
+    return rc
+
+
+def tls_tx_offloaded(fd: int) -> bool:
+    """True when the kernel encrypts what is written to ``fd`` (kernel TLS, TX side)."""
+    return bool(lib.zc_tls_tx_offloaded(fd) == 1)
+
+
+# --------------------------------------------------------------------------- sendfile
+
+_CHECK_STREAM: int = lib.ZC_CHECK_STREAM
+
+
+def sendfile_range(sock: int, file: int, offset: int, count: int) -> int:
+    """``count`` bytes of ``file`` at ``offset`` to the socket fd ``sock``: the per-call fast path.
+
+    The caller checked that all four are ints >= 0 with offset + count <=
+    OFF_MAX.  C checks that ``sock`` is a stream socket (-EPROTOTYPE) in the
+    same call.  Never waits: a non-blocking socket raises BlockingIOError.
+    """
+    sent = _counters.pop() if _counters else ffi.new(_U64)
+    sent[0] = 0
+    try:
+        rc = lib.zc_sendfile(sock, file, offset, count, 0, _CHECK_STREAM, sent)
+    except BaseException as exc:  # a signal handler raised as the call returned
+        raise attach(exc, int(sent[0])) from None
+    if rc == 0:
+        _counters.append(sent)
+        return count
+    return _sendfile_rest(rc, sock, file, offset, count, 0, True, sent, None)
+
+
+def sendfile(sock: int, file: int, start: int, count: int, timeout_ms: int,
+             check: bool, owner: socket.socket | None = None) -> int:
+    """The C sendfile loop (resumed after signals); returns the bytes sent.
+
+    ``start`` is an offset or FD_POSITION, ``count`` bytes or TO_EOF;
+    ``check`` asks C to refuse a non-stream socket; ``owner`` is the socket
+    object of ``sock``, held for the call.
+    """
+    sent = counter()
+    try:
+        return sendfile_into(sent, sock, file, start, count, timeout_ms, check, owner)
+    finally:
+        _counters.append(sent)
+
+
+def sendfile_into(sent: Any, sock: int, file: int, start: int, count: int, timeout_ms: int,
+                  check: bool, owner: socket.socket | None = None) -> int:
+    """:func:`sendfile` counting in the caller's ``sent`` (at 0 on entry; kept on errors)."""
+    if owner is not None:
+        hold(owner)
+    try:
+        try:
+            rc = lib.zc_sendfile(sock, file, start, count, timeout_ms,
+                                 _CHECK_STREAM if check else 0, sent)
+        except BaseException as exc:
+            raise attach(exc, int(sent[0])) from None
+        if rc == 0:
+            return int(sent[0])
+        return _sendfile_rest(rc, sock, file, start, count, timeout_ms, check, sent, owner)
+    finally:
+        if owner is not None:
+            release(owner)
+
+
+def _sendfile_rest(rc: int, sock: int, file: int, start: int, count: int, timeout_ms: int,
+                   check: bool, sent: Any, owner: socket.socket | None) -> int:
+    if rc == EPROTOTYPE and check:
+        raise ValueError("sock must be a SOCK_STREAM socket")
+
+    def again() -> int:
+        # resume where the interrupted call stopped (``sent`` counts from 0)
+        done = int(sent[0])
+        offset = start if start == FD_POSITION else start + done
+        left = count if count == TO_EOF else count - done
+        result: int = lib.zc_sendfile(sock, file, offset, left, timeout_ms, 0, sent)
+        return result
+
+    run(again, lambda: int(sent[0]), rc=rc,
+        alive=None if owner is None else lambda: is_open(owner))
+    return int(sent[0])
+
+
+# --------------------------------------------------------------------------- cork
+
+
+class Cork:
+    """``TCP_CORK`` set for a while on one socket fd (``zc_cork_begin``/``zc_cork_end``)."""
+
+    __slots__ = ("_fd", "_state")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._state = ffi.new("struct zc_cork_state *")
+        rc = lib.zc_cork_begin(fd, self._state)
+        if rc < 0:
+            raise error(rc, 0)
+
+    def end(self) -> None:
+        rc = lib.zc_cork_end(self._fd, self._state)
+        if rc < 0:
+            raise error(rc, 0)
+
+
+# --------------------------------------------------------------------------- response
+
+_RESPONSE_T = ffi.typeof("struct zc_response *")
+
+
+class Response:
+    """Owner of one ``struct zc_response``: header + file range + trailer, resumable.
+
+    A base class: ``FileSender`` is one, so that a response costs one Python
+    object and few frames (a server makes one per request).  ``bytes``
+    headers and trailers go to C as they are (cffi hands C the object's own
+    buffer, which CPython never moves, and the object stays referenced in
+    ``_keep``); other bytes-like objects are exported with
+    ``ffi.from_buffer`` until :meth:`_c_release`, so a ``bytearray`` cannot
+    be resized while C may read it.  A response that may cork the socket or
+    holds exports gets a finalizer that restores the socket if its owner
+    forgets ``close()``; ``_extra`` (exports, finalizer) is None otherwise.
+    """
+
+    __slots__ = ("_c", "_done", "_extra", "_keep", "_owner")
+
+    _extra: tuple[list[Any], Any] | None
+    _owner: socket.socket | None
+    _keep: Any  # the header (bytes), or (header, trailer) as passed to C
+
+    def _c_init_plain(self, owner: socket.socket, sock: int, file: int, offset: int, count: int,
+                      header: bytes) -> None:
+        """:meth:`_c_init` for the common response: a range, ``bytes`` header, no trailer.
+
+        It never corks (``MSG_MORE`` on the header does it) and exports
+        nothing, so it needs no finalizer.  -EINVAL (a range past off_t)
+        raises ``ValueError``.
+        """
+        self._owner = owner
+        self._keep = header
+        self._done = False
+        self._extra = None
+        self._c = c = ffi.new(_RESPONSE_T)
+        rc = lib.zc_response_init(c, sock, file, offset, count, header, len(header), b"", 0)
+        if rc < 0:
+            raise error(rc, 0)
+
+    def _c_init(self, sock: int, file: int, start: int, count: int,
+                header: Any, trailer: Any, owner: socket.socket | None) -> None:
+        self._owner = owner
+        self._done = False
+        self._extra = None
+        exports: list[Any] = []
+        if type(header) is not bytes:
+            header = _export(header, "headers", exports)
+        if type(trailer) is not bytes:
+            trailer = _export(trailer, "trailers", exports)
+        self._keep = header, trailer
+        self._c = c = ffi.new(_RESPONSE_T)
+        rc = lib.zc_response_init(c, sock, file, start, count, header, len(header),
+                                  trailer, len(trailer))
+        if rc < 0:
+            _release_exports(exports)
+            raise error(rc, 0)
+        if exports or len(trailer) or count == TO_EOF:
+            # it may cork, or it pins buffers: undo that if close() never comes
+            finalizer = weakref.finalize(self, _abandon_response, c, owner, sock, exports,
+                                         type(self).__name__)
+            self._extra = (exports, finalizer)
+
+    @property
+    def sent(self) -> int:
+        """Bytes of the whole response sent so far."""
+        return int(self._c.sent)
+
+    @property
+    def trailer_len(self) -> int:
+        keep: Any = self._keep
+        return len(keep[1]) if isinstance(keep, tuple) else 0
+
+    def _total(self) -> int:
+        return int(self._c.total)
+
+    def _c_send(self, timeout_ms: int, stop_on_again: bool) -> int:
+        """Progress until done or, with ``stop_on_again``, until the socket is full;
+        return the bytes this call sent.
+
+        Raises with ``bytes_sent`` = bytes of the whole response sent; a
+        failed step leaves the socket uncorked.
+        """
+        if self._done:
+            return 0
+        c = self._c
+        before = c.sent
+        owner = self._owner
+        if owner is not None:
+            owner._io_refs += 1  # type: ignore[attr-defined]  # hold(), inlined
+        try:
+            try:
+                rc = lib.zc_response_send(c, timeout_ms, ffi.NULL)
+            except BaseException as exc:  # a signal handler raised as the call returned
+                lib.zc_response_end(c)
+                raise attach(exc, int(c.sent)) from None
+            if rc != 0 and not (rc == EAGAIN and stop_on_again):
+                try:
+                    run(lambda: int(lib.zc_response_send(c, timeout_ms, ffi.NULL)),
+                        lambda: int(c.sent), rc=rc,
+                        alive=None if owner is None else lambda: is_open(owner))
+                except BaseException:
+                    lib.zc_response_end(c)  # a failed step never leaves the cork set
+                    raise
+                rc = 0
+            self._done = rc == 0
+            return int(c.sent - before)
+        finally:
+            if owner is not None:  # release(), inlined
+                owner._io_refs -= 1  # type: ignore[attr-defined]
+                if owner._closed:  # type: ignore[attr-defined]
+                    owner.close()  # a close() from another thread came meanwhile
+
+    def _c_end(self) -> None:
+        """Restore what the response changed on the socket (the cork); idempotent."""
+        rc = lib.zc_response_end(self._c)
+        if rc < 0:
+            raise error(rc, int(self._c.sent))
+
+    def _c_release(self) -> None:
+        """Let go of the exported buffers (after :meth:`_c_end`); ``sent`` stays readable."""
+        extra, self._extra = self._extra, None
+        if extra is not None:
+            extra[1].detach()
+            _release_exports(extra[0])
+
+
+def _export(data: Any, name: str, exports: list[Any]) -> Any:
+    try:
+        view = ffi.from_buffer(data)
+    except TypeError:
+        raise TypeError(f"{name} must be a bytes-like object, not {type(data).__name__}") from None
+    exports.append(view)
+    return view
+
+
+def _release_exports(exports: list[Any] | None) -> None:
+    for view in exports or ():
+        ffi.release(view)  # a bytearray header may be resized again
+
+
+def _abandon_response(c: Any, owner: socket.socket | None, fd: int, exports: list[Any] | None,
+                      name: str) -> None:
+    """A response collected without ``close()``: restore its socket, warn."""
+    warnings.warn(f"unclosed {name}", ResourceWarning, stacklevel=2)
+    # only while the socket object still owns the fd: a bare fd may have
+    # been closed and reused by now
+    if owner is not None and owner.fileno() == fd:
+        lib.zc_response_end(c)
+    _release_exports(exports)
+
+
+# ---------------------------------------------------------- MSG_ZEROCOPY policy: struct zc_zsock
+
+_ZSOCK_T = ffi.typeof("struct zc_zsock *")
+_ZSOCK_OPTS_T = ffi.typeof("struct zc_zsock_opts *")
+_ZSOCK_ONCE: int = lib.ZC_ZSOCK_ONCE
+_ZSOCK_RESUME: int = lib.ZC_ZSOCK_RESUME
+_TOKENS = 64  # tokens taken per zc_zsock_collect() call
+
+
+class Loan:
+    """A buffer on loan to the kernel: the object and its export, until ``done``."""
+
+    __slots__ = ("_view", "done", "nbytes", "obj")
+
+    def __init__(self, obj: Any, view: Any, nbytes: int) -> None:
+        self.obj = obj
+        self._view = view
+        self.nbytes = nbytes
+        self.done = False
+
+
+class ZSock:
+    """Owner of one ``struct zc_zsock``: the whole ``MSG_ZEROCOPY`` policy runs in C.
+
+    What stays here is what must be Python: each buffer C reports on loan
+    stays referenced and exported (a ``bytearray`` cannot be resized) under
+    its token until C reports the token free, and then only.  Not
+    thread-safe: the caller serialises every method but :meth:`poll`.
+
+    Only :meth:`reap` holds ``owner`` (see :func:`hold`): sends and
+    :meth:`end` may wait, and a wait must end when another thread closes the
+    socket (a server closing a stalled client), not defer that close until
+    the peer reads.  C checks instead that the fd still names the socket it
+    was given, before using it and after each wait slice (100 ms), and waits
+    on its own duplicate: ``EBADF`` then, never a byte to the fd's next owner.
+    """
+
+    __slots__ = ("_c", "_loans", "_next_token", "_owner", "_recs", "_threshold", "_tokens")
+
+    def __init__(self, owner: socket.socket, fd: int, *, threshold: int, max_pinned: int,
+                 adaptive: bool, max_in_flight: int) -> None:
+        self._owner = owner
+        self._threshold = threshold
+        self._loans: dict[int, Loan] = {}
+        self._next_token = 1
+        opts = ffi.new(_ZSOCK_OPTS_T)
+        opts.threshold = threshold
+        opts.max_pinned_bytes = max_pinned
+        opts.adaptive = 1 if adaptive else 0
+        self._recs = ffi.new("struct zc_track_rec[]", max_in_flight)
+        self._tokens = ffi.new("uint64_t[]", _TOKENS)
+        self._c = ffi.new(_ZSOCK_T)
+        rc = lib.zc_zsock_init(self._c, fd, self._recs, max_in_flight, opts)
+        if rc < 0:
+            raise error(rc, 0)
+
+    # -- state (the C struct's public fields) ---------------------------------
+
+    @property
+    def supported(self) -> bool:
+        return bool(self._c.supported)
+
+    @property
+    def unsupported_errno(self) -> int:
+        return int(self._c.unsupported)
+
+    @property
+    def active(self) -> bool:
+        return bool(self._c.active)
+
+    @property
+    def pending(self) -> int:
+        """Buffers still referenced here (on loan, or free and not yet collected)."""
+        return len(self._loans)
+
+    def stats(self) -> tuple[int, int, int, int, int, int, int]:
+        s = self._c.stats
+        return (int(s.zerocopy_sends), int(s.plain_sends), int(s.completions),
+                int(s.copied_completions), int(s.enobufs_fallbacks), int(s.pinned_bytes),
+                int(s.peak_pinned_bytes))
+
+    # -- sending ----------------------------------------------------------------
+
+    def send(self, data: Any, once: bool, timeout_ms: int) -> tuple[int, Loan | None]:
+        """Send ``data`` (all of it, or like ``socket.send`` with ``once``).
+
+        Returns the bytes sent and the loan (None when the buffer is free
+        already).  Raises with ``bytes_sent``; whatever happens, a buffer C
+        still reads stays referenced until its token is collected.
+        """
+        view: Any = None
+        c = self._c
+        if type(data) is bytes:
+            size = len(data)
+            if timeout_ms < 0 and not c.on_loan and (size < self._threshold or not c.active):
+                # What C would do (one plain send, nothing to reap), through the
+                # socket's own send: a blocking socket resumes after signals itself.
+                if once:
+                    n = self._owner.send(data)
+                else:
+                    self._owner.sendall(data)
+                    n = size
+                c.stats.plain_sends += 1
+                return n, None
+            buf: Any = data  # cffi hands C the object's own buffer, which never moves
+        else:
+            try:
+                buf = view = ffi.from_buffer(data)  # exported: a bytearray cannot resize now
+            except TypeError:
+                raise TypeError(
+                    f"a bytes-like object is required, not '{type(data).__name__}'") from None
+            size = len(view)
+        token = self._next_token
+        self._next_token = token + 1
+        sent = _counters.pop() if _counters else ffi.new(_U64)
+        sent[0] = 0
+        flags = _ZSOCK_ONCE if once else 0
+        try:
+            try:
+                rc = lib.zc_zsock_send(c, buf, size, token, flags, timeout_ms, sent)
+                if rc != 0:
+                    self._send_rest(rc, data, view, size, token, flags, timeout_ms, sent)
+            except BaseException as exc:
+                lib.zc_zsock_send_end(c)  # a buffer left open by -EINTR ends here
+                raise attach(exc, int(sent[0])) from None
+            n = int(sent[0])
+        except BaseException:
+            self._settle(token, data, view, size)
+            if c.freed:
+                self._collect()
+            raise
+        finally:
+            _counters.append(sent)
+        loan = self._settle(token, data, view, size)
+        if c.freed:
+            self._collect()
+        return n, loan
+
+    def _send_rest(self, rc: int, data: Any, view: Any, size: int, token: int, flags: int,
+                   timeout_ms: int, sent: Any) -> None:
+        """Resume after -EINTR (the handler returned) until done; raise otherwise."""
+        c, owner = self._c, self._owner
+        p = view if view is not None else ffi.from_buffer(data)
+
+        def again() -> int:
+            done = int(sent[0])
+            result: int = lib.zc_zsock_send(c, p + done, size - done, token,
+                                            flags | _ZSOCK_RESUME, timeout_ms, sent)
+            return result
+
+        run(again, lambda: int(sent[0]), rc=rc, alive=lambda: is_open(owner))
+
+    def _settle(self, token: int, data: Any, view: Any, size: int) -> Loan | None:
+        """After a send: keep the buffer under its token while C says it is on loan."""
+        if not self._c.loaned:
+            if view is not None:
+                ffi.release(view)  # every byte went plain, or its completions came already
+            return None
+        loan = self._loans[token] = Loan(data, view, size)
+        return loan
+
+    # -- completions ------------------------------------------------------------
+
+    def _collect(self) -> int:
+        c, tokens, loans = self._c, self._tokens, self._loans
+        released = 0
+        while True:
+            n = lib.zc_zsock_collect(c, tokens, _TOKENS)
+            for i in range(n):
+                loan = loans.pop(int(tokens[i]), None)
+                if loan is not None:
+                    if loan._view is not None:
+                        ffi.release(loan._view)
+                    loan._view = loan.obj = None
+                    loan.done = True
+                    released += 1
+            if n < _TOKENS:
+                return released
+
+    def reap(self) -> int:
+        """Read completions (never blocks); return how many buffers became free."""
+        hold(self._owner)
+        try:
+            rc = lib.zc_zsock_reap(self._c)
+        finally:
+            release(self._owner)
+        released = self._collect()
+        if rc < 0:
+            raise error(rc, 0)
+        return released
+
+    def poll(self, timeout_ms: int) -> int:
+        """Wait for completions to reap: 0, -ETIMEDOUT, -EAGAIN, -EINTR, -EBADF.
+
+        The one method any thread may call without the caller's lock.
+        """
+        rc: int = lib.zc_zsock_poll(self._c, timeout_ms)
+        return rc
+
+    def end(self, timeout_ms: int) -> list[Loan]:
+        """Get every buffer back (resetting a stalled connection; see ``zc_zsock_end``).
+
+        Returns the loans whose completions never came: the kernel may still
+        read them.  The socket is left open: close it next.
+        """
+        c = self._c
+        run(lambda: int(lib.zc_zsock_end(c, timeout_ms)), lambda: 0)
+        return self._leftovers()
+
+    def abandon(self) -> list[Loan]:
+        """Stop using the socket (it was closed); the loans that never completed."""
+        lib.zc_zsock_abandon(self._c)
+        return self._leftovers()
+
+    def _leftovers(self) -> list[Loan]:
+        self._collect()
+        left = list(self._loans.values())
+        self._loans.clear()
+        return left
