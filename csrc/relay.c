@@ -260,8 +260,8 @@ static void time_out(struct zc_relay *r)
 	struct zc_proxy *px = rp(r)->proxy;
 
 	if (px) {
-		px->timed_out++;
 		fail(r, -ETIMEDOUT);
+		px->timed_out++; /* after failed: readers of the stats see both */
 		return;
 	}
 	/* a plain relay's sockets are the caller's: what the peers are told

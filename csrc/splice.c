@@ -176,6 +176,9 @@ struct end {
 	int seekable;	    /* a regular file or block device: can be rewound */
 	int blocking_sock;  /* a socket without O_NONBLOCK */
 	int may_block;	    /* its reads block in the kernel (socket, tty) */
+	int used;	    /* a syscall used it already */
+	dev_t dev;	    /* what the fd named when the call began */
+	ino_t ino;
 };
 
 struct move {
@@ -198,6 +201,9 @@ static int probe(struct end *e, struct zc__hold *h, int fd, int init)
 	if (fl < 0 || fstat(fd, &st) < 0)
 		return -errno;
 	e->h = h;
+	e->used = 0;
+	e->dev = st.st_dev;
+	e->ino = st.st_ino;
 	e->pipe = S_ISFIFO(st.st_mode);
 	e->seekable = S_ISREG(st.st_mode) || S_ISBLK(st.st_mode);
 	e->blocking_sock = S_ISSOCK(st.st_mode) && !(fl & O_NONBLOCK);
@@ -226,6 +232,33 @@ static size_t pipe_holds(int pipe_fd)
 	return ioctl(pipe_fd, FIONREAD, &n) == 0 && n > 0 ? (size_t)n : 0;
 }
 
+/*
+ * Pin a socket end (a duplicate that every later syscall uses): before a
+ * wait in poll, and before the second syscall, since a blocking socket
+ * waits inside the first one.  -EBADF when the number already names
+ * another file than when the call began.
+ */
+static int pin(struct end *e)
+{
+	int rc;
+
+	if (e->h->known)
+		return 0;
+	rc = zc__hold_pin(e->h);
+	if (rc == 0 && (e->h->dev != e->dev || e->h->ino != e->ino))
+		rc = -EBADF;
+	return rc;
+}
+
+/* The fd for the next syscall on an end; -errno. */
+static int fd_for(struct end *e)
+{
+	int rc = e->used ? pin(e) : 0;
+
+	e->used = 1;
+	return rc < 0 ? rc : e->h->fd;
+}
+
 /* Wait for ev on one end as timeout_ms says; then both ends must still
  * name the files the transfer started with (-EBADF). */
 static int wait_on(struct move *m, struct end *e, short ev, int timeout_ms)
@@ -235,9 +268,9 @@ static int wait_on(struct move *m, struct end *e, short ev, int timeout_ms)
 
 	if (timeout_ms == 0)
 		return -EAGAIN;
-	rc = zc__hold_pin(m->src.h);
+	rc = pin(&m->src);
 	if (rc == 0)
-		rc = zc__hold_pin(m->dst.h);
+		rc = pin(&m->dst);
 	if (rc < 0)
 		return rc;
 	p.fd = e->h->fd;
@@ -301,10 +334,12 @@ static int drain(struct move *m, struct zc_pipe *via)
 		uint64_t after = m->count - m->done - via->buffered;
 		size_t want = via->buffered;
 		unsigned fl = SPLICE_F_MOVE;
-		int fd = m->dst.h->fd;
+		int fd = fd_for(&m->dst);
 		ssize_t n;
 		int rc = 0;
 
+		if (fd < 0)
+			return fd;
 		/* More bytes follow this pipe's worth: let TCP fill segments. */
 		if (!m->to_eof && after > 0)
 			fl |= SPLICE_F_MORE;
@@ -350,7 +385,11 @@ static int through_pipe(struct move *m, struct zc_pipe *via)
 		rc = source_ready(m);
 		if (rc < 0)
 			break;
-		fd = m->src.h->fd;
+		fd = fd_for(&m->src);
+		if (fd < 0) {
+			rc = fd;
+			break;
+		}
 		/* The pipe is empty here, so EAGAIN can only mean that the
 		 * source has nothing to read, and 0 only its end. */
 		n = splice(fd, m->src_off, via->wfd, NULL, want, SPLICE_F_MOVE);
@@ -453,8 +492,12 @@ static int direct(struct move *m)
 		rc = source_ready(m);
 		if (rc < 0)
 			break;
-		sfd = m->src.h->fd;
-		dfd = m->dst.h->fd;
+		sfd = fd_for(&m->src);
+		dfd = fd_for(&m->dst);
+		if (sfd < 0 || dfd < 0) {
+			rc = sfd < 0 ? sfd : dfd;
+			break;
+		}
 		avail = exact ? pipe_holds(sfd) : 0;
 		if (avail > 0 && avail < want)
 			want = avail;

@@ -835,6 +835,90 @@ static void src_replaced_during_wait(int kind, int direct)
 	h_ran++;
 }
 
+/* Takes over a blocking sender's number, then reads the old connection to
+ * its EOF into a memfd. */
+struct drainer {
+	int sock, new_sock, old_peer, store;
+	size_t got;
+};
+
+static void *replace_and_drain(void *arg)
+{
+	struct drainer *d = arg;
+	unsigned char buf[65536];
+	long long end;
+
+	usleep(100 * 1000); /* the sender blocks in the kernel by now */
+	if (dup2(d->new_sock, d->sock) < 0)
+		return NULL;
+	end = h_now_ms() + 20000;
+	while (h_now_ms() < end) {
+		struct pollfd p = { .fd = d->old_peer, .events = POLLIN };
+		ssize_t n;
+
+		if (poll(&p, 1, 100) <= 0)
+			continue;
+		n = read(d->old_peer, buf, sizeof(buf));
+		if (n <= 0)
+			break;
+		if (h_write_all(d->store, buf, (size_t)n) < 0)
+			break;
+		d->got += (size_t)n;
+	}
+	return NULL;
+}
+
+/*
+ * A blocking destination waits inside splice(2), where no check can run:
+ * before its second syscall the socket is pinned and found replaced, so
+ * the transfer stops with -EBADF; the old peer got exactly the bytes
+ * counted, the new one none.
+ */
+static void dst_replaced_blocking(void)
+{
+	const size_t size = 4 << 20;
+	struct drainer d;
+	struct zc_pipe p;
+	pthread_t t;
+	uint64_t moved = 0;
+	int64_t off = 0;
+	unsigned char probe[16], *got, *want;
+	size_t got_len;
+	int s, r, b0, b1, f;
+
+	REQUIRE(h_pair(0, &s, &r) == 0);
+	REQUIRE(h_pair(1, &b0, &b1) == 0);
+	h_small_buffers(s, r);
+	REQUIRE((f = h_temp_file(size, SEED)) >= 0);
+	REQUIRE(zc_pipe_get(NULL, &p) == 0);
+	d = (struct drainer){ .sock = s, .new_sock = b0, .old_peer = r,
+			      .store = memfd_create("zc-drain", MFD_CLOEXEC) };
+	REQUIRE(d.store >= 0);
+	REQUIRE(pthread_create(&t, NULL, replace_and_drain, &d) == 0);
+	CHECK_RC(zc_splice(f, &off, s, NULL, size, &p, ZC_WAIT_FOREVER, &moved),
+		 -EBADF);
+	CHECK(moved > 0 && moved < size);
+	CHECK_EQ(off, moved);
+	/* nothing holds the old connection now: it ends, the drainer sees EOF */
+	pthread_join(t, NULL);
+	CHECK_EQ(d.got, moved);
+	CHECK_EQ(recv(b1, probe, sizeof(probe), MSG_DONTWAIT), -1);
+	CHECK_EQ(errno, EAGAIN); /* the new client got nothing */
+	got = slurp(d.store, &got_len);
+	want = h_pattern(size, 0, SEED);
+	CHECK_MEM(got, got_len, want, (size_t)moved);
+	free(got);
+	free(want);
+	zc_pipe_put(NULL, &p);
+	close(d.store);
+	close(s); /* b0's socket now */
+	close(b0);
+	close(b1);
+	close(r);
+	close(f);
+	h_ran++;
+}
+
 static void test_fd_replaced_during_wait(void)
 {
 	for (int kind = 0; kind < 2; kind++) {
@@ -842,6 +926,7 @@ static void test_fd_replaced_during_wait(void)
 		src_replaced_during_wait(kind, 0);
 		src_replaced_during_wait(kind, 1);
 	}
+	dst_replaced_blocking();
 }
 
 /* ---- a stalled source is bounded by the timeout ------------------------ */
