@@ -6,6 +6,7 @@ import errno
 import gc
 import math
 import random
+import resource
 import selectors
 import signal
 import socket
@@ -796,6 +797,9 @@ def test_proxy_refuses_a_socket_that_is_not_listening(echo: EchoServer, make_pai
         ("localhost:8080", ValueError),  # it was taken as an AF_UNIX path
         ("/tmp/" + "x" * 200, OSError),
         (8080, TypeError),
+        ((None, 80), TypeError),
+        (("::1", 80, 0, 2**40), OverflowError),
+        (("::1", 80, 2**21, 0), OverflowError),
     ],
 )
 def test_proxy_checks_target_addresses(target: Any, exc: type) -> None:
@@ -808,7 +812,8 @@ def test_proxy_checks_target_addresses(target: Any, exc: type) -> None:
 @pytest.mark.parametrize(
     "listen, exc",
     [(("127.0.0.1", 70000), OverflowError), (("127.0.0.1",), TypeError),
-     ("127.0.0.1:8080", TypeError), (("127.0.0.1", "0"), TypeError)],
+     ("127.0.0.1:8080", TypeError), (("127.0.0.1", "0"), TypeError),
+     (("::1", 0, -1, 0), OverflowError)],
 )
 def test_proxy_checks_listen_addresses(echo: EchoServer, listen: Any, exc: type) -> None:
     with pytest.raises(exc):
@@ -871,3 +876,20 @@ def test_proxy_stops_when_its_listening_socket_is_closed(echo: EchoServer) -> No
     assert not t.is_alive()
     assert "closed" in repr(proxy)
     assert listener.fileno() == -1
+
+
+def test_proxy_sizes_its_table_from_the_descriptor_limit(echo: EchoServer) -> None:
+    """Regression (issue 8.3): the default table (1024) could never be filled at a limit of
+    1024 descriptors.  The default comes from the (raised) limit now, and an explicit value
+    above half of it (two descriptors a connection) is lowered."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with Proxy(("127.0.0.1", 0), echo.address) as proxy:
+        assert proxy.fd_limit == resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= soft
+        if hard != resource.RLIM_INFINITY:
+            assert proxy.fd_limit == hard  # raised as far as the hard limit allows
+        assert proxy.max_connections == default_max_connections(proxy.fd_limit)
+    with Proxy(("127.0.0.1", 0), echo.address, max_connections=10**9) as proxy:
+        assert proxy.max_connections == proxy.fd_limit // 2
+    assert default_max_connections(1024) == 208
+    assert default_max_connections(100) == 1
+    assert default_max_connections(10**7) == 16384

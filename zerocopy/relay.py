@@ -159,8 +159,10 @@ def _port(value: Any, name: str, lowest: int = 0) -> int:
     return port
 
 
-def _host_port(address: Any, name: str, lowest_port: int) -> tuple[Any, int]:
-    """(host, port) of a (host, port[, flowinfo, scope_id]) tuple, checked as bind() would."""
+def _host_port(address: Any, name: str, lowest_port: int,
+               any_host: bool = False) -> tuple[Any, int, tuple[int, int] | None]:
+    """(host, port, (flowinfo, scope_id) or None) of a (host, port[, flowinfo, scope_id])
+    tuple, checked as ``socket.bind()`` would; ``any_host``: None means every interface."""
     if not isinstance(address, tuple):
         raise TypeError(
             f"{name} must be a (host, port) tuple or an AF_UNIX path, not {type(address).__name__}"
@@ -170,11 +172,22 @@ def _host_port(address: Any, name: str, lowest_port: int) -> tuple[Any, int]:
             f"{name} must be a pair (host, port) or a tuple (host, port, flowinfo, scope_id)"
         )
     host = address[0]
-    if host is not None and not isinstance(host, (str, bytes, bytearray)):
+    if not isinstance(host, (str, bytes, bytearray)) and not (host is None and any_host):
         raise TypeError(f"str, bytes or bytearray expected, not {type(host).__name__}")
     if isinstance(host, bytearray):
         host = bytes(host)
-    return host, _port(address[1], name, lowest_port)
+    port = _port(address[1], name, lowest_port)
+    if len(address) == 2:
+        return host, port, None
+    for field in address[2:]:
+        if isinstance(field, bool) or not isinstance(field, int):
+            raise TypeError(f"'{type(field).__name__}' object cannot be interpreted as an integer")
+    flowinfo, scope_id = address[2], address[3]
+    if not 0 <= flowinfo <= 0xFFFFF:
+        raise OverflowError(f"{name}: flowinfo must be 0-1048575.")
+    if not 0 <= scope_id <= 0xFFFFFFFF:
+        raise OverflowError(f"{name}: scope_id must be 0-4294967295.")
+    return host, port, (flowinfo, scope_id)
 
 
 def sockaddr_bytes(address: Address, family: int | None = None,
@@ -202,15 +215,8 @@ def sockaddr_bytes(address: Address, family: int | None = None,
             raise OSError("AF_UNIX path too long")
         return socket.AF_UNIX, struct.pack("=H", socket.AF_UNIX) + path + (b"" if abstract
                                                                            else b"\0")
-    host, port = _host_port(address, name, 1)
-    if len(address) == 4:
-        flowinfo, scope_id = address[2], address[3]
-        for field in (flowinfo, scope_id):
-            if isinstance(field, bool) or not isinstance(field, int):
-                raise TypeError(
-                    f"'{type(field).__name__}' object cannot be interpreted as an integer")
-        if not 0 <= flowinfo <= 0xFFFFF:
-            raise OverflowError(f"{name}: flowinfo must be 0-1048575.")
+    host, port, v6 = _host_port(address, name, 1)
+    if v6 is not None:
         family = socket.AF_INET6
     infos = socket.getaddrinfo(host, port, family or socket.AF_UNSPEC, socket.SOCK_STREAM)
     fam, _, _, _, sa_info = infos[0]
@@ -221,7 +227,7 @@ def sockaddr_bytes(address: Address, family: int | None = None,
             + socket.inet_pton(fam, sa[0]) + bytes(8)
         )
     if fam == socket.AF_INET6:
-        flow, scope = (address[2], address[3]) if len(address) == 4 else (sa[2], sa[3])
+        flow, scope = v6 if v6 is not None else (sa[2], sa[3])
         return fam, (
             struct.pack("=H", fam) + struct.pack("!HI", sa[1], flow)
             + socket.inet_pton(fam, sa[0].split("%")[0]) + struct.pack("=I", scope)
@@ -270,7 +276,8 @@ class Proxy:
     By default the proxy raises the process's ``RLIMIT_NOFILE`` soft limit
     to the hard limit (``raise_fd_limit=False`` leaves it) and sizes
     ``max_connections`` from it (:func:`default_max_connections`: 208 at
-    1024 descriptors, at most 16384).  A connection holds a pipe
+    1024 descriptors, at most 16384); an explicit value above half the limit
+    (two descriptors a connection) is lowered to it.  A connection holds a pipe
     (``pipe_size``, 1 MiB) only while bytes are in flight; past
     ``/proc/sys/fs/pipe-user-pages-soft`` an unprivileged user gets smaller
     pipes, which still work, and a connection that finds no descriptor for a
@@ -332,6 +339,8 @@ class Proxy:
             self.fd_limit = _raise_fd_limit() if raise_fd_limit else _soft_fd_limit()
             if max_connections is None:
                 max_connections = default_max_connections(self.fd_limit)
+            # two descriptors a connection: more slots could never be used
+            max_connections = min(max_connections, max(1, self.fd_limit // 2))
             self.max_connections = max_connections
             pool = PipePool(pipe_size, max_idle=_POOL_IDLE)
             self._core = _c.ProxyLoop(pool, self._sock.fileno(), self._target, max_connections,
@@ -480,11 +489,13 @@ def _listener(address: Any, backlog: int) -> socket.socket:
             "listen must be a listening socket or a (host, port) tuple, not "
             f"{type(address).__name__}; for AF_UNIX, bind and listen on a socket and pass it"
         )
-    host, port = _host_port(address, "listen", 0)
+    host, port, v6 = _host_port(address, "listen", 0, any_host=True)
     infos = socket.getaddrinfo(
-        host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
+        host or None, port, socket.AF_INET6 if v6 else socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+        socket.AI_PASSIVE,
     )
-    fam, kind, proto, _, sa = infos[0]
+    fam, kind, proto, _, sa_info = infos[0]
+    sa: Any = sa_info if v6 is None else (sa_info[0], sa_info[1], *v6)
     sock = socket.socket(fam, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
