@@ -372,15 +372,16 @@ static int through_pipe(struct move *m, struct zc_pipe *via)
 	int rc = drain(m, via); /* left by an earlier call, or the caller's */
 
 	while (rc == 0 && m->done < m->count) {
+		size_t want = step(m->count - m->done, via->size);
+		int fd;
+		ssize_t n;
+
 		/* the destination was full: waiting to deliver what was read
 		 * is owed; reading more would be waiting by choice */
 		if (m->forced) {
 			rc = -EAGAIN;
 			break;
 		}
-		size_t want = step(m->count - m->done, via->size);
-		int fd;
-		ssize_t n;
 
 		rc = source_ready(m);
 		if (rc < 0)
