@@ -2,7 +2,6 @@
 """``relay`` and ``Proxy``: sockets pumped both ways through pipes by the C epoll loop."""
 from __future__ import annotations
 
-import _socket
 import errno
 import math
 import os
@@ -18,14 +17,12 @@ from typing import Any, NamedTuple, Union
 
 from . import _lowlevel as _c
 from ._args import stream_socket_fd, timeout_ms
-from ._lowlevel import INT_MAX, PIPE_SIZE, WAIT_FOREVER, PipePool, default_pool
+from ._lowlevel import INT_MAX, PIPE_SIZE, WAIT_FOREVER, PipePool, default_pool, raw_socket_type
 
 __all__ = ["Proxy", "ProxyStats", "default_max_connections", "raise_fd_limit", "relay"]
 
 Address = Union[tuple[str, int], tuple[str, int, int, int], str]
 
-# socket.socket.type converts to an enum on every read; the raw getter does not.
-_raw_socket_type = _socket.socket.type.__get__
 
 # The longest serve_forever() leaves C without returning to Python (signal
 # handlers, close() of the listening socket, the progress callback).
@@ -251,7 +248,7 @@ def _check_listener(sock: socket.socket) -> None:
             "listen is an ssl.SSLSocket: the proxy does not terminate TLS; give it the "
             "plain listening socket (TLS then passes through to the target untouched)"
         )
-    if _raw_socket_type(sock) != socket.SOCK_STREAM:
+    if raw_socket_type(sock) != socket.SOCK_STREAM:
         raise ValueError("listen must be a SOCK_STREAM socket")
     if sock.fileno() < 0:
         raise OSError(errno.EBADF, "listen is closed")

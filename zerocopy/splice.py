@@ -2,7 +2,6 @@
 """``recvfile`` and ``splice_all``: bytes between sockets, pipes and files with splice(2)."""
 from __future__ import annotations
 
-import _socket
 import errno
 import io
 import os
@@ -22,7 +21,7 @@ from ._args import (
     timeout_ms,
     writable,
 )
-from ._lowlevel import TO_EOF, WAIT_FOREVER, PipePool, default_pool
+from ._lowlevel import TO_EOF, WAIT_FOREVER, PipePool, default_pool, raw_socket_type
 
 __all__ = ["PipePool", "default_pool", "recvfile", "splice_all"]
 
@@ -30,8 +29,6 @@ _CHUNK = 256 * 1024
 
 FdLike = Union[int, Any]  # an int fd or an object with fileno()
 
-# socket.socket.type converts to an enum on every read; the raw getter does not.
-_raw_socket_type = _socket.socket.type.__get__
 
 
 # --------------------------------------------------------------------------- arguments
@@ -74,7 +71,7 @@ def _probe(obj: Any, fd: int, name: str) -> tuple[bool, bool]:
                 "were the data; use sendfile_all() to send a file through TLS, recvfile() "
                 "to receive one"
             )
-        if _raw_socket_type(obj) != socket.SOCK_STREAM:
+        if raw_socket_type(obj) != socket.SOCK_STREAM:
             raise ValueError(f"{name} must be a SOCK_STREAM socket")
         return False, True
     mode = os.fstat(fd).st_mode
