@@ -1219,3 +1219,54 @@ def test_serve_second_signal_stops_at_once(tmp_path: Path) -> None:
     assert proc.returncode == 0, rest
     assert got < 16 * 1024 * 1024
     assert "stopped (SIGINT)" in rest
+
+
+def test_proxy_refuses_the_excess_at_once_and_says_so(echo) -> None:
+    """Issue 8.3: past its slots the proxy answers new clients at once (a reset), counted
+    and logged with -v, instead of leaving them in the backlog."""
+    proxy = _start("proxy", "0", f"127.0.0.1:{echo.address[1]}", "-v", "--max-connections", "1")
+    try:
+        m = _line(proxy, r"listening on 127\.0\.0\.1:(\d+).*up to 1 connections")
+        port = int(m.group(1))
+        with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as first:
+            first.sendall(b"held")
+            assert recv_exactly(first, 4) == b"held"  # relayed: the one slot is taken
+            with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as second:
+                second.settimeout(DEADLINE)
+                try:
+                    assert second.recv(1) == b""  # answered at once, not left queued
+                except ConnectionResetError:
+                    pass
+            _line(proxy, r"refused 1 client\(s\)")
+        proxy.send_signal(signal.SIGTERM)
+        rest = _finish(proxy)
+    finally:
+        proxy.kill()
+        proxy.wait()
+    assert "1 refused" in rest, rest
+
+
+def test_proxy_idle_timeout_ends_a_silent_connection(echo) -> None:
+    proxy = _start("proxy", "0", f"127.0.0.1:{echo.address[1]}", "--idle-timeout", "0.3")
+    try:
+        port = int(_line(proxy, r"listening on 127\.0\.0\.1:(\d+)").group(1))
+        with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as c:
+            c.sendall(b"hi")
+            assert recv_exactly(c, 2) == b"hi"
+            c.settimeout(DEADLINE)
+            try:
+                assert c.recv(1) == b""  # ended by the proxy, well before DEADLINE
+            except ConnectionResetError:
+                pass
+        proxy.send_signal(signal.SIGTERM)
+        _finish(proxy)
+    finally:
+        proxy.kill()
+        proxy.wait()
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "soon"])
+def test_proxy_timeout_options_are_checked(value: str) -> None:
+    result = _run("proxy", "0", "127.0.0.1:9", "--stall-timeout", value)
+    assert result.returncode == 2
+    assert "--stall-timeout" in result.stderr

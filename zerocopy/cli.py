@@ -118,9 +118,31 @@ def _proxy(parser: argparse.ArgumentParser) -> str:
     parser.add_argument("target", metavar="TARGET", help="HOST:PORT to connect each client to")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print a one-line summary every second")
-    parser.add_argument("--max-connections", type=_positive_int, default=1024, metavar="N",
-                        help="relay at most N connections at once (default 1024)")
+    parser.add_argument("--max-connections", type=_positive_int, default=None, metavar="N",
+                        help="relay at most N connections at once; more are refused at once "
+                             "(default: sized from the open-files limit, raised to its "
+                             "hard limit)")
+    for name, what, default in (
+        ("connect", "connecting to TARGET", 10),
+        ("idle", "a connection on which nothing moves", 300),
+        ("stall", "a side that stops reading while the other has bytes for it", 60),
+    ):
+        parser.add_argument(f"--{name}-timeout", type=_timeout, default=float(default),
+                            metavar="SECONDS",
+                            help=f"end {what} after SECONDS ('none': never; default {default})")
     return "zerocopy.cli_proxy"
+
+
+def _timeout(text: str) -> float | None:
+    if text.strip().lower() in ("none", "off", "inf"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0 (or 'none'): {text!r}")
+    return value
 
 
 @subcommand("send", "send a file to 'zerocopy recv' (or, with --raw, to any TCP listener)")
