@@ -1,0 +1,447 @@
+# SPDX-License-Identifier: MIT
+"""asyncio adapters: kernel ``sendfile`` on any event loop, uvloop included.
+
+The rule (DESIGN.md, "Async adapters"): the event loop waits, the C core
+sends.  :func:`sendfile` steps a :class:`zerocopy.FileSender` on the
+socket's fd with the C loop in non-blocking mode (it sends until the kernel
+would block and never waits) and, between steps, waits for writability
+through the running loop.
+
+A transport keeps its socket.  To send past it without breaking its stream:
+
+- the transport's own buffer goes out first: when it holds bytes, its write
+  buffer limits are lowered to 0 and ``resume_writing`` says when it is
+  empty (the transport's public flow control; the original limits come back);
+- while the transfer has to wait, the transport's protocol is swapped for a
+  stand-in (``transport.set_protocol``, as ``loop.sendfile``'s own fallback
+  does) and reading is paused: the protocol gets no ``data_received`` in the
+  middle of a response, and ``connection_lost`` wakes the transfer.  What
+  arrives meanwhile is handed to the protocol when it gets its transport
+  back, in order;
+- the wait is ``loop.add_writer`` on a duplicate of the fd: loops refuse an
+  fd that a transport owns (asyncio and uvloop alike), never a second
+  descriptor of the same socket.  Only uvloop's and asyncio's public loop
+  API is used, so the same code runs on both.
+
+The socket is given back clean on success, error and cancellation: cork
+undone, protocol, reading and buffer limits restored, the duplicate closed.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import sys
+from typing import Any, Union
+
+from . import _lowlevel as _c
+from ._async import Chunks, dup
+from .sender import FileSender
+
+Target = Union[asyncio.StreamWriter, asyncio.Transport, socket.socket]
+
+__all__ = ["sendfile"]
+
+
+async def sendfile(
+    target: Target,
+    file: Any,
+    offset: int | None = None,
+    count: int | None = None,
+    *,
+    headers: Any = b"",
+    trailers: Any = b"",
+) -> int:
+    """Send ``headers``, ``count`` bytes of ``file`` from ``offset``, then ``trailers``.
+
+    ``target`` is an ``asyncio.StreamWriter``, an ``asyncio.Transport`` (a
+    protocol's own, on the default loop or uvloop), or a non-blocking
+    ``socket.socket``.  ``file``, ``offset`` and ``count`` are those of
+    :func:`zerocopy.sendfile_all` (``count=None``: to the end of the file;
+    ``offset=None``: from the file's position).  Returns the bytes sent,
+    headers and trailers included.
+
+    Bytes already written to the transport go out first, in order.  The
+    call waits through the running loop and never blocks it on the network.
+
+    Positions: a file object's position ends at start + file bytes sent, on
+    success and on every exception.  Exceptions carry ``bytes_sent`` (bytes
+    of the whole response sent): ``OSError`` subclasses are also
+    :class:`zerocopy.TransferError`, and a cancellation's
+    ``asyncio.CancelledError`` has the attribute too.  A file shorter than
+    ``count`` raises :class:`zerocopy.TruncatedFileError`.  After an error
+    or a cancellation part of the response is on the wire: the transport is
+    usable (its protocol and reading are restored) but the stream is
+    mid-response, so a protocol like HTTP should close it.
+
+    TLS: a transport with an ``ssl_object`` (asyncio's and uvloop's TLS,
+    made in user space with memory BIOs) and an ``ssl.SSLSocket`` never get
+    plaintext: the file is read in chunks and written through the TLS layer,
+    as ``loop.sendfile`` does.  An ``ssl.SSLSocket`` whose fd has kernel TLS
+    gets the zero-copy route.  ``bytes_sent`` then counts the bytes the TLS
+    layer accepted.
+
+    While the call runs, nothing else may write to the target (as for
+    ``loop.sendfile``).
+    """
+    if isinstance(target, asyncio.StreamWriter):
+        target = target.transport  # type: ignore[assignment]
+    if isinstance(target, socket.socket):
+        return await _send_socket(target, file, offset, count, headers, trailers)
+    if isinstance(target, asyncio.BaseTransport) or _is_transport(target):
+        # uvloop's transports implement the interface without subclassing it
+        return await _send_transport(target, file, offset, count,  # type: ignore[arg-type]
+                                     headers, trailers)
+    raise TypeError(
+        "target must be an asyncio.StreamWriter, an asyncio.Transport or a socket.socket, "
+        f"not {type(target).__name__}"
+    )
+
+
+# --------------------------------------------------------------------------- transports
+
+_TRANSPORT_METHODS = ("get_extra_info", "get_protocol", "set_protocol", "is_closing", "write",
+                      "pause_reading", "resume_reading", "get_write_buffer_size")
+
+
+def _is_transport(obj: object) -> bool:
+    return all(callable(getattr(obj, name, None)) for name in _TRANSPORT_METHODS)
+
+
+
+def _socket_fd(transport: asyncio.BaseTransport) -> int | None:
+    """The fd to send to directly, or None when bytes must go through the transport."""
+    if transport.get_extra_info("ssl_object") is not None:
+        return None  # TLS records are made in user space: never write past them
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        if sock.type != socket.SOCK_STREAM:
+            return None
+        fd = sock.fileno()
+    except (AttributeError, OSError):
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def _check_open(transport: asyncio.BaseTransport, sent: int) -> None:
+    if transport.is_closing():
+        raise _c.attach(ConnectionResetError(
+            errno.ECONNRESET, "the transport was closed during the transfer"), sent)
+
+
+async def _send_transport(transport: asyncio.Transport, file: Any, offset: int | None,
+                          count: int | None, headers: Any, trailers: Any) -> int:
+    if transport.is_closing():
+        raise ConnectionResetError(errno.ECONNRESET, "the transport is closed")
+    fd = _socket_fd(transport)
+    if fd is None:
+        return await _send_through(transport, Chunks(file, offset, count, headers, trailers))
+    sender = FileSender(fd, file, offset, count, headers=headers, trailers=trailers)
+    lease: _Lease | None = None
+    waiter: _Writable | None = None
+    try:
+        if transport.get_write_buffer_size() == 0:
+            # Nothing queued ahead of us, and no await until the step
+            # returns: no callback can run in between (the fast path; a
+            # response that fits in the socket buffer needs no more).
+            sender.send()
+            if sender.done:
+                return sender.sent
+        loop = asyncio.get_running_loop()
+        lease = _Lease(transport, loop)
+        await lease.flush()
+        waiter = _Writable(loop, fd)
+        while True:
+            _check_open(transport, sender.sent)
+            sender.send()
+            if sender.done:
+                return sender.sent
+            await waiter.wait(lease)
+    except BaseException as exc:
+        raise _c.attach(exc, sender.sent) from None
+    finally:
+        try:
+            sender.close()
+        finally:
+            if waiter is not None:
+                waiter.close()
+            if lease is not None:
+                lease.restore()
+
+
+async def _send_through(transport: asyncio.Transport, body: Chunks) -> int:
+    """Write the response through the transport (its TLS layer), with its flow control."""
+    # No flush first: what the transport holds goes out ahead of these
+    # bytes anyway (and a TLS layer may hold records, such as session
+    # tickets, that only a write or a read pushes out).
+    loop = asyncio.get_running_loop()
+    lease = _Lease(transport, loop)
+    try:
+        lease.set_limits(2 * _CHUNK_TLS, _CHUNK_TLS // 2)
+        while True:
+            _check_open(transport, body.sent)
+            chunk = body.next(_CHUNK_TLS)
+            if not chunk:
+                return body.sent
+            transport.write(chunk)
+            body.advance(len(chunk))
+            await lease.writable()
+    except BaseException as exc:
+        raise _c.attach(exc, body.sent) from None
+    finally:
+        try:
+            body.close()
+        finally:
+            lease.restore()
+
+
+_CHUNK_TLS = 64 * 1024
+
+
+class _Writable:
+    """Waits for a transport's socket to be writable, through a duplicate of its fd."""
+
+    __slots__ = ("_dup", "_fd", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._dup = -1
+
+    async def wait(self, lease: _Lease) -> None:
+        if self._dup < 0:
+            self._dup = dup(self._fd)
+        fut = self._loop.create_future()
+        lease.waiter = fut
+        self._loop.add_writer(self._dup, _wake, fut)
+        try:
+            await fut
+        finally:
+            lease.waiter = None
+            self._loop.remove_writer(self._dup)
+
+    def close(self) -> None:
+        fd, self._dup = self._dup, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class _Lease(asyncio.Protocol):
+    """Stands in for a transport's protocol while a transfer owns its socket.
+
+    Reading is paused; data and EOF that come anyway are kept and handed to
+    the protocol when it is restored.  ``connection_lost`` goes to it at
+    once (after what was kept) and ends the transfer.  Flow-control calls
+    are tracked so that the protocol's idea of "paused" matches the
+    transport's after :meth:`restore`.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self.loop = loop
+        self.proto = transport.get_protocol()
+        self.waiter: asyncio.Future[None] | None = None
+        self.lost: tuple[Exception | None] | None = None
+        self._kept: list[bytes] = []
+        self._eof = False
+        self._first_flow: str | None = None
+        self._paused = False  # as far as this stand-in knows
+        self._limits: tuple[int, int] | None = None
+        self._high = 0
+        self._restored = False
+        self._resume_reading = transport.is_reading()
+        if self._resume_reading:
+            transport.pause_reading()
+        transport.set_protocol(self)
+
+    # -- what the transport calls -------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        raise RuntimeError("Invalid state: the connection is already made")
+
+    def data_received(self, data: bytes) -> None:
+        self._kept.append(bytes(data))
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        return True  # keep the transport open; the protocol decides at restore()
+
+    def pause_writing(self) -> None:
+        if self._first_flow is None:
+            self._first_flow = "pause"
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        if self._first_flow is None:
+            self._first_flow = "resume"  # the protocol was paused before the lease
+        self._paused = False
+        self._wake(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = (exc,)
+        self._wake(exc)
+        self.restore()
+
+    def _wake(self, exc: BaseException | None) -> None:
+        fut = self.waiter
+        if fut is not None and not fut.done():
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)
+
+    # -- what the transfer calls --------------------------------------------
+
+    def set_limits(self, high: int, low: int) -> None:
+        """Set the transport's write buffer limits until :meth:`restore`."""
+        if self._limits is None:
+            try:
+                self._limits = self.transport.get_write_buffer_limits()
+            except NotImplementedError:  # a transport without the getter (3.9's TLS)
+                self._limits = (-1, -1)
+        self._high = high
+        self.transport.set_write_buffer_limits(high=high, low=low)
+
+    async def flush(self) -> None:
+        """Wait until the transport's own buffer is empty."""
+        transport = self.transport
+        if transport.get_write_buffer_size() == 0:
+            return
+        self.set_limits(0, 0)
+        while transport.get_write_buffer_size() > 0:
+            self._check()
+            self.waiter = self.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        self._check()
+
+    async def writable(self) -> None:
+        """Wait while the transport's buffer is above the high-water mark :meth:`set_limits` set."""
+        transport, high = self.transport, self._high
+        # Before any flow-control call, a buffer above the mark means the
+        # transport was paused before the lease: resume_writing will come.
+        while self._paused or (self._first_flow is None
+                               and transport.get_write_buffer_size() > high):
+            self._check()
+            self.waiter = self.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        self._check()
+
+    def _check(self) -> None:
+        if self.lost is not None:
+            exc = self.lost[0]
+            raise exc if exc is not None else ConnectionResetError(
+                errno.ECONNRESET, "the connection was closed during the transfer")
+
+    def restore(self) -> None:
+        """Give the protocol its transport back (idempotent)."""
+        if self._restored:
+            return
+        self._restored = True
+        transport, proto = self.transport, self.proto
+        if transport.get_protocol() is self:
+            transport.set_protocol(proto)
+        if self._first_flow == "resume" and not self._paused:
+            proto.resume_writing()
+        elif self._first_flow == "pause" and self._paused:
+            proto.pause_writing()
+        for data in self._kept:
+            _deliver(proto, data)
+        self._kept.clear()
+        if self._eof:
+            keep_open = proto.eof_received()  # type: ignore[attr-defined]
+            if not keep_open and self.lost is None:
+                transport.close()
+        if self.lost is not None:
+            proto.connection_lost(self.lost[0])
+            return
+        if transport.is_closing():
+            return
+        if self._limits is not None:
+            low, high = self._limits
+            if high < 0:
+                transport.set_write_buffer_limits()
+            else:
+                transport.set_write_buffer_limits(high=high, low=low)
+        if self._resume_reading:
+            transport.resume_reading()
+
+
+def _deliver(proto: Any, data: bytes) -> None:
+    """``data`` to a protocol, plain or buffered."""
+    if isinstance(proto, asyncio.BufferedProtocol):
+        view = memoryview(data)
+        while view:
+            buf = memoryview(proto.get_buffer(len(view)))
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            proto.buffer_updated(n)
+            view = view[n:]
+    else:
+        proto.data_received(data)
+
+
+# --------------------------------------------------------------------------- sockets
+
+
+async def _send_socket(sock: socket.socket, file: Any, offset: int | None, count: int | None,
+                       headers: Any, trailers: Any) -> int:
+    if sock.gettimeout() != 0:
+        raise ValueError("the socket must be non-blocking")
+    loop = asyncio.get_running_loop()
+    sender = FileSender(sock, file, offset, count, headers=headers, trailers=trailers)
+    ssl_mod = sys.modules.get("ssl")
+    want_read: type[BaseException] | None = (
+        ssl_mod.SSLWantReadError if ssl_mod is not None else None
+    )
+    try:
+        while True:
+            try:
+                sender.send()
+            except BaseException as exc:
+                if want_read is None or not isinstance(exc, want_read):
+                    raise
+                await _wait_fd(loop, sock, reading=True)  # TLS wants the peer's bytes first
+                continue
+            if sender.done:
+                return sender.sent
+            await _wait_fd(loop, sock, reading=False)
+    except BaseException as exc:
+        raise _c.attach(exc, sender.sent) from None
+    finally:
+        sender.close()
+
+
+async def _wait_fd(loop: asyncio.AbstractEventLoop, sock: socket.socket, reading: bool) -> None:
+    fd = sock.fileno()
+    if fd < 0:
+        raise OSError(errno.EBADF, "the socket was closed during the transfer")
+    fut = loop.create_future()
+    if reading:
+        loop.add_reader(fd, _wake, fut)
+    else:
+        loop.add_writer(fd, _wake, fut)
+    try:
+        await fut
+    finally:
+        # as asyncio's sock_sendall does: closing a socket while a task
+        # waits on it is the caller's error
+        if reading:
+            loop.remove_reader(fd)
+        else:
+            loop.remove_writer(fd)
+    if not _c.is_open(sock):
+        raise OSError(errno.EBADF, "the socket was closed during the transfer")
