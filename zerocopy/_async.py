@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import _lowlevel as _c
@@ -107,9 +108,66 @@ def _as_bytes(data: Any, name: str) -> bytes:
         raise TypeError(f"{name} must be a bytes-like object, not {type(data).__name__}") from None
 
 
+class Progress:
+    """How far a transfer got, kept up to date while it runs.
+
+    Pass one as ``progress=`` where the exception that ends a transfer
+    cannot carry ``bytes_sent`` (trio's ``Cancelled`` has no room for
+    attributes); asyncio's ``CancelledError`` carries it as well.
+    """
+
+    __slots__ = ("bytes_sent",)
+
+    def __init__(self) -> None:
+        self.bytes_sent = 0
+
+    def __repr__(self) -> str:
+        return f"<Progress bytes_sent={self.bytes_sent}>"
+
+
+async def drive(sender: Any, wait_writable: Callable[[], Awaitable[object]],
+                progress: Progress | None) -> bool:
+    """Step a FileSender on a non-blocking socket until done, awaiting
+    ``wait_writable()`` whenever the kernel would block.  Returns whether it
+    waited; exceptions get ``bytes_sent`` where they can take it."""
+    waited = False
+    try:
+        while True:
+            sender.send()
+            if progress is not None:
+                progress.bytes_sent = sender.sent
+            if sender.done:
+                return waited
+            await wait_writable()
+            waited = True
+    except BaseException as exc:
+        raise _c.attach(exc, sender.sent) from None
+    finally:
+        sender.close()
+
+
+async def send_chunks(body: Chunks, write: Callable[[bytes], Awaitable[object]],
+                      progress: Progress | None) -> int:
+    """The response through a stream's own ``send_all`` (a TLS layer in user space)."""
+    try:
+        while True:
+            chunk = body.next()
+            if not chunk:
+                return body.sent
+            await write(chunk)
+            body.advance(len(chunk))
+            if progress is not None:
+                progress.bytes_sent = body.sent
+    except BaseException as exc:
+        raise _c.attach(exc, body.sent) from None
+    finally:
+        body.close()
+
+
 def dup(fd: int) -> int:
     """A private descriptor for ``fd``'s socket, to register with a loop that refuses ``fd``."""
     return os.dup(fd)  # non-inheritable, as every fd Python makes
 
 
-__all__ = ["CHUNK", "FD_POSITION", "Chunks", "dup", "missing_extra"]
+__all__ = ["CHUNK", "FD_POSITION", "Chunks", "Progress", "drive", "dup", "missing_extra",
+           "send_chunks"]

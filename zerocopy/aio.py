@@ -36,12 +36,12 @@ import sys
 from typing import Any, Union
 
 from . import _lowlevel as _c
-from ._async import Chunks, dup
+from ._async import Chunks, Progress, dup
 from .sender import FileSender
 
 Target = Union[asyncio.StreamWriter, asyncio.Transport, socket.socket]
 
-__all__ = ["sendfile"]
+__all__ = ["Progress", "sendfile"]
 
 
 async def sendfile(
@@ -52,6 +52,7 @@ async def sendfile(
     *,
     headers: Any = b"",
     trailers: Any = b"",
+    progress: Progress | None = None,
 ) -> int:
     """Send ``headers``, ``count`` bytes of ``file`` from ``offset``, then ``trailers``.
 
@@ -82,17 +83,19 @@ async def sendfile(
     gets the zero-copy route.  ``bytes_sent`` then counts the bytes the TLS
     layer accepted.
 
+    ``progress`` (a :class:`Progress`) is kept up to date as bytes go out.
+
     While the call runs, nothing else may write to the target (as for
     ``loop.sendfile``).
     """
     if isinstance(target, asyncio.StreamWriter):
         target = target.transport  # type: ignore[assignment]
     if isinstance(target, socket.socket):
-        return await _send_socket(target, file, offset, count, headers, trailers)
+        return await _send_socket(target, file, offset, count, headers, trailers, progress)
     if isinstance(target, asyncio.BaseTransport) or _is_transport(target):
         # uvloop's transports implement the interface without subclassing it
         return await _send_transport(target, file, offset, count,  # type: ignore[arg-type]
-                                     headers, trailers)
+                                     headers, trailers, progress)
     raise TypeError(
         "target must be an asyncio.StreamWriter, an asyncio.Transport or a socket.socket, "
         f"not {type(target).__name__}"
@@ -133,12 +136,14 @@ def _check_open(transport: asyncio.BaseTransport, sent: int) -> None:
 
 
 async def _send_transport(transport: asyncio.Transport, file: Any, offset: int | None,
-                          count: int | None, headers: Any, trailers: Any) -> int:
+                          count: int | None, headers: Any, trailers: Any,
+                          progress: Progress | None) -> int:
     if transport.is_closing():
         raise ConnectionResetError(errno.ECONNRESET, "the transport is closed")
     fd = _socket_fd(transport)
     if fd is None:
-        return await _send_through(transport, Chunks(file, offset, count, headers, trailers))
+        return await _send_through(transport, Chunks(file, offset, count, headers, trailers),
+                                   progress)
     sender = FileSender(fd, file, offset, count, headers=headers, trailers=trailers)
     lease: _Lease | None = None
     waiter: _Writable | None = None
@@ -150,6 +155,8 @@ async def _send_transport(transport: asyncio.Transport, file: Any, offset: int |
             sender.send()
             if sender.done:
                 return sender.sent
+        if progress is not None:
+            progress.bytes_sent = sender.sent
         loop = asyncio.get_running_loop()
         lease = _Lease(transport, loop)
         await lease.flush()
@@ -157,6 +164,8 @@ async def _send_transport(transport: asyncio.Transport, file: Any, offset: int |
         while True:
             _check_open(transport, sender.sent)
             sender.send()
+            if progress is not None:
+                progress.bytes_sent = sender.sent
             if sender.done:
                 return sender.sent
             await waiter.wait(lease)
@@ -172,7 +181,8 @@ async def _send_transport(transport: asyncio.Transport, file: Any, offset: int |
                 lease.restore()
 
 
-async def _send_through(transport: asyncio.Transport, body: Chunks) -> int:
+async def _send_through(transport: asyncio.Transport, body: Chunks,
+                        progress: Progress | None) -> int:
     """Write the response through the transport (its TLS layer), with its flow control."""
     # No flush first: what the transport holds goes out ahead of these
     # bytes anyway (and a TLS layer may hold records, such as session
@@ -188,6 +198,8 @@ async def _send_through(transport: asyncio.Transport, body: Chunks) -> int:
                 return body.sent
             transport.write(chunk)
             body.advance(len(chunk))
+            if progress is not None:
+                progress.bytes_sent = body.sent
             await lease.writable()
     except BaseException as exc:
         raise _c.attach(exc, body.sent) from None
@@ -398,7 +410,7 @@ def _deliver(proto: Any, data: bytes) -> None:
 
 
 async def _send_socket(sock: socket.socket, file: Any, offset: int | None, count: int | None,
-                       headers: Any, trailers: Any) -> int:
+                       headers: Any, trailers: Any, progress: Progress | None) -> int:
     if sock.gettimeout() != 0:
         raise ValueError("the socket must be non-blocking")
     loop = asyncio.get_running_loop()
@@ -416,6 +428,8 @@ async def _send_socket(sock: socket.socket, file: Any, offset: int | None, count
                     raise
                 await _wait_fd(loop, sock, reading=True)  # TLS wants the peer's bytes first
                 continue
+            if progress is not None:
+                progress.bytes_sent = sender.sent
             if sender.done:
                 return sender.sent
             await _wait_fd(loop, sock, reading=False)
