@@ -73,6 +73,6 @@ class FileResponse(web.FileResponse):
             raise ConnectionResetError("Connection lost")
         sent = await aio.sendfile(transport, fobj, offset, count)
         if isinstance(getattr(writer, "output_size", None), int):
-            writer.output_size += sent  # type: ignore[attr-defined]  # for the access log
+            writer.output_size += sent  # for the access log
         await web.StreamResponse.write_eof(self)
         return writer
