@@ -231,7 +231,8 @@ def test_old_uvicorn_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_unknown_cycle_refused() -> None:
     class Cycle:
-        scope: dict[str, Any] = {}
+        def __init__(self) -> None:
+            self.scope: dict[str, Any] = {}
 
     with pytest.raises(RuntimeError, match="does not support uvicorn"):
         asgi._adopt(Cycle(), asgi._h11_frame, asgi._h11_finish)
