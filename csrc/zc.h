@@ -246,6 +246,7 @@ struct zc_completion {
  */
 struct zc_track_rec {
 	uint64_t _token;
+	uint64_t _bytes;
 	uint8_t _done;
 	uint8_t _last;
 };
@@ -376,6 +377,287 @@ size_t zc_tracker_complete(struct zc_tracker *t, const struct zc_completion *c,
  */
 int zc_wait_completions(int sock, int timeout_ms);
 
+
+/* ---- MSG_ZEROCOPY policy: struct zc_zsock ----------------------------- */
+
+/*
+ * A connected stream socket whose large sends go with MSG_ZEROCOPY, with
+ * the policies production systems learned (folly's AsyncSocket, gRPC):
+ *  - only sends of at least a threshold (16 KiB) use the flag: below it
+ *    the page pinning and the notification cost more than the copy;
+ *  - at most max_pinned_bytes of the caller's buffers stay on loan: past
+ *    that a send waits for completions (as its timeout allows) or, on a
+ *    socket that must not wait, goes without the flag;
+ *  - adaptive: the first completion flagged COPIED (the kernel copied
+ *    after all, as it always does on loopback and veth) turns the flag
+ *    off for good, since a deferred copy costs more than a plain one;
+ *  - ENOBUFS (optmem_max or the locked-memory limit) resends the same
+ *    bytes at once without the flag;
+ *  - sockets without zero-copy (AF_UNIX, kernels before 4.14) just send,
+ *    and never read an error queue;
+ *  - zc_zsock_end() bounds what a stalled peer can pin: see there.
+ *
+ * Buffers are loans named by the caller's 64-bit tokens.  A buffer is free
+ * again only when zc_zsock_collect() reports its token: never before the
+ * kernel said it no longer reads any of it.
+ *
+ * Every call that touches the socket first checks that the fd still names
+ * the socket given to zc_zsock_init() (the same device and inode), and
+ * from its second syscall on works on a duplicate, checked again after
+ * each wait: a socket closed by another thread, its number reused by a
+ * new connection, never gets our bytes nor has its error queue read.
+ * Those calls then fail with -EBADF.
+ *
+ * Not thread-safe: serialise the calls on one zc_zsock, except
+ * zc_zsock_poll(), which any thread may call at any time.
+ */
+
+#define ZC_ZSOCK_THRESHOLD (16 * 1024)	     /* default threshold */
+#define ZC_ZSOCK_MAX_PINNED (64 * 1024 * 1024) /* default max_pinned_bytes */
+
+/* zc_zsock_end(): how long it waits for completions after a reset. */
+#define ZC_ZSOCK_RESET_WAIT_MS 2000
+
+/* zc_zsock_send() flags. */
+#define ZC_ZSOCK_ONCE 0x1   /* return after the first send that took bytes */
+#define ZC_ZSOCK_RESUME 0x2 /* continue the buffer of an -EINTR return */
+#define ZC_ZSOCK_MORE 0x4   /* MSG_MORE on every send of this buffer */
+
+/**
+ * struct zc_zsock_opts - settings for zc_zsock_init()
+ * @threshold: sends of fewer bytes never use MSG_ZEROCOPY (>= 1)
+ * @max_pinned_bytes: bound on the bytes of buffers on loan (>= 1); one
+ *                    buffer larger than the bound may still go alone
+ * @adaptive: 1 turns zero-copy off at the first COPIED completion; 0
+ *            keeps it on (for measuring)
+ *
+ * zc_zsock_opts_init() fills in the defaults.
+ */
+struct zc_zsock_opts {
+	uint64_t threshold;
+	uint64_t max_pinned_bytes;
+	int adaptive;
+};
+
+/**
+ * struct zc_zsock_stats - counters of a zc_zsock
+ * @zerocopy_sends: sends with MSG_ZEROCOPY (each took a sequence number)
+ * @plain_sends: sends without it
+ * @completions: zero-copy sends the kernel reported done
+ * @copied_completions: of those, sends it had to copy after all
+ * @enobufs_fallbacks: zero-copy sends refused with ENOBUFS, resent plain
+ * @pinned_bytes: bytes of the buffers on loan now
+ * @peak_pinned_bytes: the most @pinned_bytes ever was
+ */
+struct zc_zsock_stats {
+	uint64_t zerocopy_sends;
+	uint64_t plain_sends;
+	uint64_t completions;
+	uint64_t copied_completions;
+	uint64_t enobufs_fallbacks;
+	uint64_t pinned_bytes;
+	uint64_t peak_pinned_bytes;
+};
+
+/**
+ * struct zc_zsock - a socket with the MSG_ZEROCOPY policy (read-only fields)
+ * @sock: the socket given to zc_zsock_init(); it stays the caller's
+ * @supported: 1 when the socket accepted SO_ZEROCOPY
+ * @unsupported: 0, or why not as a positive errno (EOPNOTSUPP for AF_UNIX
+ *               and TLS sockets, ENOPROTOOPT on kernels before 4.14)
+ * @active: 1 while sends of @threshold bytes or more use MSG_ZEROCOPY
+ * @loaned: after every zc_zsock_send() return: 1 when the buffer is on
+ *          loan (keep it unchanged until zc_zsock_collect() reports its
+ *          token), 0 when the caller may reuse it at once; after -EINTR it
+ *          is 1 until the buffer is resumed or zc_zsock_send_end() says
+ * @on_loan: buffers on loan whose tokens are not free yet
+ * @freed: tokens free and waiting for zc_zsock_collect()
+ * @stats: counters
+ */
+struct zc_zsock {
+	int sock;
+	int supported;
+	int unsupported;
+	int active;
+	int loaned;
+	uint32_t on_loan;
+	uint32_t freed;
+	struct zc_zsock_stats stats;
+	ZC_PRIVATE(192);
+};
+
+/**
+ * zc_zsock_opts_init() - the default settings
+ * @o: caller-allocated; gets threshold ZC_ZSOCK_THRESHOLD, max_pinned_bytes
+ *     ZC_ZSOCK_MAX_PINNED, adaptive 1
+ */
+void zc_zsock_opts_init(struct zc_zsock_opts *o);
+
+/**
+ * zc_zsock_init() - set SO_ZEROCOPY and the policy up on a socket
+ * @z: caller-allocated
+ * @sock: a connected stream socket (blocking or not); it stays the
+ *        caller's, who closes it after zc_zsock_end() or zc_zsock_abandon()
+ * @recs: caller-allocated array, alive as long as @z is used; one record
+ *        per zero-copy send in flight
+ * @nrecs: its length: the bound on zero-copy sends in flight (>= 1)
+ * @o: settings, or NULL for the defaults
+ *
+ * A socket that cannot do zero-copy is not an error: @z->supported is 0
+ * and every send is plain.
+ *
+ * Return: 0; -EINVAL for a NULL @recs, @nrecs 0 or a setting of 0;
+ * -EPROTOTYPE for a socket that is not SOCK_STREAM; -ENOTSOCK, -EBADF and
+ * other -errno from getsockopt/setsockopt/fstat.
+ */
+int zc_zsock_init(struct zc_zsock *z, int sock, struct zc_track_rec *recs,
+		  uint32_t nrecs, const struct zc_zsock_opts *o);
+
+/**
+ * zc_zsock_send() - send a buffer with the whole policy
+ * @z: the zsock
+ * @buf: the bytes; on loan when @z->loaned says so after the call
+ * @len: their length (0 sends nothing and returns 0)
+ * @token: the caller's name for the buffer, reported by zc_zsock_collect()
+ *         when the buffer is free again; tokens of buffers on loan must
+ *         differ from each other
+ * @flags: 0 (send all of @len), ZC_ZSOCK_ONCE (like send(2): return after
+ *         the first send that took bytes), ZC_ZSOCK_RESUME (this is the
+ *         rest of the buffer whose send returned -EINTR: @buf and @len are
+ *         what was left, @token the same), ZC_ZSOCK_MORE (MSG_MORE)
+ * @timeout_ms: when the socket would block, or the pinned-bytes bound is
+ *              reached: 0 never waits (returns -EAGAIN when full; past the
+ *              bound the bytes go plain), ZC_WAIT_FOREVER waits, a positive
+ *              value waits that long for each stretch of unwritability
+ *              (and, past the bound, at most that long for completions,
+ *              then the bytes go plain).  A blocking socket blocks in the
+ *              kernel instead, until a signal.
+ * @sent: in/out: this call ADDS the bytes it sent (also on errors)
+ *
+ * For each send the flag is decided anew: MSG_ZEROCOPY while @z->active,
+ * for at least @threshold bytes left, and when a record and pinned-bytes
+ * room are free (a buffer's first zero-copy send pins all of @len; its
+ * later parts need only a record).  Completions are reaped first whenever
+ * sends are in flight, so COPIED is seen early and memory freed promptly.
+ *
+ * Return: 0 when the bytes went out (all of them; with ZC_ZSOCK_ONCE, the
+ * first send's worth); -EINTR when a signal interrupted a wait or cut a
+ * send to a blocking socket short: the buffer stays open, resume with
+ * ZC_ZSOCK_RESUME or end it with zc_zsock_send_end(); -EAGAIN,
+ * -ETIMEDOUT as @timeout_ms says; -EBADF when @z->sock no longer names the
+ * socket; -EPIPE, -ECONNRESET and other -errno from send(2).  Whatever
+ * the return, @z->loaned says what to do with the buffer.
+ */
+int zc_zsock_send(struct zc_zsock *z, const void *buf, size_t len,
+		  uint64_t token, unsigned flags, int timeout_ms, uint64_t *sent);
+
+/**
+ * zc_zsock_send_end() - end a buffer left open by an -EINTR return
+ * @z: the zsock
+ *
+ * For a caller that does not resume (its signal handler gave up).  A send
+ * without ZC_ZSOCK_RESUME, zc_zsock_end() and zc_zsock_abandon() end an
+ * open buffer too, but only this call says what became of it.
+ *
+ * Return: 1 when the buffer is on loan (its token will be collected), 0
+ * when it is free now.  With no buffer open it changes nothing and returns
+ * @z->loaned as the last send left it, so a caller that lost track of the
+ * last return (its signal handler raised) may always call it.
+ */
+int zc_zsock_send_end(struct zc_zsock *z);
+
+/**
+ * zc_zsock_reap() - read completions from the error queue; never blocks
+ * @z: the zsock
+ *
+ * Messages that are no zero-copy completion (TX timestamps a caller asked
+ * for) are skipped.  A socket without zero-copy reads nothing.
+ *
+ * Return: the number of buffers that became free (collect their tokens);
+ * -EBADF when @z->sock no longer names the socket; other -errno from
+ * recvmsg(2).
+ */
+int zc_zsock_reap(struct zc_zsock *z);
+
+/**
+ * zc_zsock_collect() - take the tokens of buffers that are free again
+ * @z: the zsock
+ * @tokens: caller-allocated array
+ * @max: its length
+ *
+ * Makes no syscall.  Tokens come oldest first; the caller may reuse or
+ * free those buffers now, and only those.
+ *
+ * Return: the number of tokens written (less than @max: none are left).
+ */
+size_t zc_zsock_collect(struct zc_zsock *z, uint64_t *tokens, size_t max);
+
+/**
+ * zc_zsock_poll() - wait until there may be completions to reap
+ * @z: the zsock; only its socket identity is read, so any thread may call
+ *     this while another uses @z
+ * @timeout_ms: ZC_WAIT_FOREVER, 0 or a bound in milliseconds
+ *
+ * Waits in slices of at most 100 ms, checking between them that the fd
+ * still names the socket.  Returns at once for a socket without zero-copy.
+ * A socket with an error pending (a reset) keeps polling ready without
+ * completions: such wake-ups are paced (10 ms) rather than spun.
+ *
+ * Return: 0 (reap now); -ETIMEDOUT (-EAGAIN for 0); -EINTR; -EBADF when
+ * the fd no longer names the socket.
+ */
+int zc_zsock_poll(const struct zc_zsock *z, int timeout_ms);
+
+/**
+ * zc_zsock_flush() - reap and wait until no buffer is on loan
+ * @z: the zsock
+ * @timeout_ms: ZC_WAIT_FOREVER, 0 or a bound in milliseconds
+ *
+ * Return: 0 when @z->on_loan is 0 (collect the tokens); -ETIMEDOUT
+ * (-EAGAIN for 0) with buffers still on loan; -EINTR (call again);
+ * -EBADF; other -errno from recvmsg(2).
+ */
+int zc_zsock_flush(struct zc_zsock *z, int timeout_ms);
+
+/**
+ * zc_zsock_end() - get every buffer back, then leave the socket to close
+ * @z: the zsock
+ * @timeout_ms: how long to wait for the peer: ZC_WAIT_FOREVER, 0 or a
+ *              bound in milliseconds
+ *
+ * Waits up to @timeout_ms for the completions of every buffer on loan.
+ * If some are still out then (a peer that stopped reading), resets the
+ * connection with connect(AF_UNSPEC): the kernel drops the bytes it has
+ * not delivered, lets go of their pages and reports the completions on
+ * the still open fd; they are waited for up to ZC_ZSOCK_RESET_WAIT_MS
+ * more (pages referenced by packets still inside the stack, on a link
+ * that went down, say, come back only when those are dropped: about a
+ * second).  The peer then reads what had reached it and gets
+ * ECONNRESET.  Closing the fd with buffers on loan would lose their
+ * completions for good (the kernel drops a closed socket's
+ * notifications), which is why this comes first.
+ *
+ * Afterwards @z makes no more syscalls: collect the tokens, then close
+ * @z->sock.  Safe to call again (after -EINTR it resumes where it was).
+ *
+ * Return: 0 when every buffer is free (collect the tokens); a positive
+ * count of buffers whose completions never came: their tokens will never
+ * be reported, keep them for the life of the process; -EINTR (call again
+ * to resume).
+ */
+int zc_zsock_end(struct zc_zsock *z, int timeout_ms);
+
+/**
+ * zc_zsock_abandon() - stop using the socket at once (it was closed, say)
+ * @z: the zsock
+ *
+ * Makes no syscall.  Tokens already free can still be collected.
+ *
+ * Return: the number of buffers still on loan: their tokens will never be
+ * reported, keep them for the life of the process (the kernel may still
+ * read them).
+ */
+uint32_t zc_zsock_abandon(struct zc_zsock *z);
 
 /* ---- splice: pipe pool, splice loops, relay ------------------------- */
 

@@ -196,4 +196,17 @@ int zc__splice_direct(int src, off_t *src_off, int dst, off_t *dst_off,
 		      uint64_t count, int to_eof, int timeout_ms,
 		      uint64_t *done);
 
+/* ---- MSG_ZEROCOPY ------------------------------------------------------- */
+
+struct msghdr;
+struct zc_completion;
+
+/*
+ * One error-queue message: 1 and *out for a zero-copy completion; the
+ * error it carries (-ENOMSG for a TX timestamp) or -EPROTO for another
+ * message or a cmsg too short for a sock_extended_err; -EIO when the
+ * control data was truncated.
+ */
+int zc__parse_completion(const struct msghdr *msg, struct zc_completion *out);
+
 #endif

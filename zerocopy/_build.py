@@ -92,8 +92,36 @@ int zc_proxy_init(struct zc_proxy *px, struct zc_relay_loop *loop,
 void zc_proxy_close(struct zc_proxy *px);
 """
 
+# struct zc_zsock: the MSG_ZEROCOPY policy
+CDEF_ZSOCK = """
+#define ZC_ZSOCK_ONCE ...
+#define ZC_ZSOCK_RESUME ...
+struct zc_zsock_opts { uint64_t threshold; uint64_t max_pinned_bytes; int adaptive; };
+struct zc_zsock_stats {
+    uint64_t zerocopy_sends; uint64_t plain_sends; uint64_t completions;
+    uint64_t copied_completions; uint64_t enobufs_fallbacks; uint64_t pinned_bytes;
+    uint64_t peak_pinned_bytes;
+};
+struct zc_zsock {
+    int sock; int supported; int unsupported; int active; int loaned;
+    uint32_t on_loan; uint32_t freed; struct zc_zsock_stats stats; ...;
+};
+void zc_zsock_opts_init(struct zc_zsock_opts *o);
+int zc_zsock_init(struct zc_zsock *z, int sock, struct zc_track_rec *recs,
+                  uint32_t nrecs, const struct zc_zsock_opts *o);
+int zc_zsock_send(struct zc_zsock *z, const void *buf, size_t len,
+                  uint64_t token, unsigned flags, int timeout_ms, uint64_t *sent);
+int zc_zsock_send_end(struct zc_zsock *z);
+int zc_zsock_reap(struct zc_zsock *z);
+size_t zc_zsock_collect(struct zc_zsock *z, uint64_t *tokens, size_t max);
+int zc_zsock_poll(const struct zc_zsock *z, int timeout_ms);
+int zc_zsock_flush(struct zc_zsock *z, int timeout_ms);
+int zc_zsock_end(struct zc_zsock *z, int timeout_ms);
+uint32_t zc_zsock_abandon(struct zc_zsock *z);
+"""
+
 ffibuilder = FFI()
-ffibuilder.cdef(CDEF_SENDFILE + CDEF_ZEROCOPY + CDEF_SPLICE)
+ffibuilder.cdef(CDEF_SENDFILE + CDEF_ZEROCOPY + CDEF_ZSOCK + CDEF_SPLICE)
 ffibuilder.set_source(
     "zerocopy._native",
     '#include "zc.h"',

@@ -397,3 +397,224 @@ def _abandon_response(c: Any, owner: socket.socket | None, fd: int, exports: lis
     if owner is not None and owner.fileno() == fd:
         lib.zc_response_end(c)
     _release_exports(exports)
+
+
+# ---------------------------------------------------------- MSG_ZEROCOPY policy: struct zc_zsock
+
+_ZSOCK_T = ffi.typeof("struct zc_zsock *")
+_ZSOCK_OPTS_T = ffi.typeof("struct zc_zsock_opts *")
+_ZSOCK_ONCE: int = lib.ZC_ZSOCK_ONCE
+_ZSOCK_RESUME: int = lib.ZC_ZSOCK_RESUME
+_TOKENS = 64  # tokens taken per zc_zsock_collect() call
+
+
+class Loan:
+    """A buffer on loan to the kernel: the object and its export, until ``done``."""
+
+    __slots__ = ("_view", "done", "nbytes", "obj")
+
+    def __init__(self, obj: Any, view: Any, nbytes: int) -> None:
+        self.obj = obj
+        self._view = view
+        self.nbytes = nbytes
+        self.done = False
+
+
+class ZSock:
+    """Owner of one ``struct zc_zsock``: the whole ``MSG_ZEROCOPY`` policy runs in C.
+
+    What stays here is what must be Python: each buffer C reports on loan
+    stays referenced and exported (a ``bytearray`` cannot be resized) under
+    its token until C reports the token free, and then only.  Not
+    thread-safe: the caller serialises every method but :meth:`poll`.
+
+    Only :meth:`reap` holds ``owner`` (see :func:`hold`): sends and
+    :meth:`end` may wait, and a wait must end when another thread closes the
+    socket (a server closing a stalled client), not defer that close until
+    the peer reads.  C checks instead that the fd still names the socket it
+    was given, before using it and after each wait slice (100 ms), and waits
+    on its own duplicate: ``EBADF`` then, never a byte to the fd's next owner.
+    """
+
+    __slots__ = ("_c", "_loans", "_next_token", "_owner", "_recs", "_threshold", "_tokens")
+
+    def __init__(self, owner: socket.socket, fd: int, *, threshold: int, max_pinned: int,
+                 adaptive: bool, max_in_flight: int) -> None:
+        self._owner = owner
+        self._threshold = threshold
+        self._loans: dict[int, Loan] = {}
+        self._next_token = 1
+        opts = ffi.new(_ZSOCK_OPTS_T)
+        opts.threshold = threshold
+        opts.max_pinned_bytes = max_pinned
+        opts.adaptive = 1 if adaptive else 0
+        self._recs = ffi.new("struct zc_track_rec[]", max_in_flight)
+        self._tokens = ffi.new("uint64_t[]", _TOKENS)
+        self._c = ffi.new(_ZSOCK_T)
+        rc = lib.zc_zsock_init(self._c, fd, self._recs, max_in_flight, opts)
+        if rc < 0:
+            raise error(rc, 0)
+
+    # -- state (the C struct's public fields) ---------------------------------
+
+    @property
+    def supported(self) -> bool:
+        return bool(self._c.supported)
+
+    @property
+    def unsupported_errno(self) -> int:
+        return int(self._c.unsupported)
+
+    @property
+    def active(self) -> bool:
+        return bool(self._c.active)
+
+    @property
+    def pending(self) -> int:
+        """Buffers still referenced here (on loan, or free and not yet collected)."""
+        return len(self._loans)
+
+    def stats(self) -> tuple[int, int, int, int, int, int, int]:
+        s = self._c.stats
+        return (int(s.zerocopy_sends), int(s.plain_sends), int(s.completions),
+                int(s.copied_completions), int(s.enobufs_fallbacks), int(s.pinned_bytes),
+                int(s.peak_pinned_bytes))
+
+    # -- sending ----------------------------------------------------------------
+
+    def send(self, data: Any, once: bool, timeout_ms: int) -> tuple[int, Loan | None]:
+        """Send ``data`` (all of it, or like ``socket.send`` with ``once``).
+
+        Returns the bytes sent and the loan (None when the buffer is free
+        already).  Raises with ``bytes_sent``; whatever happens, a buffer C
+        still reads stays referenced until its token is collected.
+        """
+        view: Any = None
+        c = self._c
+        if type(data) is bytes:
+            size = len(data)
+            if timeout_ms < 0 and not c.on_loan and (size < self._threshold or not c.active):
+                # What C would do (one plain send, nothing to reap), through the
+                # socket's own send: a blocking socket resumes after signals itself.
+                if once:
+                    n = self._owner.send(data)
+                else:
+                    self._owner.sendall(data)
+                    n = size
+                c.stats.plain_sends += 1
+                return n, None
+            buf: Any = data  # cffi hands C the object's own buffer, which never moves
+        else:
+            try:
+                buf = view = ffi.from_buffer(data)  # exported: a bytearray cannot resize now
+            except TypeError:
+                raise TypeError(
+                    f"a bytes-like object is required, not '{type(data).__name__}'") from None
+            size = len(view)
+        token = self._next_token
+        self._next_token = token + 1
+        sent = _counters.pop() if _counters else ffi.new(_U64)
+        sent[0] = 0
+        flags = _ZSOCK_ONCE if once else 0
+        try:
+            try:
+                rc = lib.zc_zsock_send(c, buf, size, token, flags, timeout_ms, sent)
+                if rc != 0:
+                    self._send_rest(rc, data, view, size, token, flags, timeout_ms, sent)
+            except BaseException as exc:
+                lib.zc_zsock_send_end(c)  # a buffer left open by -EINTR ends here
+                raise attach(exc, int(sent[0])) from None
+            n = int(sent[0])
+        except BaseException:
+            self._settle(token, data, view, size)
+            if c.freed:
+                self._collect()
+            raise
+        finally:
+            _counters.append(sent)
+        loan = self._settle(token, data, view, size)
+        if c.freed:
+            self._collect()
+        return n, loan
+
+    def _send_rest(self, rc: int, data: Any, view: Any, size: int, token: int, flags: int,
+                   timeout_ms: int, sent: Any) -> None:
+        """Resume after -EINTR (the handler returned) until done; raise otherwise."""
+        c, owner = self._c, self._owner
+        p = view if view is not None else ffi.from_buffer(data)
+
+        def again() -> int:
+            done = int(sent[0])
+            result: int = lib.zc_zsock_send(c, p + done, size - done, token,
+                                            flags | _ZSOCK_RESUME, timeout_ms, sent)
+            return result
+
+        run(again, lambda: int(sent[0]), rc=rc, alive=lambda: is_open(owner))
+
+    def _settle(self, token: int, data: Any, view: Any, size: int) -> Loan | None:
+        """After a send: keep the buffer under its token while C says it is on loan."""
+        if not self._c.loaned:
+            if view is not None:
+                ffi.release(view)  # every byte went plain, or its completions came already
+            return None
+        loan = self._loans[token] = Loan(data, view, size)
+        return loan
+
+    # -- completions ------------------------------------------------------------
+
+    def _collect(self) -> int:
+        c, tokens, loans = self._c, self._tokens, self._loans
+        released = 0
+        while True:
+            n = lib.zc_zsock_collect(c, tokens, _TOKENS)
+            for i in range(n):
+                loan = loans.pop(int(tokens[i]), None)
+                if loan is not None:
+                    if loan._view is not None:
+                        ffi.release(loan._view)
+                    loan._view = loan.obj = None
+                    loan.done = True
+                    released += 1
+            if n < _TOKENS:
+                return released
+
+    def reap(self) -> int:
+        """Read completions (never blocks); return how many buffers became free."""
+        hold(self._owner)
+        try:
+            rc = lib.zc_zsock_reap(self._c)
+        finally:
+            release(self._owner)
+        released = self._collect()
+        if rc < 0:
+            raise error(rc, 0)
+        return released
+
+    def poll(self, timeout_ms: int) -> int:
+        """Wait for completions to reap: 0, -ETIMEDOUT, -EAGAIN, -EINTR, -EBADF.
+
+        The one method any thread may call without the caller's lock.
+        """
+        rc: int = lib.zc_zsock_poll(self._c, timeout_ms)
+        return rc
+
+    def end(self, timeout_ms: int) -> list[Loan]:
+        """Get every buffer back (resetting a stalled connection; see ``zc_zsock_end``).
+
+        Returns the loans whose completions never came: the kernel may still
+        read them.  The socket is left open: close it next.
+        """
+        c = self._c
+        run(lambda: int(lib.zc_zsock_end(c, timeout_ms)), lambda: 0)
+        return self._leftovers()
+
+    def abandon(self) -> list[Loan]:
+        """Stop using the socket (it was closed); the loans that never completed."""
+        lib.zc_zsock_abandon(self._c)
+        return self._leftovers()
+
+    def _leftovers(self) -> list[Loan]:
+        self._collect()
+        left = list(self._loans.values())
+        self._loans.clear()
+        return left
