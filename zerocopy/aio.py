@@ -146,7 +146,7 @@ async def _send_transport(transport: asyncio.Transport, file: Any, offset: int |
                                    progress)
     sender = FileSender(fd, file, offset, count, headers=headers, trailers=trailers)
     lease: _Lease | None = None
-    waiter: _Writable | None = None
+    pump: _Pump | None = None
     try:
         if transport.get_write_buffer_size() == 0:
             # Nothing queued ahead of us, and no await until the step
@@ -160,23 +160,19 @@ async def _send_transport(transport: asyncio.Transport, file: Any, offset: int |
         loop = asyncio.get_running_loop()
         lease = _Lease(transport, loop)
         await lease.flush()
-        waiter = _Writable(loop, fd)
-        while True:
-            _check_open(transport, sender.sent)
-            sender.send()
-            if progress is not None:
-                progress.bytes_sent = sender.sent
-            if sender.done:
-                return sender.sent
-            await waiter.wait(lease)
+        pump = _Pump(loop, fd, transport, sender, progress)
+        if pump.step():
+            return sender.sent
+        await pump.run(lease)
+        return sender.sent
     except BaseException as exc:
         raise _c.attach(exc, sender.sent) from None
     finally:
         try:
             sender.close()
         finally:
-            if waiter is not None:
-                waiter.close()
+            if pump is not None:
+                pump.close()
             if lease is not None:
                 lease.restore()
 
@@ -213,26 +209,62 @@ async def _send_through(transport: asyncio.Transport, body: Chunks,
 _CHUNK_TLS = 64 * 1024
 
 
-class _Writable:
-    """Waits for a transport's socket to be writable, through a duplicate of its fd."""
+class _Pump:
+    """Steps a FileSender from the loop's writer callback until it is done.
 
-    __slots__ = ("_dup", "_fd", "_loop")
+    The callback sends (one C call) each time the socket is writable, so a
+    response that needs many waits costs no task switch per wait; only the
+    end (done, an error, the connection lost) wakes the awaiting task.  The
+    callback is registered on a duplicate of the transport's fd: loops
+    refuse ``add_writer`` on an fd that a transport owns.
+    """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    __slots__ = ("_dup", "_fd", "_fut", "_loop", "_progress", "_sender", "_transport")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, transport: asyncio.Transport,
+                 sender: FileSender, progress: Progress | None) -> None:
         self._loop = loop
         self._fd = fd
         self._dup = -1
+        self._transport = transport
+        self._sender = sender
+        self._progress = progress
+        self._fut: asyncio.Future[None] | None = None
 
-    async def wait(self, lease: _Lease) -> None:
-        if self._dup < 0:
-            self._dup = dup(self._fd)
-        fut = self._loop.create_future()
-        lease.waiter = fut
-        self._loop.add_writer(self._dup, _wake, fut)
+    def step(self) -> bool:
+        """One send; True when the response is complete."""
+        _check_open(self._transport, self._sender.sent)
+        self._sender.send()
+        if self._progress is not None:
+            self._progress.bytes_sent = self._sender.sent
+        return self._sender.done
+
+    def _writable(self) -> None:
+        fut = self._fut
+        if fut is None or fut.done():
+            return
         try:
-            await fut
+            if self.step():
+                fut.set_result(None)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+
+    async def run(self, lease: _Lease) -> None:
+        self._dup = dup(self._fd)
+        self._loop.add_writer(self._dup, self._writable)
+        try:
+            while not self._sender.done:
+                lease._check()
+                self._fut = fut = self._loop.create_future()
+                lease.waiter = fut  # connection_lost ends the wait (and flow calls wake it)
+                try:
+                    await fut
+                finally:
+                    lease.waiter = None
+                    self._fut = None
         finally:
-            lease.waiter = None
             self._loop.remove_writer(self._dup)
 
     def close(self) -> None:
