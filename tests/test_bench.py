@@ -30,7 +30,7 @@ from zerocopy.bench._harness import (
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODES = ("file", "small", "memory", "relay")
+MODES = ("file", "small", "memory", "relay", "aio")
 
 
 def _bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
