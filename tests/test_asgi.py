@@ -29,6 +29,7 @@ from starlette.routing import Route  # noqa: E402
 
 from zerocopy import aio, asgi  # noqa: E402
 
+RANGES = hasattr(FileResponse, "_parse_range_header")  # Starlette >= 0.39 serves ranges
 PROTOCOLS = [p for p in (asgi.HttpToolsProtocol, asgi.H11Protocol) if p is not None]
 
 
@@ -106,8 +107,11 @@ def test_starlette_fileresponse(loop_kind: str, protocol: Any, big_file: str, bi
                 assert r.headers["content-length"] == str(len(big_data))
                 assert r.content == b""
                 r = await client.get("/f", headers={"Range": "bytes=10-19"})
-                assert r.status_code == 206 and r.content == big_data[10:20]
-        assert spy == [len(big_data), len(big_data)]
+                if RANGES:  # Starlette's own range path, not pathsend
+                    assert r.status_code == 206 and r.content == big_data[10:20]
+                else:
+                    assert r.status_code == 200 and r.content == big_data
+        assert spy == [len(big_data)] * (2 if RANGES else 3)
 
     run(loop_kind, main)
 
