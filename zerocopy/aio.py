@@ -70,7 +70,9 @@ async def sendfile(
     success and on every exception.  Exceptions carry ``bytes_sent`` (bytes
     of the whole response sent): ``OSError`` subclasses are also
     :class:`zerocopy.TransferError`, and a cancellation's
-    ``asyncio.CancelledError`` has the attribute too.  A file shorter than
+    ``asyncio.CancelledError`` has the attribute too (as raised in the
+    cancelled task; before Python 3.11 a task awaiting that task gets a
+    fresh ``CancelledError``: pass ``progress`` to learn the count there).  A file shorter than
     ``count`` raises :class:`zerocopy.TruncatedFileError`.  After an error
     or a cancellation part of the response is on the wire: the transport is
     usable (its protocol and reading are restored) but the stream is
