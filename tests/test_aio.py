@@ -538,3 +538,84 @@ def test_tls_cancel(loop_kind: str, tls_cert: tuple[str, str], big_file: str,
         server.close()
 
     run(loop_kind, main)
+
+
+# --------------------------------------------------------------------------- aio.Socket
+
+
+def test_socket_sendall_and_completions(loop_kind: str, make_pair: Any, big_data: bytes) -> None:
+    """Zero-copy sends (kept on even when loopback copies) complete; the bytes arrive."""
+    s, r = make_pair("tcp4", small=True)
+
+    async def main() -> None:
+        s.setblocking(False)
+        zs = aio.Socket(s, adaptive=False)
+        col = Collector(r, delay=0.0002)
+        buf = bytearray(big_data[:2_000_000])
+        handle = await zs.sendall(buf)
+        assert await handle.wait(timeout=25)
+        assert handle.done()
+        assert await zs.flush(timeout=25) and zs.pending == 0
+        stats = zs.zsocket.stats
+        if zs.zsocket.zerocopy_supported:
+            assert stats.zerocopy_sends > 0 and stats.completions > 0
+        buf[:] = b"\0" * len(buf)  # free again: changing it cannot change what was sent
+        await zs.aclose()
+        assert await in_thread(col.result) == big_data[:2_000_000]
+
+    run(loop_kind, main)
+
+
+def test_socket_flush_times_out_on_stalled_peer(loop_kind: str, make_pair: Any,
+                                                big_data: bytes) -> None:
+    s, _ = make_pair("tcp4", small=True)
+
+    async def main() -> None:
+        s.setblocking(False)
+        zs = aio.Socket(s, adaptive=False)
+        if not zs.zsocket.zerocopy_supported:
+            pytest.skip(zs.zsocket.zerocopy_unsupported_reason)
+        task = asyncio.ensure_future(zs.sendall(big_data))
+        await asyncio.sleep(0.2)  # the peer reads nothing: sendall waits for room
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert zs.pending > 0  # what went out zero-copy is still on loan
+        assert await zs.flush(timeout=0.3) is False
+        await zs.aclose(timeout=0.1)  # resets the stalled connection, gets the buffers back
+        assert zs.pending == 0
+
+    run(loop_kind, main)
+
+
+def test_blockingioerror_carries_the_handle(make_pair: Any, big_data: bytes) -> None:
+    """zerocopy.Socket.sendall on a full non-blocking socket: the exception's handle
+    covers the part sent zero-copy."""
+    s, r = make_pair("tcp4", small=True)
+    s.setblocking(False)
+    zs = zerocopy.Socket(s, adaptive=False)
+    if not zs.zerocopy_supported:
+        pytest.skip(zs.zerocopy_unsupported_reason)
+    with pytest.raises(BlockingIOError) as info:
+        zs.sendall(big_data)
+    handle = info.value.handle  # type: ignore[attr-defined]
+    assert 0 < info.value.characters_written < len(big_data)
+    col = Collector(r)
+    assert handle.wait(20)
+    zs.close()
+    assert col.result() == big_data[: info.value.characters_written]
+
+
+def test_socket_refuses(loop_kind: str, make_pair: Any, tls: Any) -> None:
+    s, _ = make_pair("tcp4")
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match="non-blocking"):
+            aio.Socket(s)
+        server, _ = tls
+        server.setblocking(False)
+        with pytest.raises(ValueError, match="TLS"):
+            aio.Socket(server)
+
+    run(loop_kind, main)

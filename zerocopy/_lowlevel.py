@@ -525,8 +525,11 @@ class ZSock:
                 lib.zc_zsock_send_end(c)  # a buffer left open by -EINTR ends here
                 raise attach(exc, int(sent[0])) from None
             n = int(sent[0])
-        except BaseException:
-            self._settle(token, data, view, size)
+        except BaseException as exc:
+            loan = self._settle(token, data, view, size)
+            if loan is not None:
+                # what went out zero-copy before the error stays on loan: say which
+                exc.loan = loan  # type: ignore[attr-defined]
             if c.freed:
                 self._collect()
             raise

@@ -41,7 +41,7 @@ from .sender import FileSender
 
 Target = Union[asyncio.StreamWriter, asyncio.Transport, socket.socket]
 
-__all__ = ["Progress", "sendfile"]
+__all__ = ["Progress", "SendHandle", "Socket", "sendfile"]
 
 
 async def sendfile(
@@ -493,3 +493,185 @@ async def _wait_fd(loop: asyncio.AbstractEventLoop, sock: socket.socket, reading
             loop.remove_writer(fd)
     if not _c.is_open(sock):
         raise OSError(errno.EBADF, "the socket was closed during the transfer")
+
+
+# --------------------------------------------------------------------------- MSG_ZEROCOPY
+
+
+_SLICE = 0.1  # seconds: a wait for completions re-checks at least this often
+
+
+class _ErrorQueue:
+    """Wakes waiters when a socket's error queue gets something (MSG_ZEROCOPY completions).
+
+    The loop's reader callback is on a private epoll instance that watches
+    the socket for ``EPOLLERR`` only, edge-triggered: an event loop's own
+    reader on the socket would also fire for every byte the peer sends.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        import select
+
+        self._loop = loop
+        self._ep = select.epoll()
+        self._waiters: list[asyncio.Future[None]] = []
+        try:
+            self._ep.register(fd, select.EPOLLERR | select.EPOLLET)
+            loop.add_reader(self._ep.fileno(), self._ready)
+        except BaseException:
+            self._ep.close()
+            raise
+
+    def _ready(self) -> None:
+        try:
+            self._ep.poll(0)  # take the edge off
+        except OSError:
+            pass
+        self._wake()
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait(self) -> None:
+        """Until the error queue has something, or one slice passed."""
+        fut = self._loop.create_future()
+        self._waiters.append(fut)
+        timer = self._loop.call_later(_SLICE, self._wake)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+
+    def close(self) -> None:
+        if not self._ep.closed:
+            self._loop.remove_reader(self._ep.fileno())
+            self._ep.close()
+        self._wake()
+
+
+class SendHandle:
+    """Says when every part of a buffer given to :meth:`Socket.sendall` is free again."""
+
+    __slots__ = ("_owner", "_parts")
+
+    def __init__(self, owner: Socket, parts: list[Any]) -> None:
+        self._owner = owner
+        self._parts = parts
+
+    def done(self) -> bool:
+        """True when the kernel no longer reads the buffer (reaps first, never waits)."""
+        return all(part.done() for part in self._parts)
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait (through the loop) until :meth:`done`; False when ``timeout`` passed first."""
+        return await self._owner._wait_until(self.done, timeout)
+
+
+class Socket:
+    """:class:`zerocopy.Socket` on the running event loop: awaitable ``sendall`` and ``flush``.
+
+    ``sock`` is a connected, non-blocking stream socket that no transport
+    owns (from ``loop.sock_accept`` or ``loop.sock_connect``); the keyword
+    arguments are :class:`zerocopy.Socket`'s.  ``sendall`` waits for room
+    with the loop's writer callback; completions are reaped when the
+    socket's error queue gets them, through a reader callback on a private
+    epoll instance that watches only the error queue (with a re-check every
+    100 ms as a backstop).  Nothing blocks the loop.
+
+    A TLS socket without kernel TLS is refused: its bytes must go through
+    the TLS layer, use a transport (``asyncio.open_connection(ssl=...)``).
+    Not for use from several threads; several tasks may share it (their
+    ``sendall`` calls do not interleave).
+    """
+
+    def __init__(self, sock: socket.socket, **options: Any) -> None:
+        from .msg_zerocopy import Socket as _ZSocket
+
+        if not isinstance(sock, socket.socket):
+            raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
+        if sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        ssl_mod = sys.modules.get("ssl")
+        if ssl_mod is not None and isinstance(sock, ssl_mod.SSLSocket) and \
+                not _c.tls_tx_offloaded(sock.fileno()):
+            raise ValueError("a TLS socket without kernel TLS: send through a transport")
+        self._zs = _ZSocket(sock, **options)
+        self._queue: _ErrorQueue | None = None
+        self._send_lock = asyncio.Lock()
+
+    @property
+    def zsocket(self) -> Any:
+        """The :class:`zerocopy.Socket` underneath (stats, ``zerocopy_active``, ...)."""
+        return self._zs
+
+    @property
+    def pending(self) -> int:
+        """Buffers still on loan to the kernel."""
+        return int(self._zs.pending)
+
+    def fileno(self) -> int:
+        return int(self._zs.fileno())
+
+    async def sendall(self, data: Any) -> SendHandle:
+        """Send all of ``data``, waiting for room through the loop; a handle for its buffer.
+
+        Do not change or free ``data`` until the handle says it is done
+        (``await handle.wait()``).  Exceptions carry ``bytes_sent``.
+        """
+        async with self._send_lock:
+            view = data if type(data) is bytes else memoryview(data).cast("B")
+            total = len(view)
+            parts: list[Any] = []
+            sent = 0
+            loop = asyncio.get_running_loop()
+            try:
+                while True:
+                    try:
+                        parts.append(self._zs.sendall(view[sent:] if sent else data))
+                        sent = total
+                        break
+                    except BlockingIOError as exc:
+                        sent += exc.characters_written
+                        handle = getattr(exc, "handle", None)
+                        if handle is not None:
+                            parts.append(handle)
+                    await _wait_fd(loop, self._zs.socket, reading=False)
+            except BaseException as exc:
+                raise _c.attach(exc, sent) from None
+            return SendHandle(self, parts)
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until no buffer is on loan; False when ``timeout`` seconds passed first."""
+        return await self._wait_until(lambda: self._zs.pending == 0, timeout)
+
+    async def _wait_until(self, ready: Any, timeout: float | None) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            self._zs.reap()
+            if ready():
+                return True
+            if deadline is not None and loop.time() >= deadline:
+                return False
+            if self._queue is None:
+                self._queue = _ErrorQueue(loop, self._zs.fileno())
+            await self._queue.wait()
+
+    async def aclose(self, timeout: float | None = 1.0) -> None:
+        """Wait up to ``timeout`` seconds for the buffers on loan, then close
+        (see :meth:`zerocopy.Socket.close`: a stalled peer's connection is reset)."""
+        try:
+            if self._zs.pending:
+                await self.flush(timeout)
+        finally:
+            self.close(0)
+
+    def close(self, timeout: float | None = 0) -> None:
+        """Close now: ``zerocopy.Socket.close(timeout)``, which may block (see :meth:`aclose`)."""
+        queue, self._queue = self._queue, None
+        if queue is not None:
+            queue.close()
+        self._zs.close(timeout)
