@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import socket
 import threading
 from typing import Any
 
 import pytest
 from _asyncutil import LOOPS, in_thread, run, small_client, tls_client, tls_contexts
-from _zcutil import Collector, recv_exactly, recv_then_reset
+from _zcutil import Collector, feed, recv_exactly, recv_then_reset
 
 import zerocopy
 from zerocopy import aio
@@ -617,5 +618,120 @@ def test_socket_refuses(loop_kind: str, make_pair: Any, tls: Any) -> None:
         server.setblocking(False)
         with pytest.raises(ValueError, match="TLS"):
             aio.Socket(server)
+
+    run(loop_kind, main)
+
+
+# --------------------------------------------------------------------------- recvfile
+
+
+def test_recvfile_socket(loop_kind: str, make_pair: Any, big_data: bytes, tmp_path: Any) -> None:
+    s, r = make_pair("tcp4", small=True)
+    data = big_data[:1_500_000]
+
+    async def main() -> None:
+        r.setblocking(False)
+        feed(s, data, chunk=16384)
+        with open(tmp_path / "out.bin", "wb") as f:
+            f.write(b"x" * 10)
+            n = await aio.recvfile(r, f)
+            assert f.tell() == 10 + len(data)
+        assert n == len(data)
+        assert (tmp_path / "out.bin").read_bytes() == b"x" * 10 + data
+
+    run(loop_kind, main)
+
+
+def test_recvfile_streamreader(loop_kind: str, big_data: bytes, tmp_path: Any) -> None:
+    """Bytes the reader holds go first; the transport's reading comes back after, in order."""
+    body = big_data[:1_000_000]
+    out = tmp_path / "body.bin"
+
+    async def main() -> None:
+        served = Served()
+
+        async def handler(reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> bytes:
+            line = await reader.readline()
+            assert line == b"PUT 1000000\n"
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            try:
+                assert await aio.recvfile(reader, fd, 1_000_000, 0) == 1_000_000
+            finally:
+                os.close(fd)
+            rest = await reader.read()
+            w.close()
+            return rest
+
+        server, port = await served.start(handler)
+        client = small_client(port)
+        feed(client, b"PUT 1000000\n" + body + b"TRAILING", chunk=30000)
+        assert await served.result == b"TRAILING"
+        assert out.read_bytes() == body
+        client.close()
+        server.close()
+
+    run(loop_kind, main)
+
+
+def test_recvfile_truncated_and_cancelled(loop_kind: str, make_pair: Any,
+                                          tmp_path: Any) -> None:
+    s, r = make_pair("tcp4")
+
+    async def main() -> None:
+        r.setblocking(False)
+        s.sendall(b"a" * 5000)
+        f = open(tmp_path / "o.bin", "wb")
+        caught: list[BaseException] = []
+
+        async def receive() -> int:
+            try:
+                return await aio.recvfile(r, f, 10_000)
+            except asyncio.CancelledError as exc:
+                caught.append(exc)
+                raise
+
+        task = asyncio.ensure_future(receive())
+        await asyncio.sleep(0.2)  # 5000 of 10000 bytes came: it waits
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert caught[0].bytes_received == 5000  # type: ignore[attr-defined]
+        assert f.tell() == 5000
+        s.sendall(b"b" * 1000)
+        s.shutdown(socket.SHUT_WR)
+        with pytest.raises(zerocopy.TruncatedFileError) as info:
+            await aio.recvfile(r, f, 5000)
+        assert info.value.bytes_received == 1000  # type: ignore[attr-defined]
+        f.close()
+        assert (tmp_path / "o.bin").read_bytes() == b"a" * 5000 + b"b" * 1000
+
+    run(loop_kind, main)
+
+
+def test_recvfile_tls_reader(loop_kind: str, tls_cert: tuple[str, str], big_data: bytes,
+                             tmp_path: Any) -> None:
+    server_ctx, client_ctx = tls_contexts(tls_cert)
+    out = tmp_path / "tls.bin"
+
+    async def main() -> None:
+        served = Served()
+
+        async def handler(reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> int:
+            with open(out, "wb") as f:
+                n = await aio.recvfile(reader, f)
+            w.close()
+            return n
+
+        server, port = await served.start(handler, ssl=server_ctx)
+        client = await in_thread(lambda: tls_client(port, client_ctx))
+
+        def send() -> None:
+            client.sendall(big_data[:700_000])
+            client.unwrap().close()
+
+        await in_thread(send)
+        assert await served.result == 700_000
+        assert out.read_bytes() == big_data[:700_000]
+        server.close()
 
     run(loop_kind, main)

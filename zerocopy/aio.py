@@ -35,13 +35,14 @@ import socket
 import sys
 from typing import Any, Union
 
+from . import _errors
 from . import _lowlevel as _c
 from ._async import Chunks, Progress, dup
 from .sender import FileSender
 
 Target = Union[asyncio.StreamWriter, asyncio.Transport, socket.socket]
 
-__all__ = ["Progress", "SendHandle", "Socket", "sendfile"]
+__all__ = ["Progress", "SendHandle", "Socket", "recvfile", "sendfile"]
 
 
 async def sendfile(
@@ -675,3 +676,142 @@ class Socket:
         if queue is not None:
             queue.close()
         self._zs.close(timeout)
+
+
+# --------------------------------------------------------------------------- recvfile
+
+
+async def recvfile(
+    source: asyncio.StreamReader | socket.socket,
+    file: Any,
+    count: int | None = None,
+    offset: int | None = None,
+) -> int:
+    """Receive from ``source`` into ``file`` with splice(2); return the bytes received.
+
+    ``source`` is a non-blocking ``socket.socket`` or an
+    ``asyncio.StreamReader`` (bytes it holds already are written first, then
+    its transport's socket is read directly, with the transport's reading
+    paused and its protocol stood in for, as :func:`sendfile` does).
+    ``file``, ``count`` and ``offset`` are those of :func:`zerocopy.recvfile`:
+    ``count=None`` receives until the peer's EOF, an explicit ``count`` the
+    peer does not deliver raises :class:`zerocopy.TruncatedFileError`;
+    exceptions (a cancellation's ``CancelledError`` too) carry
+    ``bytes_received``, and a file object's position ends at start + bytes
+    received.  A TLS stream is read through its TLS layer (``reader.read``).
+    """
+    from .splice import recvfile as _recvfile
+
+    if count is not None and (not isinstance(count, int) or count < 0):
+        raise ValueError(f"count must be an integer >= 0 or None, got {count!r}")
+    if isinstance(source, asyncio.StreamReader):
+        return await _recv_stream(source, file, count, offset, _recvfile)
+    if not isinstance(source, socket.socket):
+        raise TypeError("source must be an asyncio.StreamReader or a socket.socket, "
+                        f"not {type(source).__name__}")
+    if source.gettimeout() != 0:
+        raise ValueError("the socket must be non-blocking")
+    loop = asyncio.get_running_loop()
+
+    async def readable() -> None:
+        await _wait_fd(loop, source, reading=True)
+
+    return await _recv_loop(source, file, count, offset, 0, readable, _recvfile)
+
+
+async def _recv_loop(sock: Any, file: Any, count: int | None, offset: int | None, got: int,
+                     readable: Any, recv: Any) -> int:
+    """zerocopy.recvfile steps (the kernel's pipe is empty after each EAGAIN: nothing is lost)."""
+    try:
+        while True:
+            left = None if count is None else count - got
+            at = None if offset is None else offset + got
+            try:
+                got += recv(sock, file, left, at)
+                return got
+            except BlockingIOError as exc:
+                got += getattr(exc, "bytes_received", 0)
+            except OSError as exc:
+                done = got + getattr(exc, "bytes_received", 0)
+                if isinstance(exc, _errors.TruncatedFileError):
+                    raise _c.error(_c.ENODATA, done, "bytes_received", "the stream") from None
+                exc.bytes_received = done  # type: ignore[attr-defined]
+                raise
+            await readable()
+    except BaseException as exc:
+        raise _c.attach(exc, got, "bytes_received") from None
+
+
+async def _recv_stream(reader: asyncio.StreamReader, file: Any, count: int | None,
+                       offset: int | None, recv: Any) -> int:
+    transport = getattr(reader, "_transport", None)
+    buffer = getattr(reader, "_buffer", None)
+    if transport is None or not isinstance(buffer, bytearray):
+        raise TypeError("this StreamReader has no transport (or asyncio changed its internals)")
+    got = 0
+    lease = _Lease(transport, asyncio.get_running_loop())
+    dup_fd = -1
+    try:
+        # what the reader holds already goes first, through Python
+        take = len(buffer) if count is None else min(len(buffer), count)
+        if take:
+            head = bytes(buffer[:take])
+            del buffer[:take]
+            got = _write_head(file, offset, head)
+        if count is not None and got == count:
+            return got
+        fd = _socket_fd(transport)
+        if fd is None or reader.at_eof() or getattr(reader, "_eof", False):
+            return await _recv_through_reader(reader, file, count, offset, got, lease)
+        loop = lease.loop
+        dup_fd = dup(fd)
+
+        async def readable() -> None:
+            lease._check()
+            fut = loop.create_future()
+            lease.waiter = fut
+            loop.add_reader(dup_fd, _wake, fut)
+            try:
+                await fut
+            finally:
+                lease.waiter = None
+                loop.remove_reader(dup_fd)
+            _check_open(transport, got)
+
+        return await _recv_loop(fd, file, count, offset, got, readable, recv)
+    except BaseException as exc:
+        raise _c.attach(exc, got, "bytes_received") from None
+    finally:
+        if dup_fd >= 0:
+            os.close(dup_fd)
+        lease.restore()
+
+
+def _write_head(file: Any, offset: int | None, data: bytes) -> int:
+    if isinstance(file, int):
+        if offset is None:
+            return os.write(file, data)
+        return os.pwrite(file, data, offset)
+    if offset is not None:
+        file.seek(offset)
+    file.write(data)
+    file.flush()
+    return len(data)
+
+
+async def _recv_through_reader(reader: asyncio.StreamReader, file: Any, count: int | None,
+                               offset: int | None, got: int, lease: _Lease) -> int:
+    """Through the reader (TLS, or the reader saw EOF): the lease gives the protocol back first."""
+    lease.restore()
+    at = None if offset is None else offset + got
+    while count is None or got < count:
+        want = _CHUNK_TLS if count is None else min(_CHUNK_TLS, count - got)
+        data = await reader.read(want)
+        if not data:
+            if count is None:
+                return got
+            raise _c.error(_c.ENODATA, got, "bytes_received", "the stream")
+        n = _write_head(file, at, data)
+        got += n
+        at = None if at is None else at + n
+    return got
