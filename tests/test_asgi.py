@@ -240,3 +240,35 @@ def test_unknown_cycle_refused() -> None:
 
     with pytest.raises(RuntimeError, match="does not support uvicorn"):
         asgi._adopt(Cycle(), asgi._h11_frame, asgi._h11_finish)
+
+
+# --------------------------------------------------------------------------- ranges
+
+
+@pytest.mark.skipif(asgi.FileResponse is None, reason="Starlette before 0.39 serves no ranges")
+@pytest.mark.parametrize("ours", [True, False], ids=["zerocopy-protocol", "stock-uvicorn"])
+def test_range_with_zerocopysend(loop_kind: str, ours: bool, big_file: str, big_data: bytes,
+                                 spy: list[int]) -> None:
+    """zerocopy.asgi.FileResponse: single ranges zero-copy where offered, Starlette's otherwise."""
+
+    async def endpoint(request: Any) -> Any:
+        return asgi.FileResponse(big_file)
+
+    app = Starlette(routes=[Route("/f", endpoint, methods=["GET", "HEAD"])])
+    protocol = asgi.HTTPProtocol if ours else "h11"
+
+    async def main() -> None:
+        async with serving(app, protocol) as port:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                r = await client.get("/f", headers={"Range": "bytes=1000-1999999"})
+                assert r.status_code == 206
+                assert r.headers["content-range"] == f"bytes 1000-1999999/{len(big_data)}"
+                assert r.headers["content-length"] == str(1_999_000)
+                assert r.content == big_data[1000:2_000_000]
+                r = await client.head("/f", headers={"Range": "bytes=0-9"})
+                assert r.status_code == 206 and r.headers["content-length"] == "10"
+                r = await client.get("/f")
+                assert r.content == big_data
+        assert spy == ([1_999_000, len(big_data)] if ours else [])
+
+    run(loop_kind, main)

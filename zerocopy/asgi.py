@@ -17,6 +17,11 @@ range zero-copy with ``http.response.zerocopysend``::
 installed, else its h11 one (as uvicorn's ``auto``); both are also
 exported (``HttpToolsProtocol``, ``H11Protocol``).
 
+Starlette's ``FileResponse`` sends ``pathsend`` for whole files only; its
+ranges go as chunks read in a thread.  ``zerocopy.asgi.FileResponse`` (with
+Starlette >= 0.39 installed; None otherwise) is the same class whose
+single-range answers use ``zerocopysend``.
+
 The messages, after ``http.response.start``::
 
     {"type": "http.response.pathsend", "path": "/abs/path"}          # ends the body
@@ -50,7 +55,7 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
 
 from . import aio
 
-__all__ = ["MIN_UVICORN", "H11Protocol", "HTTPProtocol", "HttpToolsProtocol"]
+__all__ = ["MIN_UVICORN", "FileResponse", "H11Protocol", "HTTPProtocol", "HttpToolsProtocol"]
 
 MIN_UVICORN = (0, 30, 0)
 EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
@@ -279,3 +284,56 @@ else:
                 _adopt(cycle, _httptools_frame, _finish)
 
     HTTPProtocol = HttpToolsProtocol
+
+
+# --------------------------------------------------------------------------- Starlette ranges
+
+
+def _starlette_file_response() -> Any:
+    """A Starlette ``FileResponse`` that sends single ranges with ``zerocopysend``, or None."""
+    import inspect
+
+    try:
+        from starlette.responses import FileResponse as Base
+    except ImportError:
+        return None
+    hook = getattr(Base, "_handle_single_range", None)
+    if hook is None or list(inspect.signature(hook).parameters) != [
+        "self", "send", "start", "end", "file_size", "send_header_only"
+    ]:
+        return None  # a Starlette without ranges (before 0.39), or one reorganised
+
+    class FileResponse(Base):  # type: ignore[misc,valid-type]
+        """Starlette's ``FileResponse``; a single-range request (``Range: bytes=a-b``)
+        goes out with ``http.response.zerocopysend`` when the server offers it, as
+        whole files already do with ``pathsend``.  Elsewhere it is Starlette's own."""
+
+        _zerocopysend = False
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            self._zerocopysend = (scope.get("type") == "http"
+                                  and EXTENSIONS[1] in scope.get("extensions", {}))
+            await super().__call__(scope, receive, send)
+
+        async def _handle_single_range(self, send: Any, start: int, end: int, file_size: int,
+                                       send_header_only: bool) -> None:
+            if not self._zerocopysend or send_header_only:
+                await super()._handle_single_range(send, start, end, file_size,
+                                                   send_header_only)
+                return
+            headers = [(k, v) for k, v in self.raw_headers
+                       if k not in (b"content-range", b"content-length")]
+            headers.append((b"content-range", f"bytes {start}-{end - 1}/{file_size}".encode()))
+            headers.append((b"content-length", str(end - start).encode()))
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                await send({"type": "http.response.start", "status": 206, "headers": headers})
+                await send({"type": "http.response.zerocopysend", "file": fd, "offset": start,
+                            "count": end - start, "more_body": False})
+            finally:
+                os.close(fd)
+
+    return FileResponse
+
+
+FileResponse: Any = _starlette_file_response()
