@@ -6,6 +6,8 @@
 
 #include <errno.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 enum { ST_NEW, ST_HEADER, ST_FILE, ST_TRAILER, ST_DONE };
@@ -97,37 +99,90 @@ static int send_memory(struct zc_response *r, struct zc__hold *h,
 	return 0;
 }
 
-static int send_file(struct zc_response *r, struct zc__hold *h, int timeout_ms)
+/*
+ * Header and trailer with no file bytes between: one sendmsg with both
+ * (the small-file path of the HTTP server), resumed at any byte.
+ */
+static int send_both(struct zc_response *r, struct zc__hold *h, int timeout_ms)
+{
+	struct priv *p = priv_of(r);
+	uint64_t total = p->header_len + p->trailer_len;
+
+	while (r->sent < total) {
+		struct iovec iov[2];
+		struct msghdr m;
+		size_t want = (size_t)(total - r->sent), done;
+		ssize_t w;
+		int n = 0, rc;
+
+		memset(&m, 0, sizeof(m));
+		if (r->sent < p->header_len) {
+			iov[n].iov_base = (void *)(p->header + r->sent);
+			iov[n++].iov_len = p->header_len - (size_t)r->sent;
+		}
+		done = r->sent > p->header_len ? (size_t)(r->sent - p->header_len) : 0;
+		iov[n].iov_base = (void *)(p->trailer + done);
+		iov[n++].iov_len = p->trailer_len - done;
+		m.msg_iov = iov;
+		m.msg_iovlen = (size_t)n;
+		w = sendmsg(h->fd, &m, MSG_NOSIGNAL);
+		if (w < 0 && errno == EAGAIN) {
+			rc = zc__hold_wait_writable(h, timeout_ms);
+			if (rc < 0)
+				return rc;
+			continue;
+		}
+		if (w < 0)
+			return -errno;
+		r->sent += (uint64_t)w;
+		if ((size_t)w < want) {
+			rc = zc__after_short_send(h->fd);
+			if (rc < 0)
+				return rc;
+		}
+	}
+	return 0;
+}
+
+static int send_file(struct zc_response *r, struct zc__hold *h, int timeout_ms,
+		     uint64_t budget)
 {
 	struct priv *p = priv_of(r);
 	uint64_t file_sent = r->sent - p->header_len;
 	uint64_t left = p->file_len == ZC_TO_EOF ? ZC_TO_EOF
 						  : p->file_len - file_sent;
-	uint64_t n = 0;
-	int rc = zc__sendfile_held(h, r->file, p->offset, left, timeout_ms, 0, &n);
+	uint64_t n = 0, want = left < budget ? left : budget;
+	int rc = zc__sendfile_held(h, r->file, p->offset, want, timeout_ms, 0, &n);
 
 	r->sent += n;
 	if (p->offset != ZC_FD_POSITION)
 		p->offset += (int64_t)n;
-	if (rc == 0 && p->file_len == ZC_TO_EOF) {
+	if (p->file_len == ZC_TO_EOF &&
+	    ((rc == 0 && want == left) || (rc == -ENODATA && want < left))) {
 		/* a pipe or device reached its end: now the size is known */
 		p->file_len = file_sent + n;
 		r->total = p->header_len + p->file_len + p->trailer_len;
+		return 0;
 	}
+	if (rc == 0 && want < left)
+		return ZC_RESPONSE_MORE; /* the budget, not the file, ended */
 	return rc;
 }
 
-static int step(struct zc_response *r, struct zc__hold *h, int timeout_ms)
+static int step(struct zc_response *r, struct zc__hold *h, int timeout_ms,
+		uint64_t budget)
 {
 	struct priv *p = priv_of(r);
 
 	switch (p->state) {
 	case ST_HEADER:
+		if (p->file_len == 0 && p->header_len && p->trailer_len)
+			return send_both(r, h, timeout_ms);
 		return send_memory(r, h, p->header, p->header_len, 0,
 				   p->file_len > 0 || p->trailer_len > 0,
 				   timeout_ms);
 	case ST_FILE:
-		return p->file_len == 0 ? 0 : send_file(r, h, timeout_ms);
+		return p->file_len == 0 ? 0 : send_file(r, h, timeout_ms, budget);
 	case ST_TRAILER:
 		return send_memory(r, h, p->trailer, p->trailer_len,
 				   p->header_len + p->file_len, 0, timeout_ms);
@@ -135,7 +190,8 @@ static int step(struct zc_response *r, struct zc__hold *h, int timeout_ms)
 	return 0;
 }
 
-int zc_response_send(struct zc_response *r, int timeout_ms, uint64_t *sent_now)
+static int send_steps(struct zc_response *r, int timeout_ms, uint64_t budget,
+		      uint64_t *sent_now)
 {
 	struct priv *p = priv_of(r);
 	uint64_t before = r->sent;
@@ -156,20 +212,44 @@ int zc_response_send(struct zc_response *r, int timeout_ms, uint64_t *sent_now)
 		p->state = ST_HEADER;
 	}
 	while (p->state != ST_DONE) {
-		rc = step(r, &h, timeout_ms);
-		if (rc < 0)
+		uint64_t spent = r->sent - before;
+
+		if (spent >= budget) {
+			rc = ZC_RESPONSE_MORE;
 			break;
-		p->state++;
+		}
+		/* UINT64_MAX: no budget (zc_response_send), ZC_TO_EOF intact */
+		rc = step(r, &h, timeout_ms,
+			  budget == UINT64_MAX ? UINT64_MAX : budget - spent);
+		if (rc != 0)
+			break;
+		/* send_both finished the trailer too */
+		p->state = p->state == ST_HEADER && p->file_len == 0 &&
+					   r->sent == p->header_len + p->trailer_len
+				   ? ST_DONE
+				   : p->state + 1;
 	}
 	if (sent_now)
 		*sent_now = r->sent - before;
 	/* uncork the socket we sent to, also when the caller's fd moved on */
 	if (rc == 0)
 		rc = zc_cork_end(h.fd, &p->cork);
-	else if (rc != -EAGAIN && rc != -ETIMEDOUT && rc != -EINTR)
+	else if (rc != -EAGAIN && rc != -ETIMEDOUT && rc != -EINTR &&
+		 rc != ZC_RESPONSE_MORE)
 		(void)zc_cork_end(h.fd, &p->cork); /* report the send's error */
 	zc__hold_release(&h);
 	return rc;
+}
+
+int zc_response_send(struct zc_response *r, int timeout_ms, uint64_t *sent_now)
+{
+	return send_steps(r, timeout_ms, UINT64_MAX, sent_now);
+}
+
+int zc_response_send_some(struct zc_response *r, uint64_t budget,
+			  uint64_t *sent_now)
+{
+	return send_steps(r, 0, budget ? budget : 1, sent_now);
 }
 
 int zc_response_end(struct zc_response *r)

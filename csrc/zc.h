@@ -1003,6 +1003,527 @@ int zc_proxy_init(struct zc_proxy *px, struct zc_relay_loop *loop,
  */
 void zc_proxy_close(struct zc_proxy *px);
 
+/* ---- HTTP file server ------------------------------------------------ */
+
+/*
+ * An HTTP/1.1 server for the files under one directory: a strict request
+ * parser, path resolution that cannot leave the root, an open-file cache,
+ * and an epoll loop that answers GET and HEAD with zc_response (header
+ * coalesced with the file, sendfile for the body).  The parser and the
+ * path functions are usable on their own.
+ *
+ * Threads: a struct zc_http_server holds the configuration and the stop
+ * switch; each thread runs its own struct zc_http_loop (own epoll set,
+ * connections, file cache and statistics), so loops share nothing on the
+ * hot path.  Several loops serve one listening socket: give every loop the
+ * same fd (each adds it to its epoll set with EPOLLEXCLUSIVE, so one
+ * connection wakes one loop).  That is the recommended set-up: one bind,
+ * one backlog, a loop that is busy or stopping leaves new connections to
+ * the others.  One SO_REUSEPORT socket per loop works too (the kernel
+ * spreads connections by hash, evenly but blind to load, and connections
+ * queued on a closed socket are lost).  Measured on loopback with two
+ * loops, both gave the same requests/s and CPU per request.
+ *
+ * What the loop answers:
+ *  - GET and HEAD of a regular file: 200 with Content-Type (from the
+ *    extension), Content-Length, Last-Modified, ETag ("inode-size-mtime"
+ *    in hex), Accept-Ranges: bytes and Date (formatted once a second);
+ *  - If-None-Match (weak comparison, "*") or else If-Modified-Since
+ *    (IMF-fixdate only; other date forms are ignored): 304;
+ *  - one byte range (with If-Range by strong ETag or exact date): 206 with
+ *    Content-Range, 416 when unsatisfiable.  A Range with several ranges
+ *    is ignored and the whole file sent (RFC 9110 allows it): clients ask
+ *    for one range in practice, and multipart answers are a known way to
+ *    make a server send the same bytes many times;
+ *  - a directory without its final '/': 301 to it; with it: its
+ *    index.html, else a listing (names HTML- and URL-escaped, in directory
+ *    order, at most 10000) or 403 with ZC_HTTP_NO_LISTING;
+ *  - 400 (malformed, a body or Transfer-Encoding on GET/HEAD, a path
+ *    zc_http_path_resolve() refuses), 403 (a symlink refused, a FIFO,
+ *    socket or device, permission denied), 404, 405 with "Allow: GET,
+ *    HEAD" for other methods, 414, 417 for Expect, 431, 503 (out of
+ *    descriptors), 505 (HTTP/2 and others).  Refusals whose request may be
+ *    followed by unread bytes close the connection, after a lingering
+ *    half-close so that the client reads the answer.
+ *  - HTTP/1.1 keeps the connection unless "Connection: close"; HTTP/1.0
+ *    only with "Connection: keep-alive".  Pipelined requests are answered
+ *    in order.
+ *
+ * sendfile(2) cannot take MSG_NOSIGNAL: ignore SIGPIPE in the process.
+ */
+
+/* Defaults of struct zc_http_config (zc_http_config_init()). */
+#define ZC_HTTP_HEAD_MAX 8192	 /* request line + headers, bytes */
+#define ZC_HTTP_HEADERS_MAX 100	 /* header lines per request */
+#define ZC_HTTP_MAX_CONNS 1024	 /* connections per loop */
+#define ZC_HTTP_CACHE_ENTRIES 256 /* open files kept per loop */
+#define ZC_HTTP_CACHE_VALID_MS 1000
+#define ZC_HTTP_HEADER_TIMEOUT_MS 10000
+#define ZC_HTTP_IDLE_TIMEOUT_MS 30000
+#define ZC_HTTP_SEND_TIMEOUT_MS 30000
+#define ZC_HTTP_LINGER_MS 2000
+/*
+ * Files up to this size are answered from a copy in memory (read into the
+ * file cache entry when the file is opened, dropped when it changes),
+ * header and body in one sendmsg(2): two syscalls a request (recv,
+ * sendmsg) instead of three (recv, send MSG_MORE, sendfile).  Measured with
+ * wrk on loopback, server CPU per request: 7.3 vs 8.2 us at 4 KiB, 7.8 vs
+ * 9.0 us at 16 KiB.  The copy costs memory (up to cache_entries times this
+ * per loop), and loopback hides what sendfile saves on a real NIC (the
+ * pages go out without a copy), so larger files keep sendfile.
+ */
+#define ZC_HTTP_SMALL_FILE_MAX 16384
+
+/* struct zc_http_request.method */
+#define ZC_HTTP_OTHER 0
+#define ZC_HTTP_GET 1
+#define ZC_HTTP_HEAD 2
+
+/* struct zc_http_request.flags */
+#define ZC_HTTP_REQ_TE 0x1	  /* Transfer-Encoding was present */
+#define ZC_HTTP_REQ_EXPECT 0x2	  /* Expect was present */
+#define ZC_HTTP_REQ_RANGE_DUP 0x4 /* Range or If-Range repeated: ignore the range */
+#define ZC_HTTP_REQ_COND_DUP 0x8  /* If-None-Match or If-Modified-Since repeated */
+
+/*
+ * zc_response_send_some() returns this when @budget bytes went out and more
+ * remain (the socket may still be writable).
+ */
+#define ZC_RESPONSE_MORE 1
+
+/**
+ * zc_response_send_some() - zc_response_send() for an event loop, bounded
+ * @r: from zc_response_init(), on a non-blocking socket
+ * @budget: stop once about this many bytes went out in this call (at least
+ *          one send is made); UINT64_MAX for no bound
+ * @sent_now: out, bytes sent by this call (always set)
+ *
+ * Never waits (as zc_response_send() with @timeout_ms 0).  A response
+ * without file bytes whose header and trailer are both non-empty goes out
+ * in one sendmsg(2) with two iovecs.  The budget lets one loop share its
+ * time between fast readers of large files.
+ *
+ * Return: 0 when the response is complete; ZC_RESPONSE_MORE when the budget
+ * ran out first; -EAGAIN when the socket is full; -ENODATA when the file
+ * ended early; other -errno as zc_response_send().
+ */
+int zc_response_send_some(struct zc_response *r, uint64_t budget,
+			  uint64_t *sent_now);
+
+/**
+ * struct zc_http_header - one header line of a parsed request
+ * @name: the field name as sent (not NUL-terminated)
+ * @name_len: its length
+ * @value: the value without leading and trailing whitespace
+ * @value_len: its length (may be 0)
+ */
+struct zc_http_header {
+	const char *name;
+	size_t name_len;
+	const char *value;
+	size_t value_len;
+};
+
+/**
+ * struct zc_http_request - a request head and the parser's state
+ * @headers: caller's array for the header lines, or NULL (headers are then
+ *           checked and counted, not stored)
+ * @max_headers: more header lines than this: 431 (the length of @headers
+ *               when it is given)
+ * @max_head: more bytes than this before the end of the head (the empty
+ *            line): 414 while the request line is unfinished, 431 after
+ * @method: ZC_HTTP_GET, ZC_HTTP_HEAD or ZC_HTTP_OTHER (any other token)
+ * @minor_version: 0 for HTTP/1.0, 1 for HTTP/1.1 (and for HTTP/1.2-1.9)
+ * @status: when the head is refused, the HTTP status to answer
+ * @keep_alive: 1 when the connection may carry another request after this
+ *              one: HTTP/1.1 without "Connection: close", or HTTP/1.0 with
+ *              "Connection: keep-alive" (and without "close")
+ * @num_headers: header lines seen
+ * @flags: ZC_HTTP_REQ_* bits
+ * @content_length: the Content-Length value, or -1 without one
+ * @method_str: the method token; @method_len its length
+ * @target: the request target as sent; @target_len its length
+ * @host: the Host value or NULL; @host_len its length
+ * @range: the Range value or NULL; @range_len its length
+ * @if_none_match: the If-None-Match value or NULL; @if_none_match_len
+ * @if_modified_since: the If-Modified-Since value or NULL; its length
+ * @if_range: the If-Range value or NULL; @if_range_len its length
+ *
+ * The pointers point into the caller's buffer.  Fields starting with '_'
+ * are private: they let a head that arrives in pieces be scanned once.
+ */
+struct zc_http_request {
+	struct zc_http_header *headers;
+	unsigned max_headers;
+	unsigned max_head;
+	int method;
+	int minor_version;
+	int status;
+	int keep_alive;
+	unsigned num_headers;
+	unsigned flags;
+	int64_t content_length;
+	const char *method_str;
+	size_t method_len;
+	const char *target;
+	size_t target_len;
+	const char *host;
+	size_t host_len;
+	const char *range;
+	size_t range_len;
+	const char *if_none_match;
+	size_t if_none_match_len;
+	const char *if_modified_since;
+	size_t if_modified_since_len;
+	const char *if_range;
+	size_t if_range_len;
+	ZC_PRIVATE(16);
+};
+
+/**
+ * zc_http_request_init() - prepare a request for zc_http_parse_request()
+ * @req: caller-allocated; every field is reset
+ * @headers: array for header lines, or NULL
+ * @max_headers: bound on header lines (0: ZC_HTTP_HEADERS_MAX)
+ * @max_head: bound on the head's bytes (0: ZC_HTTP_HEAD_MAX)
+ *
+ * Call it before the first zc_http_parse_request() of every request.
+ */
+void zc_http_request_init(struct zc_http_request *req,
+			  struct zc_http_header *headers, unsigned max_headers,
+			  unsigned max_head);
+
+/**
+ * zc_http_parse_request() - parse a request line and its headers
+ * @req: from zc_http_request_init(); filled in
+ * @buf: the bytes received so far, the request's first byte first
+ * @len: their count
+ *
+ * Strict HTTP/1.1 (RFC 9112): "METHOD SP target SP HTTP/1.x" then header
+ * lines, every line ending in CRLF.  Empty lines before the request line
+ * are skipped.  Refused (-EBADMSG, @req->status 400): a bare LF or CR, NUL
+ * or another control byte, a target with bytes outside 0x21-0x7e, spaces
+ * other than the two single ones, a version that is not "HTTP/" DIGIT "."
+ * DIGIT, a header line starting with whitespace (obs-fold), a field name
+ * that is not a token or is followed by whitespace before the colon, a
+ * repeated Host, HTTP/1.1 without Host, a Content-Length that is not one
+ * decimal number (or is repeated), Transfer-Encoding in HTTP/1.0 or with
+ * Content-Length.  HTTP/2 and later versions get -EBADMSG with 505.  The
+ * request line is checked as soon as it is complete, and a bare LF as soon
+ * as it arrives, so garbage is refused without waiting for the limit.
+ *
+ * Call again with the same @req and @buf (now longer) after -EAGAIN; bytes
+ * already scanned are not scanned again, so a head arriving byte by byte
+ * costs O(length) in all.
+ *
+ * Return: the length of the head (through the empty line) when it is
+ * complete: the body or the next pipelined request starts there;
+ * -EAGAIN when more bytes are needed; -EBADMSG when the head is malformed;
+ * -EMSGSIZE when it exceeds @req->max_head (status 414 or 431) or
+ * @req->max_headers (431).
+ */
+int zc_http_parse_request(struct zc_http_request *req, const char *buf,
+			  size_t len);
+
+/* zc_http_path_resolve() *out_flags */
+#define ZC_HTTP_PATH_SLASH 0x1 /* the path ended in '/' (or is the root) */
+
+/**
+ * zc_http_path_resolve() - turn a request target into a path under the root
+ * @target: the request target (origin form "/a/b?q", or absolute form
+ *          "http://host/a/b?q"; the scheme is matched without case)
+ * @target_len: its length
+ * @out: caller's buffer for the result, NUL-terminated
+ * @out_size: its size
+ * @out_len: out, the result's length without the NUL
+ * @out_flags: out, ZC_HTTP_PATH_SLASH or 0
+ *
+ * Drops the query, percent-decodes once (so "%252e" is the name "%2e"),
+ * then resolves "." and ".." segments and empty segments.  The result is
+ * relative ("" for the root itself, "a/b" otherwise): it never starts with
+ * '/' and contains no "." or ".." segment, so it cannot name anything above
+ * the root by itself (symlinks are zc_open_beneath()'s business).
+ * Refused with -EINVAL: a target that is not origin or http(s) absolute
+ * form, a '#', a bad escape ("%2", "%zz"), a decoded NUL, control byte
+ * (below 0x20, or 0x7f) or backslash, decoded bytes that are not valid
+ * UTF-8 (overlong forms such as %c0%ae included), a ".." above the root.
+ *
+ * Return: 0; -EINVAL as above; -ENAMETOOLONG when @out is too small (it
+ * needs the decoded path, leading '/' included, and a NUL).
+ */
+int zc_http_path_resolve(const char *target, size_t target_len, char *out,
+			 size_t out_size, size_t *out_len, unsigned *out_flags);
+
+/* zc_open_beneath() and struct zc_http_config flags */
+#define ZC_HTTP_FOLLOW_SYMLINKS 0x1 /* follow symlinks that leave the root */
+#define ZC_HTTP_NO_OPENAT2 0x2	    /* walk with O_NOFOLLOW even if openat2 exists */
+#define ZC_HTTP_NO_LISTING 0x4	    /* a directory without index.html is 403 */
+
+struct stat;
+
+/**
+ * zc_open_beneath() - open a file or directory under a root, safely
+ * @root_fd: the root directory (O_PATH or O_RDONLY|O_DIRECTORY)
+ * @path: relative path, as from zc_http_path_resolve() ("" is the root)
+ * @flags: 0, ZC_HTTP_FOLLOW_SYMLINKS, ZC_HTTP_NO_OPENAT2
+ * @fd: out, the new descriptor (O_CLOEXEC): O_RDONLY for a regular file,
+ *      O_PATH for a directory; the caller closes it
+ * @st: out, its fstat(2)
+ *
+ * Looks the path up with openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+ * (Linux 5.6) as an O_PATH descriptor, so that opening has no effect on
+ * what is found; only a regular file is then reopened for reading (through
+ * /proc/self/fd, or by its path again, checking it is the same inode, when
+ * /proc is missing).  A FIFO, socket or device is never opened for
+ * reading.  Symlinks are followed while they stay under the root;
+ * ZC_HTTP_FOLLOW_SYMLINKS lets them go anywhere.  Without openat2 (or with
+ * ZC_HTTP_NO_OPENAT2) each component is opened with O_NOFOLLOW and any
+ * symlink is refused unless ZC_HTTP_FOLLOW_SYMLINKS is given.
+ *
+ * Return: 0; -ENOENT, -ENOTDIR; -EXDEV or -ELOOP for a symlink refused;
+ * -EACCES for a file that is neither regular nor a directory (or
+ * permission denied); -EMFILE, -ENFILE; other -errno.
+ */
+int zc_open_beneath(int root_fd, const char *path, unsigned flags, int *fd,
+		    struct stat *st);
+
+/**
+ * struct zc_http_config - what a server serves and its limits
+ * @root_fd: directory served (the caller's: kept open while the server is)
+ * @flags: ZC_HTTP_FOLLOW_SYMLINKS, ZC_HTTP_NO_LISTING, ZC_HTTP_NO_OPENAT2
+ * @max_conns: connections per loop; at the bound the loop closes its
+ *             longest-idle keep-alive connection to take a new one, or
+ *             stops accepting until one ends (other loops keep accepting)
+ * @head_max: bound on request line + headers (414/431 beyond)
+ * @max_headers: bound on header lines (431 beyond)
+ * @header_timeout_ms: a request head must arrive within this time from its
+ *                     first byte (or from accept): a slow client is closed
+ * @idle_timeout_ms: a keep-alive connection without a request is closed
+ *                   after this
+ * @send_timeout_ms: a response that makes no progress for this long is
+ *                   abandoned and its connection closed
+ * @linger_ms: after a refused request the connection is half-closed and its
+ *             input discarded for up to this long before closing, so the
+ *             client reads the error instead of a reset
+ * @cache_entries: open files kept per loop (0 disables the cache)
+ * @cache_valid_ms: a cached file is checked against its path at most once
+ *                  per this interval (0 disables the cache)
+ * @small_file_max: regular files up to this size are answered from a copy
+ *                  in memory (header and body in one sendmsg); 0 sends
+ *                  every file with sendfile
+ * @log_fd: access log in common log format, or -1 (the default): lines are
+ *          buffered and written once per loop iteration
+ */
+struct zc_http_config {
+	int root_fd;
+	unsigned flags;
+	unsigned max_conns;
+	unsigned head_max;
+	unsigned max_headers;
+	int header_timeout_ms;
+	int idle_timeout_ms;
+	int send_timeout_ms;
+	int linger_ms;
+	unsigned cache_entries;
+	int cache_valid_ms;
+	unsigned small_file_max;
+	int log_fd;
+};
+
+/**
+ * struct zc_http_stats - counters of one loop (sum the loops' for a server)
+ * @accepted: connections accepted
+ * @closed: connections closed (@accepted - @closed are open)
+ * @requests: requests answered, any status
+ * @responses: by status class: [1] 1xx ... [5] 5xx ([0] unused)
+ * @bytes: bytes written to sockets (headers and bodies)
+ * @body_bytes: file and page bytes among them
+ * @bad_requests: heads refused by the parser (400, 414, 431, 505)
+ * @header_timeouts: connections closed while a head was arriving too slowly
+ * @idle_timeouts: keep-alive connections closed for idling
+ * @send_timeouts: responses abandoned for making no progress
+ * @resets: connections that ended on a socket error (reset by the peer,
+ *          broken pipe) or an EOF before the response was sent
+ * @truncated: responses cut short because their file shrank while they
+ *             were sent: the connection is reset (never padded or
+ *             finished), so the client sees an error, not a whole body.
+ *             Bytes sendfile already queued share the page cache with
+ *             the file, so a truncation can still change (zero) those
+ *             past the new end before they leave: zero-copy cannot take
+ *             them back.
+ * @accept_errors: accept(2) failures other than EAGAIN
+ * @fd_exhausted: connections refused for lack of descriptors (EMFILE,
+ *                ENFILE: accepted with the spare descriptor and closed)
+ * @conn_limit: times the loop was full (an idle connection was closed for
+ *              a new one, or accepting paused)
+ * @cache_hits: requests answered from the open-file cache
+ * @cache_misses: lookups that opened the file
+ * @cache_stale: cached files found changed on revalidation
+ * @log_errors: access log writes that failed (the lines are dropped)
+ *
+ * Written only by the loop's thread.  Read them once zc_http_loop_run()
+ * returned, or accept that a read from another thread while it runs sees
+ * each counter at some recent value.
+ */
+struct zc_http_stats {
+	uint64_t accepted;
+	uint64_t closed;
+	uint64_t requests;
+	uint64_t responses[6];
+	uint64_t bytes;
+	uint64_t body_bytes;
+	uint64_t bad_requests;
+	uint64_t header_timeouts;
+	uint64_t idle_timeouts;
+	uint64_t send_timeouts;
+	uint64_t resets;
+	uint64_t truncated;
+	uint64_t accept_errors;
+	uint64_t fd_exhausted;
+	uint64_t conn_limit;
+	uint64_t cache_hits;
+	uint64_t cache_misses;
+	uint64_t cache_stale;
+	uint64_t log_errors;
+};
+
+/**
+ * struct zc_http_server - configuration and stop switch shared by loops
+ * @config: a copy of the configuration given to zc_http_server_init()
+ *
+ * Fields starting with '_' are private.
+ */
+struct zc_http_server {
+	struct zc_http_config config;
+	ZC_PRIVATE(32);
+};
+
+/**
+ * struct zc_http_loop - one event loop of a server; one thread runs it
+ * @stats: its counters
+ *
+ * Fields starting with '_' are private.
+ */
+struct zc_http_loop {
+	struct zc_http_stats stats;
+	ZC_PRIVATE(1024);
+};
+
+/**
+ * zc_http_config_init() - the defaults
+ * @cfg: caller-allocated; root_fd and log_fd are set to -1, the limits to
+ *       the ZC_HTTP_* defaults, flags to 0 (listing on, symlinks that
+ *       leave the root refused), small_file_max to ZC_HTTP_SMALL_FILE_MAX
+ */
+void zc_http_config_init(struct zc_http_config *cfg);
+
+/**
+ * zc_http_server_init() - check a configuration and make the stop switch
+ * @srv: caller-allocated; it must stay in place until zc_http_server_close()
+ *       (loops keep a pointer to it)
+ * @cfg: the configuration (copied)
+ *
+ * Return: 0; -EINVAL for a configuration out of range (no root, max_conns
+ * 0, head_max below 64 or above 1 MiB, a negative timeout, ...); -ENOTDIR
+ * when root_fd is not a directory; -errno from eventfd(2).
+ */
+int zc_http_server_init(struct zc_http_server *srv,
+			const struct zc_http_config *cfg);
+
+/**
+ * zc_http_server_stop() - ask every loop of the server to stop
+ * @srv: the server; async-signal-safe, callable from any thread
+ * @grace_ms: 0 closes every connection at once; otherwise the loops stop
+ *            accepting, close idle connections, and give responses in
+ *            flight up to @grace_ms to finish (their connections then
+ *            close) before closing what remains
+ *
+ * Each zc_http_loop_run() returns 0 once its loop has stopped, and at once
+ * on later calls, until zc_http_server_rearm().  A second stop may shorten
+ * the grace of loops still draining (0: close now).
+ *
+ * Return: 0, or -errno from write(2).
+ */
+int zc_http_server_stop(struct zc_http_server *srv, int grace_ms);
+
+/**
+ * zc_http_server_rearm() - undo zc_http_server_stop() so loops serve again
+ * @srv: the server; call it when no zc_http_loop_run() is running
+ *
+ * Return: 0, or -errno from read(2).
+ */
+int zc_http_server_rearm(struct zc_http_server *srv);
+
+/**
+ * zc_http_server_close() - release the stop switch; safe to call twice
+ * @srv: the server, whose loops are closed already
+ */
+void zc_http_server_close(struct zc_http_server *srv);
+
+/**
+ * zc_http_loop_size() - memory one loop needs for a configuration
+ * @cfg: the configuration
+ * @size: out, bytes: per connection about 500 bytes of state and a
+ *        buffer of head_max + 1.5 KiB (taken from a pool only while the
+ *        connection has a request in progress, so untouched otherwise),
+ *        the file cache and its small-file copies, and 64 KiB of access
+ *        log buffer when log_fd is set
+ *
+ * Return: 0, or -EINVAL for a configuration zc_http_server_init() refuses
+ * (or a size that overflows).
+ */
+int zc_http_loop_size(const struct zc_http_config *cfg, size_t *size);
+
+/**
+ * zc_http_loop_init() - make one loop of a server
+ * @loop: caller-allocated
+ * @srv: the server (must outlive the loop)
+ * @listen_fd: a listening stream socket (the caller's; switched to
+ *             O_NONBLOCK).  The same fd for several loops is fine.
+ * @mem: zc_http_loop_size() bytes, aligned for any type, kept until
+ *       zc_http_loop_close(); or NULL to have the loop map them itself
+ *       with mmap(2) (one allocation, at init)
+ * @mem_size: the size of @mem (ignored when @mem is NULL)
+ *
+ * Nothing of @mem needs initialising, and the loop touches it lazily:
+ * connection buffers come from a LIFO pool, so pages of buffers that were
+ * never needed stay untouched (with @mem NULL, or memory from mmap, they
+ * are not resident).  This is why a loop maps its own memory when asked:
+ * calloc-style memory is often all resident.
+ *
+ * Return: 0; -EINVAL (bad arguments, @mem_size too small, @listen_fd not
+ * a listening socket); -errno from epoll_create1(), epoll_ctl() or mmap()
+ * (-ENOMEM, -EMFILE).
+ */
+int zc_http_loop_init(struct zc_http_loop *loop, struct zc_http_server *srv,
+		      int listen_fd, void *mem, size_t mem_size);
+
+/**
+ * zc_http_loop_run() - serve until stopped, a signal or a timeout
+ * @loop: the loop, run by one thread at a time (several loops of one server
+ *        run in parallel threads)
+ * @timeout_ms: return -ETIMEDOUT after this long; ZC_WAIT_FOREVER for no
+ *              bound
+ *
+ * Accepts connections, reads requests, answers them.  Nothing blocks but
+ * epoll_wait(2).  A signal that interrupts it makes the call return -EINTR
+ * with everything in place: call again to go on (connections in progress
+ * continue).
+ *
+ * Return: 0 when zc_http_server_stop() stopped the loop (its connections
+ * are closed); -EINTR; -ETIMEDOUT; other -errno from epoll_wait(2).
+ */
+int zc_http_loop_run(struct zc_http_loop *loop, int timeout_ms);
+
+/**
+ * zc_http_loop_close() - close every connection and release the loop
+ * @loop: the loop, not running; safe to call twice
+ *
+ * The listening socket stays open (it is the caller's).  Memory the loop
+ * mapped itself is unmapped; the caller's @mem is the caller's to free.
+ */
+void zc_http_loop_close(struct zc_http_loop *loop);
+
 #ifdef __cplusplus
 }
 #endif

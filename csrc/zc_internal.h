@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+struct stat;
+
 /* ---- intrusive queue ---------------------------------------------------- */
 
 /*
@@ -208,5 +210,136 @@ struct zc_completion;
  * control data was truncated.
  */
 int zc__parse_completion(const struct msghdr *msg, struct zc_completion *out);
+
+/* ---- open-file cache (file_cache.c) -------------------------------------- */
+
+/* Paths longer than this are opened for each request, not cached. */
+#define ZC__CACHE_KEY_MAX 200
+
+/* What a response needs of an open file. */
+struct zc__file {
+	int fd;		     /* O_RDONLY (regular file) or O_PATH (directory) */
+	uint32_t mode;	     /* st_mode */
+	uint64_t size;
+	int64_t mtime;	     /* seconds */
+	uint32_t mtime_nsec;
+	uint64_t ino;
+	uint64_t dev;
+	const unsigned char *body; /* a copy of a small file's bytes, or NULL */
+};
+
+struct zc__fentry {
+	struct zc__file f;
+	struct zc__queue lru;	  /* idle entries (LRU first), or the free list */
+	struct zc__fentry *hnext; /* hash chain */
+	int64_t checked_ms;	  /* last time the path was compared */
+	uint32_t hash;
+	uint32_t refs;		  /* responses using it */
+	uint16_t key_len;
+	uint8_t stale;		  /* out of the table: closed at the last put */
+	char key[ZC__CACHE_KEY_MAX];
+};
+
+/*
+ * A bounded table of open files, keyed by the path under the root.  Entries
+ * in use (refs > 0) are never closed; an idle entry is closed when its slot
+ * is needed (least recently used first) or when it is found changed.  A
+ * cached path is compared with fstatat() at most once per valid_ms: the
+ * same inode keeps its fd (its size and times are refreshed), another one
+ * (or none) makes the next lookup open the path again.  One thread only.
+ */
+struct zc__fcache {
+	struct zc__fentry *entries;
+	struct zc__fentry **buckets;
+	unsigned char *bodies; /* n slots of body_max bytes, or NULL */
+	unsigned n;
+	unsigned mask;
+	struct zc__queue lru;
+	struct zc__queue free;
+	int root_fd;
+	unsigned open_flags;
+	int valid_ms;
+	size_t body_max;
+	uint64_t hits, misses, stale;
+};
+
+/* Bytes of memory zc__fcache_init() carves for n entries (0: no cache). */
+size_t zc__fcache_mem(unsigned n, size_t body_max);
+
+/* mem: zc__fcache_mem() bytes, pointer-aligned.  n 0 disables the cache. */
+void zc__fcache_init(struct zc__fcache *c, void *mem, unsigned n, int root_fd,
+		     unsigned open_flags, int valid_ms, size_t body_max);
+
+/*
+ * Open path (len bytes, NUL-terminated) through the cache.  Returns 0 with
+ * *out the entry, a reference taken (zc__fcache_put() it); or 0 with *out
+ * NULL when the file could not be cached (cache off, path too long, every
+ * entry in use): then *own describes a descriptor the caller must close.
+ * -errno from zc_open_beneath() (nothing is cached for a failure).
+ */
+int zc__fcache_get(struct zc__fcache *c, const char *path, size_t len,
+		   int64_t now_ms, struct zc__fentry **out, struct zc__file *own);
+
+/* Drop a reference from zc__fcache_get(). */
+void zc__fcache_put(struct zc__fcache *c, struct zc__fentry *e);
+
+/* Close up to max idle entries (to free descriptors); returns how many. */
+unsigned zc__fcache_trim(struct zc__fcache *c, unsigned max);
+
+/* Close every entry (none may be in use). */
+void zc__fcache_destroy(struct zc__fcache *c);
+
+/* Fill f from st, fd and no body. */
+void zc__file_from_stat(struct zc__file *f, int fd, const struct stat *st);
+
+
+/* ---- HTTP response pieces (http_respond.c, http_path.c) ------------------- */
+
+/* Well-formed UTF-8: no overlong forms, surrogates or code points > U+10FFFF. */
+int zc__utf8_ok(const unsigned char *s, size_t n);
+
+/* The Content-Type for a file name, from its extension (never NULL). */
+const char *zc__mime_type(const char *name, size_t len);
+
+/* IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"): 29 bytes and a NUL. */
+#define ZC__DATE_LEN 29
+void zc__http_date(char out[ZC__DATE_LEN + 1], int64_t t);
+
+/* Common log format time ("10/Oct/2000:13:55:36 +0000"): 26 bytes + NUL. */
+#define ZC__CLF_DATE_LEN 26
+void zc__clf_date(char out[ZC__CLF_DATE_LEN + 1], int64_t t);
+
+/* Parse an IMF-fixdate; 0 and *t (seconds since the epoch), or -EINVAL. */
+int zc__http_parse_date(const char *s, size_t n, int64_t *t);
+
+/* A strong ETag, quotes included, from inode, size and mtime; its length. */
+#define ZC__ETAG_MAX 64
+size_t zc__etag(char out[ZC__ETAG_MAX], const struct zc__file *f);
+
+/* Does an If-None-Match list ("*", or tags, weak or not) match etag? */
+int zc__etag_list_match(const char *list, size_t n, const char *etag,
+			size_t elen);
+
+/* zc__parse_range() results */
+#define ZC__RANGE_NONE 0  /* no usable range: send the whole file (200) */
+#define ZC__RANGE_ONE 1	  /* one satisfiable range: 206 */
+#define ZC__RANGE_UNSAT 2 /* nothing satisfiable: 416 */
+
+/*
+ * A Range value against a representation of size bytes.  Several ranges,
+ * another unit or bad syntax give ZC__RANGE_NONE (the header is ignored,
+ * as RFC 9110 14.2 allows).  For ZC__RANGE_ONE: *first and *len.
+ */
+int zc__parse_range(const char *v, size_t n, uint64_t size, uint64_t *first,
+		    uint64_t *len);
+
+/*
+ * Write an HTML listing of the directory dir_fd (O_PATH or O_RDONLY) into
+ * a new memfd, titled with the decoded path (len bytes, shown as
+ * "/path/").  At most max_entries names.  Returns 0 with *out_fd (the
+ * caller's) and *size, or -errno.
+ */
+int zc__listing(int dir_fd, const char *path, size_t len,
+		unsigned max_entries, int *out_fd, uint64_t *size);
 
 #endif

@@ -2,16 +2,14 @@
 """Argument checks shared by the public functions, worded like the standard library's."""
 from __future__ import annotations
 
-import _socket
 import errno
 import io
-import math
 import os
 import socket
 import sys
 from typing import Any, NamedTuple, Optional, Union
 
-from ._lowlevel import FD_POSITION, INT_MAX, OFF_MAX, WAIT_FOREVER, tls_tx_offloaded
+from ._lowlevel import FD_POSITION, OFF_MAX, raw_socket_type, timeout_ms, tls_tx_offloaded
 from ._lowlevel import check_stream as _check_stream
 
 SocketLike = Union[socket.socket, int]
@@ -22,17 +20,7 @@ SocketLike = Union[socket.socket, int]
 # layer).  A plain tuple: this is on the per-call path, where a NamedTuple costs.
 Target = tuple[int, int, bool, Optional[socket.socket], bool]
 
-# socket.socket.type converts to an enum on every read; the raw getter does not.
-_raw_socket_type = _socket.socket.type.__get__
-
-
-def timeout_ms(timeout: float | None) -> int:
-    """A socket-style timeout in seconds (None or inf: no bound) as C's milliseconds."""
-    if timeout is None or timeout == math.inf:
-        return WAIT_FOREVER
-    if not timeout >= 0:  # negative or NaN
-        raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
-    return min(math.ceil(timeout * 1000), INT_MAX)  # ~25 days: as good as forever
+__all__ = ["timeout_ms"]  # for the capability modules (defined with the C constants)
 
 
 def socket_target(sock: SocketLike) -> Target:
@@ -68,7 +56,7 @@ def needs_tls_layer(sock: socket.socket, fd: int) -> bool:
 def stream_socket_fd(sock: SocketLike, name: str = "sock") -> int:
     """The fd of ``sock``, a ``SOCK_STREAM`` socket object or int fd (one getsockopt)."""
     if isinstance(sock, socket.socket):
-        if _raw_socket_type(sock) != socket.SOCK_STREAM:
+        if raw_socket_type(sock) != socket.SOCK_STREAM:
             raise ValueError(f"{name} must be a SOCK_STREAM socket")
         fd = sock.fileno()
         if fd < 0:

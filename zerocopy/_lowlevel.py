@@ -28,7 +28,9 @@ be Python; everything that crosses into C goes through here, by these rules:
 """
 from __future__ import annotations
 
+import _socket
 import errno
+import math
 import socket
 import warnings
 import weakref
@@ -55,6 +57,21 @@ FD_POSITION: int = lib.ZC_FD_POSITION  # offset: the fd's own position (used and
 WAIT_FOREVER: int = lib.ZC_WAIT_FOREVER  # timeout_ms
 OFF_MAX = 2**63 - 1  # off_t
 INT_MAX = 2**31 - 1  # C int (poll's timeouts)
+
+
+def timeout_ms(timeout: float | None) -> int:
+    """A socket-style timeout in seconds (None or inf: no bound) as C's milliseconds."""
+    if timeout is None or timeout == math.inf:
+        return WAIT_FOREVER
+    if not timeout >= 0:  # negative or NaN
+        raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+    return min(math.ceil(timeout * 1000), INT_MAX)  # ~25 days: as good as forever
+
+
+# socket.socket.type converts to an enum on every read; the raw getter does not.
+raw_socket_type = _socket.socket.type.__get__
+_SOCK_STREAM = int(socket.SOCK_STREAM)
+_SOCKET = socket.socket
 
 
 # --------------------------------------------------------------------------- the call protocol
@@ -253,39 +270,123 @@ _RESPONSE_T = ffi.typeof("struct zc_response *")
 class Response:
     """Owner of one ``struct zc_response``: header + file range + trailer, resumable.
 
-    A base class: ``FileSender`` is one, so that a response costs one Python
-    object and few frames (a server makes one per request).  ``bytes``
-    headers and trailers go to C as they are (cffi hands C the object's own
-    buffer, which CPython never moves, and the object stays referenced in
-    ``_keep``); other bytes-like objects are exported with
+    ``FileSender`` is this class plus argument normalisation and the policy
+    that must be Python (file positions, TLS).  A server makes one per
+    request, so the common response -- a plain socket object, an int file
+    descriptor, an explicit range, a ``bytes`` header and no trailer -- is
+    checked and set up by this class's own ``__init__`` and sent by its own
+    ``send``, without further frames; every other combination of arguments
+    goes to the subclass's ``_setup``, and every other step to its
+    ``_drive``.  ``_slow`` is None exactly for the common response.
+
+    ``bytes`` headers and trailers go to C as they are (cffi hands C the
+    object's own buffer, which CPython never moves, and the object stays
+    referenced in ``_keep``); other bytes-like objects are exported with
     ``ffi.from_buffer`` until :meth:`_c_release`, so a ``bytearray`` cannot
     be resized while C may read it.  A response that may cork the socket or
     holds exports gets a finalizer that restores the socket if its owner
     forgets ``close()``; ``_extra`` (exports, finalizer) is None otherwise.
     """
 
-    __slots__ = ("_c", "_done", "_extra", "_keep", "_owner")
+    __slots__ = ("_c", "_closed", "_done", "_extra", "_fd", "_keep", "_owner", "_slow",
+                 "_timeout_ms")
 
+    _c: Any  # struct zc_response *
+    _closed: bool
+    _done: bool
+    _fd: int
+    _timeout_ms: int
     _extra: tuple[list[Any], Any] | None
     _owner: socket.socket | None
     _keep: Any  # the header (bytes), or (header, trailer) as passed to C
+    _slow: Any  # the subclass's state for uncommon responses, or None
 
-    def _c_init_plain(self, owner: socket.socket, sock: int, file: int, offset: int, count: int,
-                      header: bytes) -> None:
-        """:meth:`_c_init` for the common response: a range, ``bytes`` header, no trailer.
+    def __init__(
+        self,
+        sock: Any,
+        file: Any,
+        offset: int | None = None,
+        count: int | None = None,
+        *,
+        headers: Any = b"",
+        trailers: Any = b"",
+    ) -> None:
+        try:  # ints and nothing else: `|` raises TypeError for None, floats, str
+            common = (
+                type(sock) is _SOCKET
+                and type(file) is int  # not a bool
+                and type(headers) is bytes
+                and not trailers
+                and file | offset | count >= 0  # type: ignore[operator]
+                and raw_socket_type(sock) == _SOCK_STREAM
+            )
+        except TypeError:
+            common = False
+        if common:
+            fd = sock.fileno()
+            if fd >= 0:
+                timeout = sock.gettimeout()
+                self._timeout_ms = WAIT_FOREVER if timeout is None else timeout_ms(timeout)
+                self._fd = fd
+                self._slow = None
+                self._owner = sock
+                self._keep = headers
+                self._done = False
+                self._extra = None
+                self._c = c = ffi.new(_RESPONSE_T)
+                # never corks (MSG_MORE on the header does it), exports nothing
+                try:
+                    rc = lib.zc_response_init(c, fd, file, offset, count, headers,
+                                              len(headers), b"", 0)
+                except OverflowError:  # past 64 bits: _setup says what is wrong
+                    rc = -1
+                self._closed = rc != 0
+                if rc == 0:
+                    return
+        # the rest, and the errors (a closed socket, a range past off_t: -EINVAL above)
+        self._closed = True
+        self._setup(sock, file, offset, count, headers, trailers)
+        self._closed = False
 
-        It never corks (``MSG_MORE`` on the header does it) and exports
-        nothing, so it needs no finalizer.  -EINVAL (a range past off_t)
-        raises ``ValueError``.
+    def _setup(self, sock: Any, file: Any, offset: int | None, count: int | None,
+               headers: Any, trailers: Any) -> None:
+        raise NotImplementedError  # the subclass normalises everything else
+
+    def _drive(self, timeout_ms: int, stop_on_again: bool) -> int:
+        raise NotImplementedError  # the subclass steps uncommon responses
+
+    def _close_slow(self) -> None:
+        raise NotImplementedError
+
+    def send(self) -> int:
+        """Make progress; return the bytes sent by this call.
+
+        Non-blocking socket: sends until the kernel would block (may return 0).
+        Blocking socket or one with a timeout: finishes, or raises.
         """
-        self._owner = owner
-        self._keep = header
-        self._done = False
-        self._extra = None
-        self._c = c = ffi.new(_RESPONSE_T)
-        rc = lib.zc_response_init(c, sock, file, offset, count, header, len(header), b"", 0)
-        if rc < 0:
-            raise error(rc, 0)
+        if self._slow is None and not self._closed:
+            return self._c_send(self._timeout_ms, self._timeout_ms == 0)
+        return self._drive(self._timeout_ms, True)
+
+    def send_all(self) -> int:
+        """Finish the response on any socket (waiting for a non-blocking one); return bytes sent."""
+        wait = self._timeout_ms or WAIT_FOREVER  # a non-blocking socket waits too
+        if self._slow is None and not self._closed:
+            return self._c_send(wait, False)
+        return self._drive(wait, False)
+
+    def close(self) -> None:
+        """Restore the socket options the response changed; idempotent."""
+        if not self._closed:
+            self._closed = True
+            if self._slow is not None or self._extra is not None:
+                self._close_slow()  # the common response never corks, exports nothing
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if not self._closed:  # close(), inlined: a `with` block per response
+            self._closed = True
+            if self._slow is not None or self._extra is not None:
+                self._close_slow()
 
     def _c_init(self, sock: int, file: int, start: int, count: int,
                 header: Any, trailer: Any, owner: socket.socket | None) -> None:

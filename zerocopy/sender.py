@@ -6,23 +6,13 @@ import errno
 import os
 import select
 import socket
-from types import TracebackType
 from typing import Any
 
 from . import _lowlevel as _c
-from ._args import (
-    SocketLike,
-    _raw_socket_type,
-    check_range,
-    check_stream,
-    file_source,
-    socket_target,
-    timeout_ms,
-)
-from ._lowlevel import FD_POSITION, TO_EOF, WAIT_FOREVER
+from ._args import SocketLike, check_range, check_stream, file_source, socket_target
+from ._lowlevel import FD_POSITION, TO_EOF
 
 _TLS_CHUNK = 64 * 1024
-_SOCK_STREAM = int(socket.SOCK_STREAM)
 
 
 class FileSender(_c.Response):
@@ -56,49 +46,13 @@ class FileSender(_c.Response):
     stores and one C call that sends nothing; ``send()`` is one C call.
     """
 
-    __slots__ = ("__weakref__", "_closed", "_fd", "_slow", "_timeout_ms")
+    __slots__ = ("__weakref__",)
 
     _slow: _Slow | None
 
-    def __init__(
-        self,
-        sock: SocketLike,
-        file: Any,
-        offset: int | None = None,
-        count: int | None = None,
-        *,
-        headers: Any = b"",
-        trailers: Any = b"",
-    ) -> None:
-        if (
-            type(sock) is socket.socket
-            and type(file) is int
-            and type(headers) is bytes
-            and trailers == b""
-            and type(offset) is int
-            and type(count) is int
-            and file | offset | count >= 0
-            and _raw_socket_type(sock) == _SOCK_STREAM
-        ):
-            # The per-response fast path: a plain socket object, an fd, a
-            # range, a bytes header.  C refuses a range past off_t (EINVAL).
-            fd = self._fd = sock.fileno()
-            timeout = sock.gettimeout()
-            self._timeout_ms = WAIT_FOREVER if timeout is None else timeout_ms(timeout)
-            self._slow = None
-            self._closed = fd < 0
-            if fd >= 0:
-                try:
-                    self._c_init_plain(sock, fd, file, offset, count, headers)
-                    return
-                except OSError:
-                    self._closed = True
-                    check_range(offset, count)  # says what is wrong
-                    raise
-            raise OSError(errno.EBADF, "the socket is closed")
-        self._closed = True
-        self._setup(sock, file, offset, count, headers, trailers)
-        self._closed = False
+    # __init__, send(), send_all(), close() and __exit__ are the boundary's
+    # (_lowlevel.Response), which serves the common response directly; the
+    # methods below handle every other one.
 
     def _setup(self, sock: SocketLike, file: Any, offset: int | None, count: int | None,
                headers: Any, trailers: Any) -> None:
@@ -168,21 +122,6 @@ class FileSender(_c.Response):
         """The socket's file descriptor (for ``selectors`` and epoll)."""
         return self._fd
 
-    def send(self) -> int:
-        """Make progress; return the bytes sent by this call.
-
-        Non-blocking socket: sends until the kernel would block (may return 0).
-        Blocking socket or one with a timeout: finishes, or raises.
-        """
-        if self._slow is None and not self._closed:  # no position to follow, no TLS
-            return self._c_send(self._timeout_ms, self._timeout_ms == 0)
-        return self._drive(self._timeout_ms, True)
-
-    def send_all(self) -> int:
-        """Finish the response on any socket (waiting for a non-blocking one); return bytes sent."""
-        wait = WAIT_FOREVER if self._timeout_ms == 0 else self._timeout_ms
-        return self._drive(wait, False)
-
     def _drive(self, timeout_ms: int, stop_on_again: bool) -> int:
         if self._closed:
             raise ValueError("I/O operation on a closed FileSender")
@@ -208,35 +147,20 @@ class FileSender(_c.Response):
         file_sent = min(max(self.sent - slow.file_at, 0), file_len)
         slow.fileobj.seek(slow.start + file_sent)
 
-    def close(self) -> None:
-        """Restore the socket options the response changed; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._slow is None and self._extra is None:
-            return  # it never corks, exports nothing: nothing to undo
+    def _close_slow(self) -> None:
+        """close() of a response that may have corked, exported buffers, or uses TLS."""
         slow = self._slow
         if slow is not None and slow.tls is not None:
             slow.tls.close()
-        elif self._extra is None and self._done:
-            pass  # a completed response uncorked itself
-        else:
-            try:
-                if not self._done:
-                    self._c_end()
-            finally:
-                self._c_release()
+            return
+        try:
+            if not self._done:
+                self._c_end()
+        finally:
+            self._c_release()
 
     def __enter__(self) -> FileSender:
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         try:

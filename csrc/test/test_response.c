@@ -434,6 +434,152 @@ static void one_segment(size_t tlen)
 	h_ran++;
 }
 
+/*
+ * zc_response_send_some(): each call stops near its budget (a header goes
+ * whole, file bytes never past the budget), the pieces add up, and a known
+ * range (or ZC_TO_EOF) ends with the exact bytes.
+ */
+static void budget(int kind, uint64_t count)
+{
+	const size_t hlen = 300, fsize = 1 << 20, tlen = 40;
+	const uint64_t b = 64 * 1024;
+	size_t flen = count == ZC_TO_EOF ? fsize : (size_t)count;
+	unsigned char *h = h_pattern(hlen, 0, HSEED);
+	unsigned char *t = h_pattern(tlen, 0, TSEED);
+	unsigned char *want = expected(h, hlen, 0, flen, t, tlen), *got;
+	struct zc_response resp;
+	struct h_rx rx;
+	size_t got_len;
+	uint64_t now, sum = 0;
+	int s, r, f, rc, more = 0;
+
+	REQUIRE(h && t && want);
+	REQUIRE(h_pair(kind, &s, &r) == 0);
+	REQUIRE(h_set_nonblock(s, 1) == 0);
+	REQUIRE((f = h_temp_file(fsize, SEED)) >= 0);
+	REQUIRE(h_rx_start(&rx, r, NULL) == 0);
+	CHECK_RC(zc_response_init(&resp, s, f, 0, count, h, hlen, t, tlen), 0);
+	for (;;) {
+		rc = zc_response_send_some(&resp, b, &now);
+		sum += now;
+		CHECK_EQ(resp.sent, sum);
+		if (now > b + hlen)
+			H_REPORT("one call sent %llu, budget %llu",
+				 (unsigned long long)now, (unsigned long long)b);
+		if (rc == ZC_RESPONSE_MORE) {
+			more++;
+			continue;
+		}
+		if (rc != -EAGAIN)
+			break;
+		if (h_wait_out(s, 10000) <= 0) {
+			H_REPORT("never writable again");
+			break;
+		}
+	}
+	CHECK_RC(rc, 0);
+	CHECK(more >= (int)(flen / b) - 1);
+	CHECK_EQ(sum, hlen + flen + tlen);
+	close(s);
+	CHECK(h_rx_finish(&rx, &got, &got_len) == 0);
+	CHECK_MEM(got, got_len, want, hlen + flen + tlen);
+	free(got);
+	free(want);
+	free(h);
+	free(t);
+	close(f);
+	h_ran++;
+}
+
+/* Header and trailer without file bytes: one sendmsg, any socket kind. */
+static void header_and_trailer(int kind, int nonblock)
+{
+	const size_t hlen = 200, tlen = 3000;
+	unsigned char *h = h_pattern(hlen, 0, HSEED);
+	unsigned char *t = h_pattern(tlen, 0, TSEED);
+	unsigned char *want = expected(h, hlen, 0, 0, t, tlen), *got;
+	struct zc_response resp;
+	struct h_rx rx;
+	size_t got_len;
+	uint64_t now;
+	int s, r, rc;
+
+	REQUIRE(h && t && want);
+	REQUIRE(h_pair(kind, &s, &r) == 0);
+	REQUIRE(h_set_nonblock(s, nonblock) == 0);
+	REQUIRE(h_rx_start(&rx, r, NULL) == 0);
+	CHECK_RC(zc_response_init(&resp, s, -1, 0, 0, h, hlen, t, tlen), 0);
+	CHECK_EQ(resp.total, hlen + tlen);
+	do {
+		rc = nonblock ? zc_response_send_some(&resp, UINT64_MAX, &now)
+			      : zc_response_send(&resp, ZC_WAIT_FOREVER, &now);
+		if (rc == -EAGAIN && h_wait_out(s, 10000) <= 0)
+			break;
+	} while (rc == -EAGAIN);
+	CHECK_RC(rc, 0);
+	CHECK_EQ(resp.sent, hlen + tlen);
+	if (kind == 0)
+		CHECK_EQ(segs_out(s), 1); /* both pieces in one segment */
+	close(s);
+	CHECK(h_rx_finish(&rx, &got, &got_len) == 0);
+	CHECK_MEM(got, got_len, want, hlen + tlen);
+	free(got);
+	free(want);
+	free(h);
+	free(t);
+	h_ran++;
+}
+
+/* A source of unknown length (a pipe) sent with a budget: its end is the
+ * response's end, not an error, even when it comes inside a budget. */
+static void budget_pipe(void)
+{
+	const size_t hlen = 100, plen = 200000;
+	unsigned char *h = h_pattern(hlen, 0, HSEED);
+	unsigned char *data = h_pattern(plen, 0, SEED);
+	unsigned char *want = malloc(hlen + plen), *got;
+	struct zc_response resp;
+	struct h_rx rx;
+	size_t got_len;
+	uint64_t now, sum = 0;
+	int s, r, p[2], rc;
+	pid_t w;
+
+	REQUIRE(h && data && want);
+	memcpy(want, h, hlen);
+	memcpy(want + hlen, data, plen);
+	REQUIRE(h_tcp_pair(&s, &r) == 0);
+	REQUIRE(h_set_nonblock(s, 1) == 0);
+	REQUIRE(pipe2(p, O_CLOEXEC) == 0);
+	w = h_writer_start(p[1], data, plen);
+	REQUIRE(h_rx_start(&rx, r, NULL) == 0);
+	CHECK_RC(zc_response_init(&resp, s, p[0], ZC_FD_POSITION, ZC_TO_EOF, h,
+				  hlen, NULL, 0), 0);
+	for (;;) {
+		rc = zc_response_send_some(&resp, 65536, &now);
+		sum += now;
+		if (rc == ZC_RESPONSE_MORE)
+			continue;
+		if (rc != -EAGAIN)
+			break;
+		if (h_wait_out(s, 10000) <= 0)
+			break;
+	}
+	CHECK_RC(rc, 0);
+	CHECK_EQ(sum, hlen + plen);
+	CHECK_EQ(resp.total, hlen + plen);
+	close(s);
+	close(p[0]);
+	CHECK_EQ(h_reap(w), 0);
+	CHECK(h_rx_finish(&rx, &got, &got_len) == 0);
+	CHECK_MEM(got, got_len, want, hlen + plen);
+	free(got);
+	free(want);
+	free(data);
+	free(h);
+	h_ran++;
+}
+
 int main(void)
 {
 	h_init(60);
@@ -447,5 +593,13 @@ int main(void)
 	test_caller_cork();
 	one_segment(0);
 	one_segment(30);
+	budget_pipe();
+	for (int kind = 0; kind < 2; kind++) {
+		budget(kind, 1 << 20);
+		budget(kind, 100000);
+		budget(kind, ZC_TO_EOF);
+		header_and_trailer(kind, 0);
+		header_and_trailer(kind, 1);
+	}
 	return h_result("test_response");
 }
