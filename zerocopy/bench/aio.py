@@ -105,6 +105,11 @@ NOTES = (
     " cheapest form of that fallback.",
     "- Starlette's FileResponse reads 64 KiB chunks through a thread pool unless the server"
     " offers http.response.pathsend, which stock uvicorn does not.",
+    "- Loopback in a virtual machine may make kernel sendfile dearer than read+write (compare"
+    " `bench file`: the os.sendfile loop against read+sendall, same kernel path as here);"
+    " then the uvloop and aiohttp groups measure that kernel path, not the adapters. On the"
+    " development VM os.sendfile costs about 1.4x the CPU per GiB of read+sendall and makes"
+    " half again as many segments; a real NIC's copies are what sendfile saves.",
     "- The machine may be shared: the figures are rough; ratios come from interleaved"
     " rounds (medians of per-round ratios).",
 )
