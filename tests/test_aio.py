@@ -735,3 +735,52 @@ def test_recvfile_tls_reader(loop_kind: str, tls_cert: tuple[str, str], big_data
         server.close()
 
     run(loop_kind, main)
+
+
+# --------------------------------------------------------------------------- relay
+
+
+def test_relay_both_ways(loop_kind: str, make_pair: Any, big_data: bytes) -> None:
+    """client <-> (a | relay | b) <-> server, a half-close passed on, counts returned."""
+    client, a = make_pair("tcp4")
+    b, server = make_pair("tcp4")
+    up, down = big_data[:1_500_000], big_data[-700_000:]
+
+    async def main() -> tuple[int, int]:
+        feed(client, up)  # then SHUT_WR: the relay passes it on to the server
+        feed(server, down)
+        got_server = Collector(server)
+        got_client = Collector(client)
+        moved = await aio.relay(a, b)
+        assert await in_thread(got_server.result) == up
+        assert await in_thread(got_client.result) == down
+        return moved
+
+    assert run(loop_kind, main) == (len(up), len(down))
+
+
+def test_relay_cancelled(loop_kind: str, make_pair: Any) -> None:
+    """Cancelled: both sockets shut down, the C loop ends, CancelledError has the counts."""
+    client, a = make_pair("tcp4")
+    b, server = make_pair("tcp4")
+
+    async def main() -> None:
+        caught: list[BaseException] = []
+
+        async def run_relay() -> tuple[int, int]:
+            try:
+                return await aio.relay(a, b)
+            except asyncio.CancelledError as exc:
+                caught.append(exc)
+                raise
+
+        task = asyncio.ensure_future(run_relay())
+        client.sendall(b"x" * 1000)
+        assert await in_thread(lambda: recv_exactly(server, 1000)) == b"x" * 1000
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert caught[0].bytes_relayed == (1000, 0)  # type: ignore[attr-defined]
+
+    run(loop_kind, main)

@@ -42,7 +42,7 @@ from .sender import FileSender
 
 Target = Union[asyncio.StreamWriter, asyncio.Transport, socket.socket]
 
-__all__ = ["Progress", "SendHandle", "Socket", "recvfile", "sendfile"]
+__all__ = ["Progress", "SendHandle", "Socket", "recvfile", "relay", "sendfile"]
 
 
 async def sendfile(
@@ -815,3 +815,43 @@ async def _recv_through_reader(reader: asyncio.StreamReader, file: Any, count: i
         got += n
         at = None if at is None else at + n
     return got
+
+
+# --------------------------------------------------------------------------- relay
+
+
+async def relay(a: socket.socket, b: socket.socket, *,
+                timeout: float | None = None) -> tuple[int, int]:
+    """:func:`zerocopy.relay` for a task: both ways through pipes until both directions end.
+
+    Returns ``(bytes a->b, bytes b->a)``; errors carry ``bytes_relayed``, as
+    :func:`zerocopy.relay`'s.  ``a`` and ``b`` are connected stream sockets
+    that no transport owns.  The relay is the C epoll loop (it waits and
+    moves the bytes with the GIL released) running in the loop's default
+    executor; the task awaits it.  Cancelling the task shuts both sockets
+    down (the C loop then ends at once), waits for it, and raises the
+    ``CancelledError`` with ``bytes_relayed``; close the sockets after.
+    """
+    import functools
+
+    from .relay import relay as _relay
+
+    for name, sock in (("a", a), ("b", b)):
+        if not isinstance(sock, socket.socket):
+            raise TypeError(f"{name} must be a socket.socket, not {type(sock).__name__}")
+    loop = asyncio.get_running_loop()
+    fut = loop.run_in_executor(None, functools.partial(_relay, a, b, timeout=timeout))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError as exc:
+        for sock in (a, b):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        moved: Any = (0, 0)
+        try:
+            moved = await fut
+        except BaseException as end:  # how the C loop saw the shutdown
+            moved = getattr(end, "bytes_relayed", moved)
+        raise _c.attach(exc, moved, "bytes_relayed") from None
