@@ -265,6 +265,76 @@ def test_transport_protocol_restored(loop_kind: str, big_file: str, big_data: by
     run(loop_kind, main)
 
 
+class BufferedRecorder(asyncio.BufferedProtocol):
+    """A buffered protocol that records what it is told."""
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.data = bytearray()
+        self.eof = False
+        self.buf = bytearray(7)  # small: delivery takes several get_buffer calls
+        self.made = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.made.set_result(None)
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data += self.buf[:nbytes]
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return True
+
+
+@pytest.mark.parametrize("factory", [Recorder, BufferedRecorder])
+def test_data_and_eof_during_transfer(loop_kind: str, factory: Any, big_file: str,
+                                      big_data: bytes) -> None:
+    """Data and EOF that arrive while the transfer waits reach the protocol after, in order."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        protos: list[Any] = []
+
+        def make() -> Any:
+            protos.append(factory())
+            return protos[-1]
+
+        server = await loop.create_server(make, "127.0.0.1", 0)
+        client = small_client(server.sockets[0].getsockname()[1])
+        start = threading.Event()
+        col = Collector(client, start=start)
+        while not protos:
+            await asyncio.sleep(0.01)
+        proto = protos[0]
+        await proto.made
+        small_sndbuf(proto.transport)
+        f = open(big_file, "rb")
+        task = asyncio.ensure_future(aio.sendfile(proto.transport, f))
+        await asyncio.sleep(0.1)  # the client reads nothing yet: the transfer waits
+        client.sendall(b"0123456789" * 10)
+        client.shutdown(socket.SHUT_WR)
+        await asyncio.sleep(0.1)
+        start.set()
+        assert await task == len(big_data)
+        f.close()
+        for _ in range(500):
+            if proto.eof:
+                break
+            await asyncio.sleep(0.01)
+        assert bytes(proto.data) == b"0123456789" * 10 and proto.eof
+        assert proto.transport.get_protocol() is proto
+        proto.transport.close()
+        assert await in_thread(col.result) == big_data
+        client.close()
+        server.close()
+
+    run(loop_kind, main)
+
+
 # --------------------------------------------------------------------------- non-blocking sockets
 
 
