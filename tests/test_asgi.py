@@ -272,3 +272,29 @@ def test_range_with_zerocopysend(loop_kind: str, ours: bool, big_file: str, big_
         assert spy == ([1_999_000, len(big_data)] if ours else [])
 
     run(loop_kind, main)
+
+
+def test_zerocopysend_head_keeps_the_connection(loop_kind: str, protocol: Any, big_file: str,
+                                                big_data: bytes, spy: list[int]) -> None:
+    """HEAD sends no body bytes; the next request on the connection is answered right."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"1000")]})
+        with open(big_file, "rb") as f:
+            await send({"type": "http.response.zerocopysend", "file": f, "offset": 5,
+                        "count": 1000})
+
+    async def main() -> None:
+        async with serving(app, protocol) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and b"content-length: 1000" in head.lower()
+            head = await reader.readuntil(b"\r\n\r\n")  # straight after: HEAD had no body
+            assert head.startswith(b"HTTP/1.1 200")
+            assert await reader.readexactly(1000) == big_data[5:1005]
+            writer.close()
+        assert spy == [1000]
+
+    run(loop_kind, main)
