@@ -16,6 +16,7 @@
 struct route {
 	struct zc__hold *h;
 	int file;
+	int file_blocks;	/* reads of file block in the kernel */
 	off_t *pos;	/* explicit offset, or NULL: the fd's own position */
 	int timeout_ms;
 	int to_eof;
@@ -71,9 +72,10 @@ static int after_progress(const struct route *r, size_t n, size_t offered)
  * kernel would block, so the wait is ZC_WAIT_FOREVER (in poll(2), so a
  * signal still gives -EINTR).
  */
-static int from_pipe(const struct route *r)
+static int from_pipe(const struct route *r, const struct stat *st)
 {
 	int timeout_ms = r->timeout_ms;
+	struct zc__hold pipe;
 
 	if (r->pos)
 		return -ESPIPE;
@@ -88,9 +90,9 @@ static int from_pipe(const struct route *r)
 		if (!pipe_nb && !sock_nb)
 			timeout_ms = ZC_WAIT_FOREVER;
 	}
-	/* TODO(hold): splice.c's loop does not hold the socket yet */
-	return zc__splice_direct(r->file, NULL, r->h->caller, NULL, r->count,
-				 r->to_eof, timeout_ms, r->sent);
+	zc__hold_init_plain(&pipe, r->file, st->st_dev, st->st_ino);
+	return zc__splice_direct(&pipe, NULL, r->h, NULL, r->count, r->to_eof,
+				 timeout_ms, r->sent);
 }
 
 /* A seekable file sendfile refuses (some /proc and FUSE files): pread+send. */
@@ -140,10 +142,12 @@ static int from_socket(const struct route *r)
 		return -ESPIPE;
 	while (*r->sent < r->count) {
 		size_t want = next_len(r, sizeof(buf));
-		ssize_t got = recv(r->file, buf, want, MSG_PEEK);
-		ssize_t n;
-		int rc;
+		ssize_t got, n;
+		int rc = r->file_blocks ? zc__wait_source(r->file, r->timeout_ms) : 0;
 
+		if (rc < 0)
+			return rc;
+		got = recv(r->file, buf, want, MSG_PEEK);
 		if (got < 0)
 			return -errno;
 		if (got == 0)
@@ -180,6 +184,8 @@ static int from_device(const struct route *r)
 		ssize_t got;
 		size_t off = 0;
 
+		if (rc == 0 && r->file_blocks)
+			rc = zc__wait_source(r->file, r->timeout_ms);
 		if (rc < 0)
 			return rc;
 		got = read(r->file, buf, next_len(r, sizeof(buf)));
@@ -217,11 +223,17 @@ int zc__send_fallback(struct zc__hold *h, int file, off_t *pos, uint64_t count,
 	};
 	struct stat st;
 	off_t start;
+	int nonblock = 0, rc;
 
 	if (fstat(file, &st) < 0)
 		return -errno;
+	rc = zc__is_nonblocking(file, &nonblock);
+	if (rc < 0)
+		return rc;
+	/* a positive timeout bounds the wait for a stalled source too */
+	r.file_blocks = !nonblock;
 	if (S_ISFIFO(st.st_mode))
-		return from_pipe(&r);
+		return from_pipe(&r, &st);
 	if (S_ISSOCK(st.st_mode))
 		return from_socket(&r);
 	start = r.pos ? *r.pos : lseek(file, 0, SEEK_CUR);

@@ -254,6 +254,24 @@ static int header_lines(struct zc_http_request *req, const char *buf,
 	return 0;
 }
 
+/*
+ * Does s[0..n), part of an unfinished request line, hold a byte that no
+ * request line may hold?  Garbage that never sends a line end (a TLS
+ * ClientHello sent to a plain HTTP port) is then refused at once instead
+ * of holding its connection until the header timeout.  A CR is left to
+ * the line check (it is fine right before the LF).
+ */
+static int line_garbage(const char *s, size_t n)
+{
+	for (size_t j = 0; j < n; j++) {
+		unsigned char c = (unsigned char)s[j];
+
+		if ((c < 0x20 && c != '\r') || c >= 0x7f)
+			return 1;
+	}
+	return 0;
+}
+
 int zc_http_parse_request(struct zc_http_request *req, const char *buf,
 			  size_t len)
 {
@@ -270,6 +288,9 @@ int zc_http_parse_request(struct zc_http_request *req, const char *buf,
 		size_t k;
 		int rc;
 
+		if (!st->line_end &&
+		    line_garbage(buf + i, (lf ? (size_t)(lf - buf) : end) - i))
+			return refuse(req, 400);
 		if (!lf) {
 			i = end;
 			break;

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Relays: pairs of sockets pumped both ways through pipes by one epoll loop. */
+/* Relays and proxies: socket pairs pumped both ways through pipes by one epoll loop. */
 #define _GNU_SOURCE
 #include "zc.h"
 #include "zc_internal.h"
@@ -15,32 +15,114 @@
 #include <time.h>
 #include <unistd.h>
 
-/* _state[d] of direction d (fd[d] -> fd[!d]) */
-#define S_EOF 0x1   /* fd[d] said EOF */
-#define S_SHUT 0x2  /* ... and fd[!d] got shutdown(SHUT_WR): direction over */
-/* _state[s] of socket s */
-#define S_PENDING 0x4 /* fd[s] is still connecting */
-
-/* _queued */
-#define Q_READY 0x1 /* on the loop's ready list */
-#define Q_DONE 0x2  /* on the loop's done list */
+/* state[d] of direction d (fd[d] -> fd[!d]) */
+#define S_EOF 0x1u  /* fd[d] said EOF */
+#define S_SHUT 0x2u /* ... and fd[!d] got shutdown(SHUT_WR): direction over */
+/* state[s] of socket s */
+#define S_PENDING 0x4u /* fd[s] is still connecting */
 
 /* epoll_event.data.u64: a relay pointer | its side, or one of these tags */
 #define TAG_MASK 0x3u
 #define TAG_LISTENER 0x2u
 #define TAG_WAKE 0x3u
 
-/* Pipe fills per direction before other relays get a turn. */
-#define BUDGET 16
-/* Connections accepted per listener wake-up. */
-#define ACCEPT_BURST 64
+#define BUDGET 16	    /* pipe fills per direction before others get a turn */
+#define ACCEPT_BURST 64	    /* connections accepted per listener wake-up */
+#define STARVED_RETRY_MS 10 /* a relay that got no pipe (EMFILE) tries again */
+#define PAUSE_MS 100	    /* a listener that cannot accept at all rests */
 
-static long long now_ms(void)
+/*
+ * Relays with the same timeout, ordered by last activity: a relay moves to
+ * the tail when it makes progress, so the head always expires first and
+ * every operation is O(1).
+ */
+struct tq {
+	struct zc__queue q;
+	int ms; /* > 0; otherwise unused (no relay is put in it) */
+};
+
+struct relay_priv {
+	struct zc_pipe pipe[2];
+	int fl[2];	   /* the sockets' own file flags, restored at the end */
+	unsigned state[2];
+	int progress;	   /* moved something since the last retime() */
+	struct tq *tq;	   /* the timer queue it is in, or NULL */
+	struct tq *idle;   /* a plain relay's timeout class, or NULL */
+	int64_t last;	   /* loop time of its last activity */
+	struct zc_relay_loop *loop;
+	struct zc_proxy *proxy;
+	struct zc__queue link;	/* loop all | loop done | proxy conns | proxy free */
+	struct zc__queue work;	/* loop ready | loop starved */
+	struct zc__queue timer; /* a tq */
+};
+ZC__PRIV_FITS(struct relay_priv, struct zc_relay);
+
+struct loop_priv {
+	int epfd;
+	int wakefd;
+	int intr;	    /* a splice met a signal: say -EINTR after the batch */
+	int64_t now;	    /* CLOCK_MONOTONIC ms, read once per wake-up */
+	int64_t starved_at; /* when the starved relays try again (0: none) */
+	struct zc__queue all;	  /* running plain relays */
+	struct zc__queue done;	  /* ended plain relays, not yet reported */
+	struct zc__queue ready;	  /* budget ran out: pump again */
+	struct zc__queue starved; /* waiting for a pipe */
+	struct zc__queue proxies;
+	struct tq classes[ZC_RELAY_TIMEOUTS];
+};
+ZC__PRIV_FITS(struct loop_priv, struct zc_relay_loop);
+
+struct proxy_priv {
+	struct sockaddr_storage target;
+	unsigned target_len;
+	int listen_fd;
+	int listening;
+	int spare_fd;	   /* kept in reserve for EMFILE, or -1 */
+	int64_t resume_at; /* a paused listener is armed again then (0: not paused) */
+	struct zc_relay_loop *loop;
+	struct zc__queue free;	/* unused slots */
+	struct zc__queue conns; /* running connections */
+	struct zc__queue link;	/* in the loop's proxies */
+	struct tq connect, idle, stall;
+};
+ZC__PRIV_FITS(struct proxy_priv, struct zc_proxy);
+
+static struct relay_priv *rp(struct zc_relay *r)
+{
+	return ZC__PRIV(struct relay_priv, r);
+}
+
+static struct loop_priv *lp(struct zc_relay_loop *loop)
+{
+	return ZC__PRIV(struct loop_priv, loop);
+}
+
+static struct proxy_priv *pp(struct zc_proxy *px)
+{
+	return ZC__PRIV(struct proxy_priv, px);
+}
+
+static struct zc_relay *relay_of(struct relay_priv *p)
+{
+	return (struct zc_relay *)(void *)((char *)p -
+					   offsetof(struct zc_relay, _private));
+}
+
+static struct zc_proxy *proxy_of(struct proxy_priv *p)
+{
+	return (struct zc_proxy *)(void *)((char *)p -
+					   offsetof(struct zc_proxy, _private));
+}
+
+#define RELAY(node, field) relay_of(zc__queue_data(node, struct relay_priv, field))
+#define PROXY(node) proxy_of(zc__queue_data(node, struct proxy_priv, link))
+
+static int64_t clock_ms(void)
 {
 	struct timespec t;
 
 	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
 static int socket_error(int fd)
@@ -68,86 +150,82 @@ static void reset_socket(int fd)
 		(void)shutdown(fd, SHUT_RDWR);
 }
 
-/* ---- lists -------------------------------------------------------------- */
-
-static void unlink_all(struct zc_relay *r)
+/* Close a socket so that its peer gets RST at once, not a polite FIN. */
+static void reset_close(int fd)
 {
-	struct zc_relay_loop *loop = r->_loop;
+	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
 
-	if (r->_prev)
-		r->_prev->_next = r->_next;
-	else
-		loop->_all = r->_next;
-	if (r->_next)
-		r->_next->_prev = r->_prev;
-	r->_next = r->_prev = NULL;
+	(void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	close(fd);
 }
 
-/* The ready list is doubly linked through _ready/_ready_prev. */
-static void unlink_ready(struct zc_relay *r)
-{
-	struct zc_relay_loop *loop = r->_loop;
+/* ---- timers --------------------------------------------------------------- */
 
-	if (r->_ready_prev)
-		r->_ready_prev->_ready = r->_ready;
-	else if (loop->_ready == r)
-		loop->_ready = r->_ready;
-	if (r->_ready)
-		r->_ready->_ready_prev = r->_ready_prev;
-	r->_ready = r->_ready_prev = NULL;
-	r->_queued &= ~Q_READY;
+static struct tq *pick_tq(struct zc_relay *r)
+{
+	struct relay_priv *p = rp(r);
+	struct proxy_priv *x;
+	struct tq *tq;
+
+	if (!p->proxy)
+		return p->idle;
+	x = pp(p->proxy);
+	if ((p->state[0] | p->state[1]) & S_PENDING)
+		tq = &x->connect;
+	else if (p->pipe[0].buffered || p->pipe[1].buffered)
+		tq = &x->stall; /* bytes wait for a peer that does not take them */
+	else
+		tq = &x->idle;
+	return tq->ms > 0 ? tq : NULL;
 }
 
-/* The done list is doubly linked through _next/_prev (free once a relay
- * left the _all list). */
-static void unlink_done(struct zc_relay *r)
+/* After progress or a change of state: the relay's clock starts again. */
+static void retime(struct zc_relay *r)
 {
-	struct zc_relay_loop *loop = r->_loop;
+	struct relay_priv *p = rp(r);
+	struct tq *tq = pick_tq(r);
 
-	if (!(r->_queued & Q_DONE))
-		return;
-	if (r->_prev)
-		r->_prev->_next = r->_next;
-	else
-		loop->_done = r->_next;
-	if (r->_next)
-		r->_next->_prev = r->_prev;
-	else
-		loop->_done_tail = r->_prev;
-	r->_next = r->_prev = NULL;
-	r->_queued &= ~Q_DONE;
+	p->progress = 0;
+	p->last = lp(p->loop)->now;
+	p->tq = tq;
+	zc__queue_remove(&p->timer);
+	if (tq)
+		zc__queue_insert_tail(&tq->q, &p->timer);
 }
 
-static void queue_ready(struct zc_relay *r)
+/* Absolute time the head of tq expires, or -1. */
+static int64_t tq_due(const struct tq *tq)
 {
-	struct zc_relay_loop *loop = r->_loop;
+	if (tq->ms <= 0 || zc__queue_empty(&tq->q))
+		return -1;
+	return rp(RELAY(zc__queue_head(&tq->q), timer))->last + tq->ms;
+}
 
-	if (r->_queued & Q_READY)
-		return;
-	r->_queued |= Q_READY;
-	r->_ready_prev = NULL;
-	r->_ready = loop->_ready;
-	if (loop->_ready)
-		loop->_ready->_ready_prev = r;
-	loop->_ready = r;
+static int64_t sooner(int64_t a, int64_t b)
+{
+	if (a < 0)
+		return b;
+	return b < 0 || a < b ? a : b;
 }
 
 /* ---- taking a relay out --------------------------------------------------- */
 
-/* Out of epoll and the ready list, pipes back, flags restored. */
+/* Out of epoll and every queue, pipes back, flags restored. */
 static void detach(struct zc_relay *r)
 {
-	struct zc_relay_loop *loop = r->_loop;
+	struct relay_priv *p = rp(r);
+	struct zc_relay_loop *loop = p->loop;
 
 	for (int s = 0; s < 2; s++) {
-		(void)epoll_ctl(loop->_epfd, EPOLL_CTL_DEL, r->fd[s], NULL);
-		zc_pipe_put(loop->pool, &r->_pipe[s]); /* closes one with data */
-		if (r->_fl[s] >= 0)
-			(void)fcntl(r->fd[s], F_SETFL, r->_fl[s]);
+		(void)epoll_ctl(lp(loop)->epfd, EPOLL_CTL_DEL, r->fd[s], NULL);
+		zc_pipe_put(loop->pool, &p->pipe[s]); /* closes one with data */
+		if (p->fl[s] >= 0)
+			(void)fcntl(r->fd[s], F_SETFL, p->fl[s]);
 	}
-	if (r->_queued & Q_READY)
-		unlink_ready(r);
-	unlink_all(r);
+	zc__queue_remove(&p->work);
+	zc__queue_remove(&p->timer);
+	zc__queue_remove(&p->link);
+	p->tq = NULL;
 	loop->active--;
 }
 
@@ -156,22 +234,14 @@ static void proxy_release(struct zc_relay *r);
 /* The relay ended (r->error says how): report it, or hand it to its proxy. */
 static void finish(struct zc_relay *r)
 {
-	struct zc_relay_loop *loop = r->_loop;
+	struct relay_priv *p = rp(r);
 
 	r->done = 1;
 	detach(r);
-	if (r->_proxy) {
+	if (p->proxy)
 		proxy_release(r);
-		return;
-	}
-	r->_next = NULL;
-	r->_prev = loop->_done_tail;
-	r->_queued |= Q_DONE;
-	if (loop->_done_tail)
-		loop->_done_tail->_next = r;
 	else
-		loop->_done = r;
-	loop->_done_tail = r;
+		zc__queue_insert_tail(&lp(p->loop)->done, &p->link);
 }
 
 static void fail(struct zc_relay *r, int err)
@@ -185,70 +255,116 @@ static void fail(struct zc_relay *r, int err)
 	finish(r);
 }
 
-/* ---- pumping ------------------------------------------------------------ */
+static void time_out(struct zc_relay *r)
+{
+	struct zc_proxy *px = rp(r)->proxy;
+
+	if (px) {
+		fail(r, -ETIMEDOUT);
+		px->timed_out++; /* after failed: readers of the stats see both */
+		return;
+	}
+	/* a plain relay's sockets are the caller's: what the peers are told
+	 * is the caller's choice */
+	r->error = -ETIMEDOUT;
+	finish(r);
+}
+
+static void expire(struct zc_relay_loop *loop, struct tq *tq)
+{
+	int64_t now = lp(loop)->now;
+
+	while (tq->ms > 0 && !zc__queue_empty(&tq->q)) {
+		struct zc_relay *r = RELAY(zc__queue_head(&tq->q), timer);
+
+		if (now - rp(r)->last < tq->ms)
+			break;
+		time_out(r);
+	}
+}
+
+/* ---- pumping ---------------------------------------------------------------- */
 
 /*
  * Move bytes of direction d until the source has nothing, the destination
  * is full (edge-triggered epoll reports the change) or the budget is spent
- * (*again is set: the relay goes on the ready list).
+ * (*again is set: the relay goes on the ready list).  *starved: no pipe
+ * could be had (EMFILE, ENFILE); the relay tries again a little later.
  */
-static int pump(struct zc_relay *r, int d, int *again)
+static int pump(struct zc_relay *r, int d, int *again, int *starved)
 {
-	struct zc_relay_loop *loop = r->_loop;
-	struct zc_pipe *p = &r->_pipe[d];
+	struct relay_priv *p = rp(r);
+	struct zc_relay_loop *loop = p->loop;
+	struct zc_pipe *pipe = &p->pipe[d];
 	int src = r->fd[d], dst = r->fd[!d];
 
 	for (int round = 0;; round++) {
 		ssize_t n;
 
-		while (p->buffered > 0) {
+		while (pipe->buffered > 0) {
 			/* SPLICE_F_NONBLOCK: the pipe side never waits; the
 			 * socket is non-blocking anyway */
-			n = splice(p->rfd, NULL, dst, NULL, p->buffered,
+			n = splice(pipe->rfd, NULL, dst, NULL, pipe->buffered,
 				   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+			if (n < 0 && errno == EINTR) {
+				/* a signal pending at the call: no fault of
+				 * the stream's; the caller runs its handlers */
+				lp(loop)->intr = 1;
+				continue;
+			}
 			if (n < 0)
 				return errno == EAGAIN ? 0 : -errno;
 			if (n == 0)
 				return -EIO; /* our pipe holds bytes */
-			p->buffered -= (uint32_t)n;
+			pipe->buffered -= (uint32_t)n;
 			r->bytes[d] += (uint64_t)n;
 			loop->bytes[d] += (uint64_t)n;
+			p->progress = 1;
 		}
-		if (r->_state[d] & S_SHUT)
+		if (p->state[d] & S_SHUT)
 			return 0;
-		if (r->_state[d] & S_EOF) {
-			zc_pipe_put(loop->pool, p);
-			if (r->_state[!d] & S_PENDING)
+		if (p->state[d] & S_EOF) {
+			zc_pipe_put(loop->pool, pipe);
+			if (p->state[!d] & S_PENDING)
 				return 0; /* shutdown() would abort the connect */
 			if (shutdown(dst, SHUT_WR) < 0) {
 				int rc = -errno, err = socket_error(dst);
 
 				return err < 0 ? err : rc; /* ECONNRESET > ENOTCONN */
 			}
-			r->_state[d] |= S_SHUT;
+			p->state[d] |= S_SHUT;
+			p->progress = 1;
 			return 0;
 		}
 		if (round >= BUDGET) {
 			*again = 1;
 			return 0;
 		}
-		if (p->rfd < 0) {
-			int rc = zc_pipe_get(loop->pool, p);
+		if (pipe->rfd < 0) {
+			int rc = zc_pipe_get(loop->pool, pipe);
 
+			if (rc == -EMFILE || rc == -ENFILE) {
+				*starved = 1;
+				return 0;
+			}
 			if (rc < 0)
 				return rc;
 		}
 		/* The pipe is empty: EAGAIN means the socket has nothing, never
 		 * a full pipe, and 0 means EOF. */
-		n = splice(src, NULL, p->wfd, NULL, p->size,
+		n = splice(src, NULL, pipe->wfd, NULL, pipe->size,
 			   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 		if (n > 0) {
-			p->buffered = (uint32_t)n;
+			pipe->buffered = (uint32_t)n;
+			p->progress = 1;
 		} else if (n == 0) {
-			r->_state[d] |= S_EOF;
+			p->state[d] |= S_EOF;
+			p->progress = 1;
+		} else if (errno == EINTR) {
+			lp(loop)->intr = 1; /* as above: read again */
 		} else if (errno == EAGAIN) {
 			/* idle direction: hold no pipe */
-			zc_pipe_put(loop->pool, p);
+			zc_pipe_put(loop->pool, pipe);
 			return 0;
 		} else {
 			return -errno;
@@ -258,38 +374,50 @@ static int pump(struct zc_relay *r, int d, int *again)
 
 static void pump_dirs(struct zc_relay *r, int d0, int d1)
 {
-	int again = 0, rc;
+	struct relay_priv *p = rp(r);
+	struct loop_priv *l = lp(p->loop);
+	int again = 0, starved = 0, rc;
 
-	for (int d = d0; d <= d1 && !r->done; d++) {
-		rc = pump(r, d, &again);
+	for (int d = d0; d <= d1; d++) {
+		rc = pump(r, d, &again, &starved);
 		if (rc < 0) {
 			fail(r, rc);
 			return;
 		}
 	}
-	if (r->done)
-		return;
-	if ((r->_state[0] & S_SHUT) && (r->_state[1] & S_SHUT))
+	if ((p->state[0] & S_SHUT) && (p->state[1] & S_SHUT)) {
 		finish(r);
-	else if (again)
-		queue_ready(r);
+		return;
+	}
+	if (starved) {
+		if (zc__queue_empty(&l->starved))
+			l->starved_at = l->now + STARVED_RETRY_MS;
+		zc__queue_remove(&p->work);
+		zc__queue_insert_tail(&l->starved, &p->work);
+	} else if (again && !zc__queue_linked(&p->work)) {
+		zc__queue_insert_tail(&l->ready, &p->work);
+	}
+	if (p->progress || pick_tq(r) != p->tq)
+		retime(r);
 }
 
 static void on_event(struct zc_relay *r, int side, uint32_t ev)
 {
+	struct relay_priv *p = rp(r);
 	int in = (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0;
 	int out = (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR)) != 0;
 	int rc;
 
 	if (r->done)
 		return; /* a stale event from the same batch */
-	if ((r->_state[side] & S_PENDING) && out) {
+	if ((p->state[side] & S_PENDING) && out) {
 		rc = socket_error(r->fd[side]);
 		if (rc < 0) {
 			fail(r, rc); /* the connect failed */
 			return;
 		}
-		r->_state[side] &= ~S_PENDING;
+		p->state[side] &= ~S_PENDING;
+		p->progress = 1;
 		in = 1; /* a deferred shutdown may be due */
 	}
 	/* side is the source of direction side and the destination of !side */
@@ -305,30 +433,37 @@ static void on_event(struct zc_relay *r, int side, uint32_t ev)
 		if (rc < 0)
 			fail(r, rc);
 	}
-	if (!r->done && (r->_state[0] & S_SHUT) && (r->_state[1] & S_SHUT))
-		finish(r);
 }
 
-/* ---- the loop ------------------------------------------------------------ */
+/* ---- the loop ------------------------------------------------------------- */
 
 int zc_relay_loop_init(struct zc_relay_loop *loop, struct zc_pipe_pool *pool)
 {
 	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = TAG_WAKE };
+	struct loop_priv *l = lp(loop);
 
 	memset(loop, 0, sizeof(*loop));
 	loop->pool = pool;
-	loop->_epfd = epoll_create1(EPOLL_CLOEXEC);
-	if (loop->_epfd < 0)
+	zc__queue_init(&l->all);
+	zc__queue_init(&l->done);
+	zc__queue_init(&l->ready);
+	zc__queue_init(&l->starved);
+	zc__queue_init(&l->proxies);
+	for (int i = 0; i < ZC_RELAY_TIMEOUTS; i++)
+		zc__queue_init(&l->classes[i].q);
+	l->wakefd = -1;
+	l->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (l->epfd < 0)
 		return -errno;
-	loop->_wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (loop->_wakefd < 0 ||
-	    epoll_ctl(loop->_epfd, EPOLL_CTL_ADD, loop->_wakefd, &ev) < 0) {
+	l->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (l->wakefd < 0 ||
+	    epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->wakefd, &ev) < 0) {
 		int rc = -errno;
 
-		if (loop->_wakefd >= 0)
-			close(loop->_wakefd);
-		close(loop->_epfd);
-		loop->_epfd = loop->_wakefd = -1;
+		if (l->wakefd >= 0)
+			close(l->wakefd);
+		close(l->epfd);
+		l->epfd = l->wakefd = -1;
 		return rc;
 	}
 	return 0;
@@ -336,28 +471,30 @@ int zc_relay_loop_init(struct zc_relay_loop *loop, struct zc_pipe_pool *pool)
 
 void zc_relay_loop_close(struct zc_relay_loop *loop)
 {
-	if (loop->_epfd < 0)
-		return;
-	while (loop->_proxies)
-		zc_proxy_close(loop->_proxies);
-	while (loop->_all)
-		zc_relay_remove(loop->_all);
-	while (loop->_done) {
-		struct zc_relay *r = loop->_done;
+	struct loop_priv *l = lp(loop);
 
-		unlink_done(r);
-		r->_loop = NULL;
+	if (l->epfd < 0)
+		return;
+	while (!zc__queue_empty(&l->proxies))
+		zc_proxy_close(PROXY(zc__queue_head(&l->proxies)));
+	while (!zc__queue_empty(&l->all))
+		zc_relay_remove(RELAY(zc__queue_head(&l->all), link));
+	while (!zc__queue_empty(&l->done)) {
+		struct zc_relay *r = RELAY(zc__queue_head(&l->done), link);
+
+		zc__queue_remove(&rp(r)->link);
+		rp(r)->loop = NULL;
 	}
-	close(loop->_wakefd);
-	close(loop->_epfd);
-	loop->_epfd = loop->_wakefd = -1;
+	close(l->wakefd);
+	close(l->epfd);
+	l->epfd = l->wakefd = -1;
 }
 
 int zc_relay_wake(struct zc_relay_loop *loop)
 {
 	uint64_t one = 1;
 
-	if (write(loop->_wakefd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+	if (write(lp(loop)->wakefd, &one, sizeof(one)) < 0 && errno != EAGAIN)
 		return -errno;
 	return 0;
 }
@@ -371,8 +508,11 @@ static int connecting(int fd)
 	       errno == ENOTCONN;
 }
 
-int zc_relay_add(struct zc_relay_loop *loop, struct zc_relay *r, int a, int b)
+static int add(struct zc_relay_loop *loop, struct zc_relay *r, int a, int b,
+	       struct zc_proxy *px)
 {
+	struct loop_priv *l = lp(loop);
+	struct relay_priv *p = rp(r);
 	void *data = r->data;
 	int rc = 0, s;
 
@@ -380,14 +520,20 @@ int zc_relay_add(struct zc_relay_loop *loop, struct zc_relay *r, int a, int b)
 		return -EBADF;
 	if (a == b)
 		return -EINVAL;
+	if (l->epfd < 0)
+		return -EBADF;
 	memset(r, 0, sizeof(*r));
 	r->data = data;
 	r->fd[0] = a;
 	r->fd[1] = b;
-	r->_loop = loop;
+	p->loop = loop;
+	p->proxy = px;
+	zc__queue_init(&p->link);
+	zc__queue_init(&p->work);
+	zc__queue_init(&p->timer);
 	for (s = 0; s < 2; s++) {
-		r->_pipe[s].rfd = r->_pipe[s].wfd = -1;
-		r->_fl[s] = -1;
+		p->pipe[s].rfd = p->pipe[s].wfd = -1;
+		p->fl[s] = -1;
 	}
 	for (s = 0; s < 2; s++) {
 		struct epoll_event ev = {
@@ -400,63 +546,97 @@ int zc_relay_add(struct zc_relay_loop *loop, struct zc_relay *r, int a, int b)
 			rc = -errno;
 			break;
 		}
-		r->_fl[s] = fl;
+		p->fl[s] = fl;
 		if (connecting(r->fd[s]))
-			r->_state[s] |= S_PENDING;
-		if (epoll_ctl(loop->_epfd, EPOLL_CTL_ADD, r->fd[s], &ev) < 0) {
+			p->state[s] |= S_PENDING;
+		if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, r->fd[s], &ev) < 0) {
 			rc = -errno;
 			(void)fcntl(r->fd[s], F_SETFL, fl);
-			r->_fl[s] = -1;
+			p->fl[s] = -1;
 			break;
 		}
 	}
 	if (rc < 0) {
 		while (s-- > 0) {
-			(void)epoll_ctl(loop->_epfd, EPOLL_CTL_DEL, r->fd[s], NULL);
-			(void)fcntl(r->fd[s], F_SETFL, r->_fl[s]);
+			(void)epoll_ctl(l->epfd, EPOLL_CTL_DEL, r->fd[s], NULL);
+			(void)fcntl(r->fd[s], F_SETFL, p->fl[s]);
 		}
-		r->_loop = NULL;
+		p->loop = NULL;
+		p->proxy = NULL;
 		return rc;
 	}
-	r->_next = loop->_all;
-	if (loop->_all)
-		loop->_all->_prev = r;
-	loop->_all = r;
+	zc__queue_insert_tail(px ? &pp(px)->conns : &l->all, &p->link);
 	loop->active++;
 	/* bytes may be waiting already, and edge-triggered epoll reports
 	 * only changes from now on */
-	queue_ready(r);
+	zc__queue_insert_tail(&l->ready, &p->work);
+	l->now = clock_ms();
+	retime(r);
+	return 0;
+}
+
+int zc_relay_add(struct zc_relay_loop *loop, struct zc_relay *r, int a, int b)
+{
+	return add(loop, r, a, b, NULL);
+}
+
+int zc_relay_set_timeout(struct zc_relay *r, int idle_ms)
+{
+	struct relay_priv *p = rp(r);
+	struct loop_priv *l;
+	struct tq *tq = NULL;
+
+	if (!p->loop || r->done || p->proxy || idle_ms == 0 || idle_ms < -1)
+		return -EINVAL;
+	l = lp(p->loop);
+	zc__queue_remove(&p->timer); /* its old class may be free now */
+	if (idle_ms > 0) {
+		for (int i = 0; i < ZC_RELAY_TIMEOUTS && !tq; i++)
+			if (l->classes[i].ms == idle_ms)
+				tq = &l->classes[i];
+		for (int i = 0; i < ZC_RELAY_TIMEOUTS && !tq; i++)
+			if (zc__queue_empty(&l->classes[i].q))
+				tq = &l->classes[i];
+		if (!tq) {
+			retime(r); /* back where it was */
+			return -ENOSPC;
+		}
+		tq->ms = idle_ms;
+	}
+	p->idle = tq;
+	l->now = clock_ms();
+	retime(r);
 	return 0;
 }
 
 void zc_relay_remove(struct zc_relay *r)
 {
-	if (!r->_loop)
+	struct relay_priv *p = rp(r);
+
+	if (!p->loop)
 		return;
 	if (!r->done) {
 		r->done = 1;
 		detach(r);
-		if (r->_proxy)
+		if (p->proxy)
 			proxy_release(r);
-	} else if (r->_queued & Q_DONE) {
-		unlink_done(r);
+	} else {
+		zc__queue_remove(&p->link); /* from the done list */
 	}
-	r->_loop = NULL;
+	p->loop = NULL;
 }
 
 static void run_ready(struct zc_relay_loop *loop)
 {
-	struct zc_relay *list = loop->_ready;
+	struct zc__queue batch;
 
-	loop->_ready = NULL;
-	while (list) {
-		struct zc_relay *r = list;
+	zc__queue_init(&batch);
+	zc__queue_move(&lp(loop)->ready, &batch);
+	while (!zc__queue_empty(&batch)) {
+		struct zc__queue *q = zc__queue_head(&batch);
+		struct zc_relay *r = RELAY(q, work);
 
-		list = r->_ready;
-		if (list)
-			list->_ready_prev = NULL;
-		r->_ready = r->_ready_prev = NULL;
-		r->_queued &= ~Q_READY;
+		zc__queue_remove(q);
 		if (!r->done)
 			pump_dirs(r, 0, 1);
 	}
@@ -468,53 +648,92 @@ static void proxy_arm(struct zc_proxy *px, int on);
 static unsigned take_done(struct zc_relay_loop *loop, struct zc_relay **done,
 			  unsigned max_done)
 {
+	struct loop_priv *l = lp(loop);
 	unsigned n = 0;
 
-	while (loop->_done && n < max_done) {
-		struct zc_relay *r = loop->_done;
+	while (!zc__queue_empty(&l->done) && n < max_done) {
+		struct zc_relay *r = RELAY(zc__queue_head(&l->done), link);
 
-		loop->_done = r->_next;
-		if (loop->_done)
-			loop->_done->_prev = NULL;
-		else
-			loop->_done_tail = NULL;
-		r->_next = r->_prev = NULL;
-		r->_queued &= ~Q_DONE;
-		r->_loop = NULL;
+		zc__queue_remove(&rp(r)->link);
+		rp(r)->loop = NULL;
 		done[n++] = r;
 	}
 	return n;
 }
 
+/* Absolute time of the next timer, retry or listener resumption, or -1. */
+static int64_t next_due(struct zc_relay_loop *loop)
+{
+	struct loop_priv *l = lp(loop);
+	int64_t t = zc__queue_empty(&l->starved) ? -1 : l->starved_at;
+	struct zc__queue *q;
+
+	for (int i = 0; i < ZC_RELAY_TIMEOUTS; i++)
+		t = sooner(t, tq_due(&l->classes[i]));
+	zc__queue_foreach(q, &l->proxies) {
+		struct proxy_priv *x = pp(PROXY(q));
+
+		t = sooner(t, tq_due(&x->connect));
+		t = sooner(t, tq_due(&x->idle));
+		t = sooner(t, tq_due(&x->stall));
+		if (x->resume_at)
+			t = sooner(t, x->resume_at);
+	}
+	return t;
+}
+
+/* Timeouts, starved relays, paused listeners: whatever is due now. */
+static void run_due(struct zc_relay_loop *loop)
+{
+	struct loop_priv *l = lp(loop);
+	struct zc__queue *q;
+
+	for (int i = 0; i < ZC_RELAY_TIMEOUTS; i++)
+		expire(loop, &l->classes[i]);
+	zc__queue_foreach(q, &l->proxies) {
+		struct zc_proxy *px = PROXY(q);
+		struct proxy_priv *x = pp(px);
+
+		expire(loop, &x->connect);
+		expire(loop, &x->idle);
+		expire(loop, &x->stall);
+		if (x->resume_at && l->now >= x->resume_at)
+			proxy_arm(px, 1);
+	}
+	if (!zc__queue_empty(&l->starved) && l->now >= l->starved_at) {
+		zc__queue_move(&l->starved, &l->ready);
+		run_ready(loop);
+	}
+}
+
 int zc_relay_run(struct zc_relay_loop *loop, int timeout_ms,
 		 struct zc_relay **done, unsigned max_done)
 {
+	struct loop_priv *l = lp(loop);
 	struct epoll_event ev[ZC_RELAY_EVENTS];
-	long long deadline = timeout_ms >= 0 ? now_ms() + timeout_ms : -1;
+	int64_t deadline;
 
-	if (loop->_epfd < 0)
+	if (l->epfd < 0)
 		return -EBADF;
-	for (struct zc_proxy *px = loop->_proxies; px; px = px->_next)
-		if (!px->_listening && px->_free)
-			proxy_arm(px, 1);
+	l->now = clock_ms();
+	deadline = timeout_ms >= 0 ? l->now + timeout_ms : -1;
+	run_due(loop);
 	for (;;) {
-		int wait = -1, n, woke = 0, nlisten;
+		int64_t next = sooner(next_due(loop), deadline);
+		int wait = -1, n, woke = 0, nlisten = 0;
 
-		if (loop->_done && max_done > 0)
+		if (!zc__queue_empty(&l->done) && max_done > 0)
 			return (int)take_done(loop, done, max_done);
-		if (loop->_ready) {
+		if (!zc__queue_empty(&l->ready))
 			wait = 0;
-		} else if (deadline >= 0) {
-			long long left = deadline - now_ms();
-
-			if (left <= 0)
-				return 0;
-			wait = left > 1000000 ? 1000000 : (int)left;
-		}
-		n = epoll_wait(loop->_epfd, ev, ZC_RELAY_EVENTS, wait);
+		else if (next >= 0)
+			wait = next <= l->now ? 0
+			       : next - l->now > 1000000 ? 1000000
+			       : (int)(next - l->now);
+		n = epoll_wait(l->epfd, ev, ZC_RELAY_EVENTS, wait);
 		if (n < 0)
 			return -errno; /* -EINTR: a signal; the caller resumes */
-		nlisten = 0;
+		l->now = clock_ms();
 		for (int i = 0; i < n; i++) {
 			uint64_t u = ev[i].data.u64;
 			unsigned tag = (unsigned)(u & TAG_MASK);
@@ -523,7 +742,7 @@ int zc_relay_run(struct zc_relay_loop *loop, int timeout_ms,
 			if (tag == TAG_WAKE && !ptr) {
 				uint64_t v;
 
-				(void)!read(loop->_wakefd, &v, sizeof(v));
+				(void)!read(l->wakefd, &v, sizeof(v));
 				woke = 1;
 			} else if (tag == TAG_LISTENER) {
 				ev[nlisten++].data.u64 = u; /* after the batch */
@@ -543,24 +762,44 @@ int zc_relay_run(struct zc_relay_loop *loop, int timeout_ms,
 			proxy_accept((struct zc_proxy *)(uintptr_t)
 				     (ev[i].data.u64 & ~(uint64_t)TAG_MASK));
 		run_ready(loop);
+		run_due(loop);
+		if (l->intr) {
+			l->intr = 0;
+			if (!zc__queue_empty(&l->done) && max_done > 0)
+				return (int)take_done(loop, done, max_done);
+			return -EINTR;
+		}
 		if (woke)
 			return (int)take_done(loop, done, max_done);
-		if (deadline >= 0 && !loop->_done && now_ms() >= deadline)
+		if (deadline >= 0 && zc__queue_empty(&l->done) && l->now >= deadline)
 			return 0;
 	}
 }
 
-/* ---- proxy --------------------------------------------------------------- */
+/* ---- proxy ---------------------------------------------------------------- */
 
 static void proxy_arm(struct zc_proxy *px, int on)
 {
+	struct proxy_priv *x = pp(px);
 	struct epoll_event ev = {
 		.events = on ? EPOLLIN : 0,
 		.data.u64 = (uint64_t)(uintptr_t)px | TAG_LISTENER,
 	};
 
-	if (epoll_ctl(px->_loop->_epfd, EPOLL_CTL_MOD, px->_listen_fd, &ev) == 0)
-		px->_listening = on;
+	if (epoll_ctl(lp(x->loop)->epfd, EPOLL_CTL_MOD, x->listen_fd, &ev) == 0) {
+		x->listening = on;
+		x->resume_at = 0;
+	}
+}
+
+/* accept(2) cannot go on (no memory, no descriptor to spare): rest a little,
+ * rather than spin on a listener that stays readable. */
+static void proxy_pause(struct zc_proxy *px)
+{
+	struct proxy_priv *x = pp(px);
+
+	proxy_arm(px, 0);
+	x->resume_at = lp(x->loop)->now + PAUSE_MS;
 }
 
 static void no_delay(int fd)
@@ -570,75 +809,104 @@ static void no_delay(int fd)
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
-/* A connection that could not be set up: reset it, count it. */
-static void refuse(struct zc_proxy *px, int client, int server)
+static int out_of_fds(int err)
 {
-	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+	return err == EMFILE || err == ENFILE;
+}
 
-	(void)setsockopt(client, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-	close(client);
-	if (server >= 0)
-		close(server);
-	px->failed++;
+/*
+ * accept(2) failed for want of a descriptor: give up the one kept in
+ * reserve, accept and reset the client, and take the reserve back (the
+ * spare-fd trick of libev and libuv), so the client hears at once instead
+ * of waiting in the backlog.  Returns 0 when a client was answered.
+ */
+static int refuse_without_fd(struct zc_proxy *px)
+{
+	struct proxy_priv *x = pp(px);
+	int c;
+
+	if (x->spare_fd < 0)
+		return -1;
+	close(x->spare_fd);
+	c = accept4(x->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+	if (c >= 0) {
+		reset_close(c);
+		px->accepted++;
+		px->refused++;
+	}
+	x->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	return c >= 0 ? 0 : -1;
 }
 
 static void proxy_accept(struct zc_proxy *px)
 {
-	const struct sockaddr *to = (const struct sockaddr *)&px->_target;
+	struct proxy_priv *x = pp(px);
+	const struct sockaddr *to = (const struct sockaddr *)&x->target;
 
-	for (int i = 0; i < ACCEPT_BURST; i++) {
+	if (x->spare_fd < 0)
+		x->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	for (int i = 0; i < ACCEPT_BURST && x->listen_fd >= 0; i++) {
 		struct zc_relay *r;
 		int c, s;
 
-		if (!px->_free) {
-			proxy_arm(px, 0); /* the rest wait in the backlog */
-			return;
-		}
-		c = accept4(px->_listen_fd, NULL, NULL,
+		c = accept4(x->listen_fd, NULL, NULL,
 			    SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (c < 0) {
 			if (errno == EAGAIN || errno == EINTR)
 				return;
-			if (errno == EMFILE || errno == ENFILE ||
-			    errno == ENOBUFS || errno == ENOMEM) {
-				/* out of fds: wait for a relay to end (or the
-				 * next zc_relay_run() call) */
-				proxy_arm(px, 0);
+			if (out_of_fds(errno) && refuse_without_fd(px) == 0)
+				continue;
+			if (out_of_fds(errno) || errno == ENOBUFS ||
+			    errno == ENOMEM) {
+				proxy_pause(px);
 				return;
 			}
 			continue; /* ECONNABORTED and friends: next one */
 		}
 		px->accepted++;
+		if (zc__queue_empty(&x->free)) {
+			reset_close(c); /* full: say so now, not after a timeout */
+			px->refused++;
+			continue;
+		}
 		s = socket(to->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		if (s < 0) {
-			refuse(px, c, -1);
+			reset_close(c);
+			if (out_of_fds(errno))
+				px->refused++;
+			else
+				px->failed++;
 			continue;
 		}
 		if (to->sa_family != AF_UNIX) {
 			no_delay(c);
 			no_delay(s);
 		}
-		if (connect(s, to, px->_target_len) < 0 && errno != EINPROGRESS) {
-			refuse(px, c, s);
+		if (connect(s, to, x->target_len) < 0 && errno != EINPROGRESS) {
+			reset_close(c);
+			close(s);
+			px->failed++;
 			continue;
 		}
-		r = px->_free;
-		px->_free = r->_next;
+		r = RELAY(zc__queue_head(&x->free), link);
+		zc__queue_remove(&rp(r)->link);
 		r->data = NULL;
-		if (zc_relay_add(px->_loop, r, c, s) < 0) {
-			r->_next = px->_free;
-			px->_free = r;
-			refuse(px, c, s);
+		if (add(x->loop, r, c, s, px) < 0) {
+			zc__queue_insert_head(&x->free, &rp(r)->link);
+			reset_close(c);
+			close(s);
+			px->failed++;
 			continue;
 		}
-		r->_proxy = px;
 		px->active++;
 	}
 }
 
 static void proxy_release(struct zc_relay *r)
 {
-	struct zc_proxy *px = r->_proxy;
+	struct relay_priv *p = rp(r);
+	struct zc_proxy *px = p->proxy;
+	struct proxy_priv *x = pp(px);
 
 	px->active--;
 	if (r->error)
@@ -650,74 +918,119 @@ static void proxy_release(struct zc_relay *r)
 	close(r->fd[0]);
 	close(r->fd[1]);
 	r->fd[0] = r->fd[1] = -1;
-	r->_proxy = NULL;
-	r->_loop = NULL;
-	r->_next = px->_free;
-	px->_free = r;
-	if (!px->_listening && px->_listen_fd >= 0)
-		proxy_arm(px, 1);
+	p->proxy = NULL;
+	p->loop = NULL;
+	zc__queue_insert_head(&x->free, &p->link);
+	/* descriptors were freed: a listener paused for want of them resumes */
+	if (x->resume_at)
+		x->resume_at = lp(x->loop)->now;
+}
+
+static int check_listener(int fd)
+{
+	int type = 0, listening = 0;
+	socklen_t len = sizeof(type);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+		return errno == ENOTSOCK ? -EINVAL : -errno;
+	len = sizeof(listening);
+	if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0)
+		return -errno;
+	/* not listening: accept(2) fails at once, and a level-triggered
+	 * listener would spin */
+	return type == SOCK_STREAM && listening ? 0 : -EINVAL;
 }
 
 int zc_proxy_init(struct zc_proxy *px, struct zc_relay_loop *loop,
 		  int listen_fd, const struct sockaddr *target,
 		  unsigned target_len, struct zc_relay *slots, unsigned nslots)
 {
+	struct proxy_priv *x = pp(px);
 	struct epoll_event ev = {
 		.events = EPOLLIN,
 		.data.u64 = (uint64_t)(uintptr_t)px | TAG_LISTENER,
 	};
-	int fl;
+	int fl, rc;
 
 	if (!target || target_len < sizeof(sa_family_t) ||
-	    target_len > sizeof(px->_target) || !slots || !nslots ||
-	    listen_fd < 0)
+	    target_len > sizeof(x->target) || !slots || !nslots ||
+	    listen_fd < 0 || lp(loop)->epfd < 0)
 		return -EINVAL;
 	if (target->sa_family != AF_INET && target->sa_family != AF_INET6 &&
 	    target->sa_family != AF_UNIX)
 		return -EINVAL;
+	rc = check_listener(listen_fd);
+	if (rc < 0)
+		return rc;
 	memset(px, 0, sizeof(*px));
-	memcpy(&px->_target, target, target_len);
-	px->_target_len = target_len;
-	px->_listen_fd = listen_fd;
-	px->_loop = loop;
-	for (unsigned i = nslots; i-- > 0;) {
+	memcpy(&x->target, target, target_len);
+	x->target_len = target_len;
+	x->listen_fd = listen_fd;
+	x->spare_fd = -1;
+	x->loop = loop;
+	zc__queue_init(&x->free);
+	zc__queue_init(&x->conns);
+	zc__queue_init(&x->link);
+	zc__queue_init(&x->connect.q);
+	zc__queue_init(&x->idle.q);
+	zc__queue_init(&x->stall.q);
+	x->connect.ms = ZC_PROXY_CONNECT_MS;
+	x->idle.ms = ZC_PROXY_IDLE_MS;
+	x->stall.ms = ZC_PROXY_STALL_MS;
+	for (unsigned i = 0; i < nslots; i++) {
+		struct relay_priv *p = rp(&slots[i]);
+
 		memset(&slots[i], 0, sizeof(slots[i]));
 		slots[i].fd[0] = slots[i].fd[1] = -1;
-		slots[i]._next = px->_free;
-		px->_free = &slots[i];
+		zc__queue_init(&p->work);
+		zc__queue_init(&p->timer);
+		zc__queue_insert_tail(&x->free, &p->link);
 	}
 	fl = fcntl(listen_fd, F_GETFL);
 	if (fl < 0 || fcntl(listen_fd, F_SETFL, fl | O_NONBLOCK) < 0)
 		return -errno;
-	if (epoll_ctl(loop->_epfd, EPOLL_CTL_ADD, listen_fd, &ev) < 0)
-		return -errno;
-	px->_listening = 1;
-	px->_next = loop->_proxies;
-	loop->_proxies = px;
+	if (epoll_ctl(lp(loop)->epfd, EPOLL_CTL_ADD, listen_fd, &ev) < 0) {
+		rc = -errno;
+		(void)fcntl(listen_fd, F_SETFL, fl);
+		x->loop = NULL;
+		return rc;
+	}
+	x->listening = 1;
+	x->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	zc__queue_insert_tail(&lp(loop)->proxies, &x->link);
+	return 0;
+}
+
+int zc_proxy_set_timeouts(struct zc_proxy *px, int connect_ms, int idle_ms,
+			  int stall_ms)
+{
+	struct proxy_priv *x = pp(px);
+	int v[3] = { connect_ms, idle_ms, stall_ms };
+
+	for (int i = 0; i < 3; i++)
+		if (v[i] == 0 || v[i] < -1)
+			return -EINVAL;
+	x->connect.ms = connect_ms;
+	x->idle.ms = idle_ms;
+	x->stall.ms = stall_ms;
 	return 0;
 }
 
 void zc_proxy_close(struct zc_proxy *px)
 {
-	struct zc_relay_loop *loop = px->_loop;
-	struct zc_proxy **pp;
-	struct zc_relay *r, *next;
+	struct proxy_priv *x = pp(px);
 
-	if (!loop)
+	if (!x->loop)
 		return;
-	(void)epoll_ctl(loop->_epfd, EPOLL_CTL_DEL, px->_listen_fd, NULL);
-	px->_listen_fd = -1;
-	px->_listening = 0;
-	for (r = loop->_all; r; r = next) {
-		next = r->_next;
-		if (r->_proxy == px)
-			fail(r, -ECONNABORTED); /* unlinks r only */
-	}
-	for (pp = &loop->_proxies; *pp; pp = &(*pp)->_next)
-		if (*pp == px) {
-			*pp = px->_next;
-			break;
-		}
-	px->_next = NULL;
-	px->_loop = NULL;
+	(void)epoll_ctl(lp(x->loop)->epfd, EPOLL_CTL_DEL, x->listen_fd, NULL);
+	x->listen_fd = -1;
+	x->listening = 0;
+	x->resume_at = 0;
+	while (!zc__queue_empty(&x->conns))
+		fail(RELAY(zc__queue_head(&x->conns), link), -ECONNABORTED);
+	zc__queue_remove(&x->link);
+	if (x->spare_fd >= 0)
+		close(x->spare_fd);
+	x->spare_fd = -1;
+	x->loop = NULL;
 }

@@ -123,3 +123,16 @@ int zc__hold_wait_writable(struct zc__hold *h, int timeout_ms)
 		return rc;
 	return zc__hold_check(h);
 }
+
+int zc__wait_source(int fd, int timeout_ms)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	int n;
+
+	if (timeout_ms <= 0)
+		return 0;
+	n = poll(&p, 1, timeout_ms);
+	if (n < 0)
+		return -errno;
+	return n == 0 ? -ETIMEDOUT : 0;
+}

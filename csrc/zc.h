@@ -15,11 +15,12 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/socket.h> /* struct sockaddr_storage in struct zc_proxy */
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* ---- conventions shared by every capability --------------------------- */
 
 /*
  * State that only the library reads, of a fixed size so that callers can
@@ -67,6 +68,8 @@ int zc_check_stream(int sock);
  */
 int zc_wait_writable(int sock, int timeout_ms);
 
+/* ---- sendfile: a file range to a socket --------------------------------- */
+
 /**
  * zc_sendfile() - send a file range to a stream socket
  * @sock: connected stream socket (blocking or not)
@@ -105,6 +108,8 @@ int zc_wait_writable(int sock, int timeout_ms);
  */
 int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
 		int timeout_ms, unsigned flags, uint64_t *sent);
+
+/* ---- TCP_CORK ------------------------------------------------------------ */
 
 /**
  * zc_tls_tx_offloaded() - does the kernel encrypt what is sent on @sock?
@@ -150,6 +155,8 @@ int zc_cork_begin(int sock, struct zc_cork_state *st);
  * Return: 0, or -errno from setsockopt.
  */
 int zc_cork_end(int sock, struct zc_cork_state *st);
+
+/* ---- responses: header + file range + trailer, resumable ---------------- */
 
 /**
  * struct zc_response - one header + file range + trailer, resumable
@@ -659,13 +666,10 @@ int zc_zsock_end(struct zc_zsock *z, int timeout_ms);
  */
 uint32_t zc_zsock_abandon(struct zc_zsock *z);
 
-/* ---- splice: pipe pool, splice loops, relay ------------------------- */
+/* ---- pipes and the pipe pool ------------------------------------------ */
 
 /* What pooled pipes are grown to with F_SETPIPE_SZ (Go and HAProxy: 1 MiB). */
 #define ZC_PIPE_SIZE (1024 * 1024)
-
-/* zc_relay_run() returns at most this many epoll events per wait. */
-#define ZC_RELAY_EVENTS 64
 
 /**
  * struct zc_pipe - one pipe used as an in-kernel buffer between two fds
@@ -692,9 +696,8 @@ struct zc_pipe {
  *             the pool was full)
  * @small: pipes that kept a smaller capacity because F_SETPIPE_SZ failed
  *
- * The slots array is the caller's and must outlive the pool.  The counters
- * are updated under the pool's lock; read them when no other thread uses
- * the pool (they are statistics).
+ * The counters are updated under the pool's lock; read them when no other
+ * thread uses the pool (they are statistics).
  */
 struct zc_pipe_pool {
 	size_t pipe_size;
@@ -702,10 +705,7 @@ struct zc_pipe_pool {
 	uint64_t reused;
 	uint64_t discarded;
 	uint64_t small;
-	struct zc_pipe *_slots;
-	unsigned _cap;
-	unsigned _count;
-	int _lock;
+	ZC_PRIVATE(32);
 };
 
 /**
@@ -715,10 +715,10 @@ struct zc_pipe_pool {
  *
  * Both ends are O_CLOEXEC|O_NONBLOCK.  When F_SETPIPE_SZ fails (above
  * /proc/sys/fs/pipe-max-size, or over pipe-user-pages-soft for an
- * unprivileged user) the pipe keeps its smaller size: @p->size says which.
+ * unprivileged user) the pipe keeps its smaller size, which still works:
+ * compare @p->size with @size to tell.
  *
- * Return: 1 when the pipe got @size (or @size was 0), 0 when it kept a
- * smaller size, -errno from pipe2() (-EMFILE, -ENFILE).
+ * Return: 0, or -errno from pipe2() (-EMFILE, -ENFILE).
  */
 int zc_pipe_open(struct zc_pipe *p, size_t size);
 
@@ -731,7 +731,8 @@ void zc_pipe_close(struct zc_pipe *p);
 /**
  * zc_pipe_pool_init() - set up an empty pool; makes no pipe
  * @pool: caller-allocated
- * @slots: @nslots entries the pool keeps idle pipes in (caller's memory)
+ * @slots: @nslots entries the pool keeps idle pipes in (caller's memory,
+ *         alive as long as the pool)
  * @nslots: bound on idle pipes (0: no pooling, every put closes)
  * @pipe_size: capacity for new pipes, usually ZC_PIPE_SIZE
  *
@@ -761,16 +762,26 @@ int zc_pipe_get(struct zc_pipe_pool *pool, struct zc_pipe *p);
 void zc_pipe_put(struct zc_pipe_pool *pool, struct zc_pipe *p);
 
 /**
+ * zc_pipe_pool_idle() - empty pipes waiting in the pool now
+ * @pool: the pool
+ *
+ * Return: their number (each holds two descriptors).
+ */
+unsigned zc_pipe_pool_idle(struct zc_pipe_pool *pool);
+
+/**
  * zc_pipe_pool_destroy() - close every idle pipe; the pool is empty after
  * @pool: the pool; pipes still out with callers are theirs to put or close
  */
 void zc_pipe_pool_destroy(struct zc_pipe_pool *pool);
 
+/* ---- splice: any fd to any fd ----------------------------------------- */
+
 /**
  * zc_splice() - move bytes from one fd to another with splice(2)
  * @src: where bytes come from: a socket, pipe or file
  * @src_off: NULL to use (and advance) @src's own position, or an explicit
- *           offset that this call advances by the bytes it read (the
+ *           offset that this call advances by the bytes it delivered (the
  *           descriptor's position is left alone); must be NULL for pipes
  *           and sockets
  * @dst: where they go: a socket, pipe or file
@@ -778,48 +789,76 @@ void zc_pipe_pool_destroy(struct zc_pipe_pool *pool);
  * @count: bytes to deliver to @dst, or ZC_TO_EOF (until @src ends)
  * @via: NULL when @src or @dst is a pipe (one splice per step); otherwise
  *       a pipe from zc_pipe_get() that carries the bytes (src -> pipe ->
- *       dst).  It is in/out: after a call that did not finish it may hold
- *       bytes already read from @src (@via->buffered); calling again with
- *       the same @via delivers them first, and they count towards @count.
+ *       dst).  Bytes it holds when the call starts (@via->buffered, left by
+ *       an earlier call or written by the caller) are delivered first and
+ *       count towards @count.
  * @timeout_ms: what to do when @src has nothing to read or @dst is full:
  *              0 returns -EAGAIN, ZC_WAIT_FOREVER waits, a positive value
  *              waits that long for each stretch of inactivity.  A blocking
- *              socket blocks in the kernel instead.
+ *              socket destination blocks in the kernel instead; a blocking
+ *              source (a socket, a pty) is polled first when @timeout_ms
+ *              is positive, so the bound holds for it too.
  * @moved: in/out: this call ADDS the bytes it wrote to @dst (also on
  *         errors); resume with @count lowered by them
  *
  * The pipe is only ever filled when it is empty, so -EAGAIN from a socket
  * is never mistaken for a full pipe, and a 0 return always means the end
  * of @src.  When @dst refuses splice (-EINVAL: a file opened O_APPEND) the
- * bytes already in @via are copied with read(2)/write(2) instead.
+ * bytes in @via are copied with read(2)/write(2) instead.
+ *
+ * Bytes read into @via are never left behind silently, so that @moved and
+ * the source's position always agree:
+ *  - a destination that would block (-EAGAIN, @timeout_ms 0) gets them
+ *    anyway: the call waits for it as long as it takes (a signal still
+ *    gives -EINTR), then returns -EAGAIN without reading more, so -EAGAIN
+ *    always comes with an empty @via;
+ *  - on any other error a seekable source (a regular file or block device)
+ *    is given them back: @src_off, or the fd's position, moves back over
+ *    them and @via is emptied; a call that resumes there reads them again;
+ *  - from a source that cannot seek (a socket, a tty) they stay in @via
+ *    (@via->buffered): call again with the same @via to deliver them, or
+ *    drop them with the stream by putting the pipe back.
+ *
+ * A socket given as @src or @dst is held for the call: if another thread
+ * closes its fd and the number is reused (accept(2) hands it to a new
+ * client) the call stops with -EBADF instead of moving another
+ * connection's bytes.
  *
  * Return: 0 when @count bytes were delivered (or @src ended, for
  * ZC_TO_EOF); -ENODATA when @src ended before @count bytes; -EINVAL when
  * neither fd is a pipe and @via is NULL, or the kernel cannot splice
  * these fds; -EAGAIN, -ETIMEDOUT as @timeout_ms says; -EINTR when a signal
  * interrupted a wait (or cut a write to a blocking socket short): call
- * again to resume; any other -errno from splice(2) (-ECONNRESET, -EPIPE,
- * -ENOSPC, ...).
+ * again to resume; -EBADF when a socket's fd was closed or replaced during
+ * the call; any other -errno from splice(2) (-ECONNRESET, -EPIPE, -ENOSPC,
+ * ...).
  */
 int zc_splice(int src, int64_t *src_off, int dst, int64_t *dst_off,
 	      uint64_t count, struct zc_pipe *via, int timeout_ms,
 	      uint64_t *moved);
 
+/* ---- relays: socket pairs pumped both ways by one epoll loop ---------- */
+
+/* zc_relay_run() handles at most this many epoll events per wait. */
+#define ZC_RELAY_EVENTS 64
+
+/* Distinct zc_relay_set_timeout() values a loop's relays may use at once. */
+#define ZC_RELAY_TIMEOUTS 8
+
 struct zc_relay_loop;
-struct zc_proxy;
 
 /**
  * struct zc_relay - two connected stream sockets pumped both ways
  * @fd: the sockets: fd[0] ("a") and fd[1] ("b")
  * @bytes: bytes[0] moved a -> b, bytes[1] moved b -> a (so far)
- * @error: 0, or the -errno that ended the relay
+ * @error: 0, or the -errno that ended the relay (-ETIMEDOUT after its
+ *         idle timeout)
  * @done: 1 once the relay ended (both directions reached EOF and were
- *        passed on, or an error)
+ *        passed on, an error, or its timeout)
  * @data: the caller's, untouched
  *
  * Caller-allocated; it must stay in place from zc_relay_add() until
  * zc_relay_run() reports it done or zc_relay_remove() takes it out.
- * Fields starting with '_' are private.
  */
 struct zc_relay {
 	int fd[2];
@@ -827,40 +866,25 @@ struct zc_relay {
 	int error;
 	int done;
 	void *data;
-	struct zc_pipe _pipe[2];
-	int _fl[2];
-	unsigned _state[2];
-	int _queued;
-	struct zc_relay_loop *_loop;
-	struct zc_proxy *_proxy;
-	struct zc_relay *_next;
-	struct zc_relay *_prev;
-	struct zc_relay *_ready;
-	struct zc_relay *_ready_prev;
+	ZC_PRIVATE(192);
 };
 
 /**
  * struct zc_relay_loop - one epoll loop that pumps any number of relays
  * @pool: where relays take their pipes from (the caller's)
- * @active: relays added and not yet reported or removed
+ * @active: relays added and not yet ended or removed
  * @bytes: bytes moved by every relay of this loop, a->b and b->a
  *
  * A relay holds a pipe only while bytes are in flight in that direction,
  * so idle connections cost no pipe.  Use a loop from one thread at a time;
  * zc_relay_wake() is the one call that any thread (or a signal handler)
- * may make.  Fields starting with '_' are private.
+ * may make.
  */
 struct zc_relay_loop {
 	struct zc_pipe_pool *pool;
 	unsigned active;
 	uint64_t bytes[2];
-	int _epfd;
-	int _wakefd;
-	struct zc_relay *_all;
-	struct zc_relay *_done;
-	struct zc_relay *_done_tail;
-	struct zc_relay *_ready;
-	struct zc_proxy *_proxies;
+	ZC_PRIVATE(384);
 };
 
 /**
@@ -892,11 +916,32 @@ void zc_relay_loop_close(struct zc_relay_loop *loop);
  *
  * The sockets stay the caller's; they are switched to O_NONBLOCK while the
  * relay runs and their flags are restored when it ends or is removed.
+ * The relay has no timeout until zc_relay_set_timeout() gives it one.
  *
  * Return: 0, or -errno (-EBADF, -EEXIST when a socket is already in a
  * relay of this loop, -ENOMEM, ...); nothing changed on failure.
  */
 int zc_relay_add(struct zc_relay_loop *loop, struct zc_relay *r, int a, int b);
+
+/**
+ * zc_relay_set_timeout() - end a relay after a stretch with no progress
+ * @r: a running relay from zc_relay_add()
+ * @idle_ms: > 0: the relay ends with @r->error = -ETIMEDOUT once no byte
+ *           moved either way for this long (the clock starts now);
+ *           ZC_WAIT_FOREVER: no timeout (the default)
+ *
+ * A timed-out relay is reported by zc_relay_run() like any other that
+ * ended; its sockets are not reset (what to tell the peers is the
+ * caller's choice), and bytes in flight in its pipes are dropped.  The
+ * loop keeps one queue per distinct value, ordered by last activity, so
+ * that its cost per event and per wait does not grow with the number of
+ * relays; hence the bound on distinct values.
+ *
+ * Return: 0; -EINVAL for a relay that is not running or belongs to a
+ * proxy, or @idle_ms 0 or below -1; -ENOSPC when ZC_RELAY_TIMEOUTS other
+ * values are in use by the loop's relays.
+ */
+int zc_relay_set_timeout(struct zc_relay *r, int idle_ms);
 
 /**
  * zc_relay_remove() - stop a relay that has not ended (or did already)
@@ -919,13 +964,21 @@ void zc_relay_remove(struct zc_relay *r);
  * called or a signal arrives.  In each direction a relay reads from its
  * source into a pipe only when the pipe is empty and writes it all to the
  * destination before reading again; at the source's EOF the destination
- * gets shutdown(SHUT_WR).  A relay ends when both directions did so, or at
- * the first error on either socket: then both sockets are reset (a TCP
- * socket is disconnected, which sends RST; others are shut down), so the
- * peers on both sides learn that the stream broke.  Ended relays are
- * taken out of the loop (the caller may close their sockets at once) and
- * reported through @done, up to @max_done per call, oldest first; relays
- * of a zc_proxy are not reported: the proxy closes them itself.
+ * gets shutdown(SHUT_WR).  A relay ends when both directions did so, at
+ * its timeout, or at the first error on either socket: then both sockets
+ * are reset (a TCP socket is disconnected, which sends RST; others are
+ * shut down), so the peers on both sides learn that the stream broke.  A
+ * signal that interrupts a splice never ends a relay: the splice is
+ * resumed, and the call returns -EINTR once the events at hand are
+ * handled, so the caller can run its handlers.
+ *
+ * When no pipe can be had (-EMFILE, -ENFILE) a relay waits for one
+ * instead of failing: it is retried every few milliseconds.
+ *
+ * Ended relays are taken out of the loop (the caller may close their
+ * sockets at once) and reported through @done, up to @max_done per call,
+ * oldest first; relays of a zc_proxy are not reported: the proxy closes
+ * them itself.
  *
  * Return: the number of relays written to @done (0 after a timeout or a
  * wake-up); -EINTR when a signal arrived (call again to resume); other
@@ -942,32 +995,36 @@ int zc_relay_run(struct zc_relay_loop *loop, int timeout_ms,
  */
 int zc_relay_wake(struct zc_relay_loop *loop);
 
+/* ---- proxy: accept, connect, relay ------------------------------------ */
+
+/* Default timeouts of a zc_proxy's connections, in milliseconds. */
+#define ZC_PROXY_CONNECT_MS 10000 /* connecting to the target */
+#define ZC_PROXY_IDLE_MS 300000	  /* no byte moved either way */
+#define ZC_PROXY_STALL_MS 60000	  /* bytes wait for a peer that does not read */
+
 /**
  * struct zc_proxy - a listening socket whose connections are relayed to a
  *                   target address, inside a zc_relay_loop
- * @accepted: connections accepted
+ * @accepted: connections accepted (all of those below, plus @active)
  * @active: relays running now
  * @completed: relays that ended with both directions finished
  * @failed: connections that ended with an error (target unreachable,
- *          reset, ...) or could not be set up
+ *          reset, a timeout, ...) or could not be set up
+ * @refused: clients answered at once with a reset because every slot was
+ *           taken or no descriptor was left for them or their target
+ *           connection (EMFILE, ENFILE)
+ * @timed_out: connections ended by a timeout (also counted in @failed)
  * @bytes: bytes moved by ended relays, client->target and target->client
- *
- * Connections beyond the slots given to zc_proxy_init() wait in the
- * listen backlog.  Fields starting with '_' are private.
  */
 struct zc_proxy {
 	uint64_t accepted;
 	uint64_t active;
 	uint64_t completed;
 	uint64_t failed;
+	uint64_t refused;
+	uint64_t timed_out;
 	uint64_t bytes[2];
-	int _listen_fd;
-	int _listening;
-	struct sockaddr_storage _target;
-	unsigned _target_len;
-	struct zc_relay *_free;
-	struct zc_relay_loop *_loop;
-	struct zc_proxy *_next;
+	ZC_PRIVATE(384);
 };
 
 struct sockaddr;
@@ -988,11 +1045,41 @@ struct sockaddr;
  * sockets); the relay starts at once and a failed connect ends it.  Per
  * connection failures are counted in @px->failed and touch nothing else.
  *
- * Return: 0, or -EINVAL (bad address, no slots), -errno from epoll_ctl().
+ * No client is left waiting in the listen backlog: when every slot is
+ * taken, or accept(2) fails with EMFILE/ENFILE, a new client is accepted
+ * and reset at once (counted in @px->refused).  For EMFILE the proxy keeps
+ * one descriptor in reserve (on /dev/null): it closes it, accepts, resets
+ * the client and opens it again.  Connections get the timeouts
+ * ZC_PROXY_CONNECT_MS, ZC_PROXY_IDLE_MS and ZC_PROXY_STALL_MS until
+ * zc_proxy_set_timeouts() changes them.
+ *
+ * Return: 0; -EINVAL for a bad address, no slots, or a @listen_fd that is
+ * not a listening stream socket (unbound, connected, closed); -errno from
+ * fcntl()/epoll_ctl().
  */
 int zc_proxy_init(struct zc_proxy *px, struct zc_relay_loop *loop,
 		  int listen_fd, const struct sockaddr *target,
 		  unsigned target_len, struct zc_relay *slots, unsigned nslots);
+
+/**
+ * zc_proxy_set_timeouts() - bound how long a connection may hang
+ * @px: the proxy
+ * @connect_ms: connecting to the target
+ * @idle_ms: no byte moved either way
+ * @stall_ms: no byte moved while bytes read from one side wait for the
+ *            other, which does not read them (the client or the target
+ *            stopped reading; also a client that left while the target
+ *            does not take its last bytes)
+ *
+ * Each value is > 0, or ZC_WAIT_FOREVER for no bound.  A connection that
+ * runs out of time is reset on both sides, closed, and counted in
+ * @px->failed and @px->timed_out.  The new values apply from each
+ * connection's next activity on.
+ *
+ * Return: 0, or -EINVAL for a value of 0 or below -1.
+ */
+int zc_proxy_set_timeouts(struct zc_proxy *px, int connect_ms, int idle_ms,
+			  int stall_ms);
 
 /**
  * zc_proxy_close() - stop accepting and end every connection of the proxy

@@ -182,21 +182,46 @@ int zc__sendfile_held(struct zc__hold *h, int file, int64_t offset,
 int zc__count_to_eof(int file, const off_t *pos, uint64_t *count);
 
 /*
+ * A hold on a fd that is not a socket (a file, a pipe): every syscall uses
+ * the caller's fd, no duplicate is made, and zc__hold_check() still notices
+ * when the number comes to name another file.
+ */
+static inline void zc__hold_init_plain(struct zc__hold *h, int fd, dev_t dev,
+				       ino_t ino)
+{
+	zc__hold_init(h, fd);
+	h->known = 1;
+	h->dev = dev;
+	h->ino = ino;
+}
+
+/*
+ * Wait until a source that would block in the kernel (a blocking socket, a
+ * pty) has bytes, when timeout_ms is positive: 0, -ETIMEDOUT, -EINTR.  With
+ * timeout_ms 0 or ZC_WAIT_FOREVER it returns 0 at once: the read blocks in
+ * the kernel as the caller's blocking fd asks.
+ */
+int zc__wait_source(int fd, int timeout_ms);
+
+/*
  * splice(2) from src straight to dst, one of them a pipe (no pipe between):
  * zc_splice() without @via, and zc_sendfile()'s route for a pipe source.
- * Offsets as zc_splice() (NULL: the fd's own position); *done is progress
- * within count.  Every splice is SPLICE_F_NONBLOCK, so waits happen in
- * poll(2), which a signal always interrupts.  On EAGAIN it waits for the
- * side that is not ready: an empty source pipe for POLLIN, otherwise the
- * destination for POLLOUT (timeout_ms: 0 gives -EAGAIN, ZC_WAIT_FOREVER, or
- * a bound that gives -ETIMEDOUT).  Pipe -> blocking socket asks for what the
- * pipe holds, so a short count means a signal (-EINTR) or an error pending
- * on the socket (0: the next call reports it).  Returns 0 when count bytes
- * went (or src ended, with to_eof), -ENODATA when src ended before, -errno.
+ * Each side is held (zc__hold_init() for a socket, zc__hold_init_plain()
+ * otherwise); after each wait both are checked (-EBADF).  Offsets as
+ * zc_splice() (NULL: the fd's own position); *done is progress within
+ * count.  Every splice is SPLICE_F_NONBLOCK, so waits happen in poll(2),
+ * which a signal always interrupts.  On EAGAIN it waits for the side that
+ * is not ready: an empty source pipe for POLLIN, otherwise the destination
+ * for POLLOUT (timeout_ms: 0 gives -EAGAIN, ZC_WAIT_FOREVER, or a bound
+ * that gives -ETIMEDOUT, and also bounds a blocking source's wait).  Pipe
+ * -> blocking socket asks for what the pipe holds, so a short count means a
+ * signal (-EINTR) or an error pending on the socket (0: the next call
+ * reports it).  Returns 0 when count bytes went (or src ended, with
+ * to_eof), -ENODATA when src ended before, -errno.
  */
-int zc__splice_direct(int src, off_t *src_off, int dst, off_t *dst_off,
-		      uint64_t count, int to_eof, int timeout_ms,
-		      uint64_t *done);
+int zc__splice_direct(struct zc__hold *src, off_t *src_off,
+		      struct zc__hold *dst, off_t *dst_off, uint64_t count,
+		      int to_eof, int timeout_ms, uint64_t *done);
 
 /* ---- MSG_ZEROCOPY ------------------------------------------------------- */
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from zerocopy.bench._harness import (
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODES = ("file", "small", "memory", "relay", "aio")
+MODES = ("file", "small", "memory", "relay", "serve", "aio")
 
 
 def _bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -536,3 +537,44 @@ def test_when_the_namespace_cannot_be_made_the_run_falls_back(
     assert isolation["netns"] is False
     if os.geteuid() == 0 and len(os.sched_getaffinity(0)) >= 2:
         assert isolation["reason"] == "unshare(CLONE_NEWNET): Operation not permitted"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("load", ["c", "python"])
+def test_serve_mode_with_its_own_load_generators(load: str) -> None:
+    """The C generator (compiled on the fly) and the Python one load the server for real."""
+    if load == "c" and not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")):
+        pytest.skip("no C compiler")
+    done = _bench("serve", "--quick", "--json", "--load", load, "--sizes", "4K,64K",
+                  "--duration", "0.5", "--idle", "20", "--methods", "zerocopy,http.server")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (report,) = json.loads(done.stdout)["reports"]
+    assert report["settings"]["load"] == {"c": "loadgen.c", "python": "python"}[load]
+    assert [g["title"] for g in report["groups"]] == ["4 KiB file", "64 KiB file"]
+    for group in report["groups"]:
+        assert [r["method"] for r in group["results"]] == ["zerocopy FileServer", "http.server"]
+        for result in group["results"]:
+            assert result["error"] is None, result
+            (sample,) = result["samples"]
+            assert sample["size"] > 0 and sample["cpu_seconds"] >= 0
+            per_request = 4096 if group["title"].startswith("4") else 65536
+            assert sample["counters"]["body_bytes"] == sample["size"] * per_request
+    assert any("zerocopy FileServer: +" in note for note in report["notes"])
+
+
+def test_serve_mode_parses_wrk(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zerocopy.bench import serve
+
+    out = ("Running 5s test @ http://127.0.0.1:1/f\n  1 threads and 64 connections\n"
+           "  396000 requests in 5.00s, 1.62GB read\n"
+           "  Socket errors: connect 0, read 2, write 0, timeout 1\n"
+           "  Non-2xx or 3xx responses: 5\nRequests/sec:  79200.00\n")
+
+    def fake_run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        assert argv[:3] == ["wrk", "-t1", "-c64"]
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    monkeypatch.setattr(serve.subprocess, "run", fake_run)
+    load = serve.Wrk().run(1, "/f", 4096, 64, 5.0)
+    assert (load.requests, load.seconds, load.errors, load.non2xx) == (396000, 5.0, 3, 5)
+    assert load.body_bytes == (396000 - 5) * 4096

@@ -7,6 +7,7 @@ bytes (sha256) and the exit status.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -18,6 +19,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -1001,3 +1004,269 @@ def test_send_command_failure_counts_the_current_chunk(tmp_path: Path) -> None:
     reported = int(m.group(1))
     assert got == want
     assert want <= reported <= size, f"reported {reported}, the receiver got {want}: {text}"
+
+
+# ------------------------------------------------------------------ serve
+
+
+def _serve(*args: str, cwd: Path | str = ROOT, **kw: object) -> tuple[subprocess.Popen[str], int]:
+    """Start `serve ... --port 0`; return it and the port from the URL line it prints."""
+    kw.setdefault("stdout", subprocess.PIPE)
+    proc = subprocess.Popen(_cmd("serve", "--port", "0", *args), stderr=subprocess.PIPE,
+                            text=True, cwd=cwd, **kw)  # type: ignore[call-overload]
+    m = _line(proc, r"serving (.+) at http://(\S+):(\d+)/")
+    return proc, int(m.group(3))
+
+
+def _http_get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, bytes]:
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=DEADLINE) as f:
+            return f.status, f.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_serve_help() -> None:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["serve", "--help"], prog="python -m zerocopy") == 0
+    text = out.getvalue()
+    assert text.startswith("usage: python -m zerocopy serve ")
+    for option in ("--port", "--bind", "--workers", "--log", "--no-listing",
+                   "--follow-symlinks", "--grace", "example"):
+        assert option in text, option
+    top = io.StringIO()
+    with contextlib.redirect_stdout(top):
+        cli.main(["--help"])
+    assert re.search(r"^\s+serve\s", top.getvalue(), re.M)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["serve", "--port", "http"], "port must be a number 0-65535, not 'http'"),
+        (["serve", "--port", "70000"], "port must be 0-65535, got 70000"),
+        (["serve", "--port", "-1"], "port must be a number 0-65535"),
+        (["serve", "--workers", "0"], "must be 1-1024, got 0"),
+        (["serve", "--workers", "two"], "expected a whole number"),
+        (["serve", "--grace", "0"], "more than 0 seconds"),
+        (["serve", "--max-connections", "0"], "must be 1-"),
+        (["serve", "a", "b"], "unrecognized arguments: b"),
+    ],
+)
+def test_serve_usage_errors(args: list[str], words: str) -> None:
+    err = io.StringIO()
+    assert cli.main(args, stderr=err) == 2
+    text = err.getvalue()
+    assert text.startswith("usage: zerocopy"), text
+    assert words in text and "Traceback" not in text, text
+
+
+def test_serve_defaults_to_the_current_directory(tmp_path: Path) -> None:
+    (tmp_path / "hello.txt").write_bytes(b"hi there\n")
+    (tmp_path / "sub").mkdir()
+    proc, port = _serve(cwd=tmp_path)
+    try:
+        assert _http_get(port, "/hello.txt") == (200, b"hi there\n")
+        status, listing = _http_get(port, "/")
+        assert status == 200 and b'href="hello.txt"' in listing and b'href="sub/"' in listing
+        assert _http_get(port, "/../etc/passwd")[0] == 400
+        proc.send_signal(signal.SIGINT)
+        rest = _finish(proc)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, rest
+    assert "stopping (SIGINT)" in rest and "Traceback" not in rest
+    assert "stopped (SIGINT): 3 requests on 3 connections" in rest, rest
+
+
+def test_serve_prints_the_url_it_serves(tmp_path: Path) -> None:
+    proc = subprocess.Popen(_cmd("serve", str(tmp_path), "--port", "0"),
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        m = _line(proc, r"^zerocopy serve: serving (.+) at http://127\.0\.0\.1:(\d+)/ "
+                        r"\(Ctrl-C to stop\)$")
+        assert m.group(1) == str(tmp_path)
+        proc.send_signal(signal.SIGTERM)
+        _finish(proc)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0
+
+
+def test_serve_port_in_use() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        result = _run("serve", "--port", str(busy.getsockname()[1]))
+    _one_clear_line(result, "cannot listen on 127.0.0.1:")
+    assert "in use" in result.stderr
+
+
+@pytest.mark.parametrize("what, words", [("missing", "No such file or directory"),
+                                         ("file", "Not a directory")])
+def test_serve_bad_directory(tmp_path: Path, what: str, words: str) -> None:
+    (tmp_path / "file").write_bytes(b"x")
+    result = _run("serve", str(tmp_path / what), "--port", "0")
+    _one_clear_line(result, words)
+    assert f"cannot serve '{tmp_path / what}'" in result.stderr
+
+
+def test_serve_bad_bind_address() -> None:
+    result = _run("serve", "--bind", LONG_LABEL, "--port", "0")
+    _one_clear_line(result, "bad host name")
+    result = _run("serve", "--bind", "192.0.2.1", "--port", "0")  # not an address of ours
+    _one_clear_line(result, "cannot listen on 192.0.2.1:0")
+
+
+@pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 loopback (::1)")
+def test_serve_ipv6_wildcard_takes_both(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"both\n")
+    proc = subprocess.Popen(_cmd("serve", str(tmp_path), "--bind", "::", "--port", "0"),
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        port = int(_line(proc, r"at http://\[::\]:(\d+)/").group(1))
+        assert _http_get(port, "/f", "::1") == (200, b"both\n")
+        assert _http_get(port, "/f", "127.0.0.1") == (200, b"both\n")
+        proc.send_signal(signal.SIGTERM)
+        _finish(proc)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0
+
+
+def test_serve_options_log_listing_workers(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "f.txt").write_bytes(b"file\n")
+    os.symlink(str(tmp_path / "f.txt"), tmp_path / "d" / "link")
+    root = tmp_path / "d"
+    proc, port = _serve(str(root), "--log", "--no-listing", "--workers", "3")
+    try:
+        assert _http_get(port, "/")[0] == 403  # no listing
+        assert _http_get(port, "/link")[0] == 403  # leaves the root
+        assert _http_get(port, "/nothing")[0] == 404
+        proc.send_signal(signal.SIGTERM)
+        out, rest = proc.communicate(timeout=DEADLINE)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, rest
+    lines = out.splitlines()
+    assert len(lines) == 3, out
+    assert re.fullmatch(r'127\.0\.0\.1 - - \[[^]]+\] "GET / HTTP/1\.1" 403 \d+', lines[0]), lines
+    assert '"GET /nothing HTTP/1.1" 404' in lines[2]
+    proc, port = _serve(str(root), "--follow-symlinks")
+    try:
+        assert _http_get(port, "/link") == (200, b"file\n")
+        proc.send_signal(signal.SIGTERM)
+        _finish(proc)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_serve_stops_gracefully_with_a_response_in_flight(tmp_path: Path) -> None:
+    data = os.urandom(16 * 1024 * 1024)
+    (tmp_path / "big").write_bytes(data)
+    proc, port = _serve(str(tmp_path), "--grace", "20")
+    try:
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c.settimeout(DEADLINE)
+        c.connect(("127.0.0.1", port))
+        with c:
+            c.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+            got = c.recv(65536)  # started; the rest waits for us
+            proc.send_signal(signal.SIGTERM)
+            _line(proc, r"stopping \(SIGTERM\): letting responses finish for up to 20 s")
+            while chunk := c.recv(1 << 20):
+                got += chunk
+        rest = _finish(proc)
+    finally:
+        proc.kill()
+        proc.wait()
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and sha(body) == sha(data)
+    assert proc.returncode == 0, rest
+    assert "stopped (SIGTERM): 1 requests on 1 connections, 16.0 MiB sent" in rest, rest
+
+
+def test_serve_second_signal_stops_at_once(tmp_path: Path) -> None:
+    (tmp_path / "big").write_bytes(bytes(16 * 1024 * 1024))
+    proc, port = _serve(str(tmp_path), "--grace", "600")
+    try:
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c.settimeout(DEADLINE)
+        c.connect(("127.0.0.1", port))
+        with c:
+            c.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+            got = len(c.recv(65536))
+            proc.send_signal(signal.SIGINT)
+            _line(proc, r"stopping \(SIGINT\)")
+            proc.send_signal(signal.SIGINT)  # a stalled reader: do not wait 600 s
+            rest = _finish(proc)
+            try:
+                while chunk := c.recv(1 << 20):
+                    got += len(chunk)
+            except ConnectionResetError:
+                pass
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, rest
+    assert got < 16 * 1024 * 1024
+    assert "stopped (SIGINT)" in rest
+
+
+def test_proxy_refuses_the_excess_at_once_and_says_so(echo) -> None:
+    """Issue 8.3: past its slots the proxy answers new clients at once (a reset), counted
+    and logged with -v, instead of leaving them in the backlog."""
+    proxy = _start("proxy", "0", f"127.0.0.1:{echo.address[1]}", "-v", "--max-connections", "1")
+    try:
+        m = _line(proxy, r"listening on 127\.0\.0\.1:(\d+).*up to 1 connections")
+        port = int(m.group(1))
+        with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as first:
+            first.sendall(b"held")
+            assert recv_exactly(first, 4) == b"held"  # relayed: the one slot is taken
+            with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as second:
+                second.settimeout(DEADLINE)
+                try:
+                    assert second.recv(1) == b""  # answered at once, not left queued
+                except ConnectionResetError:
+                    pass
+            _line(proxy, r"refused 1 client\(s\)")
+        proxy.send_signal(signal.SIGTERM)
+        rest = _finish(proxy)
+    finally:
+        proxy.kill()
+        proxy.wait()
+    assert "1 refused" in rest, rest
+
+
+def test_proxy_idle_timeout_ends_a_silent_connection(echo) -> None:
+    proxy = _start("proxy", "0", f"127.0.0.1:{echo.address[1]}", "--idle-timeout", "0.3")
+    try:
+        port = int(_line(proxy, r"listening on 127\.0\.0\.1:(\d+)").group(1))
+        with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as c:
+            c.sendall(b"hi")
+            assert recv_exactly(c, 2) == b"hi"
+            c.settimeout(DEADLINE)
+            try:
+                assert c.recv(1) == b""  # ended by the proxy, well before DEADLINE
+            except ConnectionResetError:
+                pass
+        proxy.send_signal(signal.SIGTERM)
+        _finish(proxy)
+    finally:
+        proxy.kill()
+        proxy.wait()
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "soon"])
+def test_proxy_timeout_options_are_checked(value: str) -> None:
+    result = _run("proxy", "0", "127.0.0.1:9", "--stall-timeout", value)
+    assert result.returncode == 2
+    assert "--stall-timeout" in result.stderr

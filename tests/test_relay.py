@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import gc
+import math
 import random
+import resource
 import selectors
 import signal
 import socket
+import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from _zcutil import (
@@ -25,11 +32,12 @@ from _zcutil import (
     itimer,
     new_pair,
     recv_exactly,
+    recv_to_eof,
     reset,
     wait_until,
 )
 
-from zerocopy.relay import Proxy, relay
+from zerocopy.relay import Proxy, default_max_connections, relay
 from zerocopy.splice import default_pool
 
 
@@ -327,7 +335,7 @@ def _echo_clients(address, payloads: list[bytes]) -> list[bytes]:
     return out
 
 
-@pytest.mark.parametrize("max_connections", [1024, 7])
+@pytest.mark.parametrize("max_connections", [None, 1024, 64])
 def test_proxy_many_concurrent_connections(
     echo: EchoServer, small_data: bytes, max_connections: int
 ) -> None:
@@ -453,7 +461,7 @@ def test_proxy_close_never_wakes_a_freed_loop(echo: EchoServer, monkeypatch) -> 
 
     from zerocopy._native import lib
 
-    relay_mod = sys.modules["zerocopy.relay"]  # the package's `relay` is the function
+    relay_mod = sys.modules["zerocopy._lowlevel"]  # the C loop's owner, which wakes it
 
     proxy = Proxy(("127.0.0.1", 0), echo.address)
     t = _serve(proxy)
@@ -473,3 +481,415 @@ def test_proxy_close_never_wakes_a_freed_loop(echo: EchoServer, monkeypatch) -> 
     assert not t.is_alive()
     assert state_at_wake == [False]  # before the fix: [True], a write to a closed fd
     assert "closed" in repr(proxy)
+
+
+# --------------------------------------------------------------------------- issue 8 and TLS
+
+
+@pytest.mark.timeout(120, method="thread")
+def test_relay_survives_a_signal_storm(chain, big_data: bytes) -> None:
+    """Regression (issue 8.2): splice() from the pipe to a socket returns EINTR when a
+    signal is pending as it starts, and the relay took it for the stream's error (1 relay
+    in 6 raised InterruptedError at 1 kHz).  Every relay now ends cleanly and exactly."""
+    ticks = [0]
+
+    def handler(signum: int, frame: object) -> None:
+        ticks[0] += 1
+
+    with itimer(handler, 0.001, 0.001):
+        for i in range(6):
+            (x, a), (b, y) = chain("unix" if i % 2 else "tcp4", "tcp4")
+            up, down = big_data, big_data[::-1]
+            px, py = Peer(x, up), Peer(y, down)
+            assert relay(a, b, timeout=DEADLINE) == (len(up), len(down))
+            assert py.result() == up
+            assert px.result() == down
+    assert ticks[0] > 0
+
+
+def test_relay_timeout_counts_from_the_last_byte(chain) -> None:
+    """relay(timeout=) is the C loop's idle timeout now: bytes that keep moving keep the
+    relay alive past it; timeout=inf means none (issue 8.13)."""
+    (x, a), (b, y) = chain()
+
+    def trickle() -> None:
+        for _ in range(25):  # 2.5 s in all, a byte every 0.1 s
+            x.sendall(b".")
+            time.sleep(0.1)
+        x.shutdown(socket.SHUT_WR)
+        y.shutdown(socket.SHUT_WR)
+
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    assert relay(a, b, timeout=1.0) == (25, 0)
+    t.join(DEADLINE)
+    assert recv_exactly(y, 25) == b"." * 25
+    (x, a), (b, y) = chain()
+    px, py = Peer(x, b"up"), Peer(y, b"down")
+    assert relay(a, b, timeout=math.inf) == (2, 4)
+    assert py.result() == b"up" and px.result() == b"down"
+    with pytest.raises(ValueError):
+        relay(a, b, timeout=float("nan"))
+
+
+@pytest.mark.timeout(30, method="thread")
+def test_relay_ends_when_another_thread_closes_a_socket(chain) -> None:
+    """A relay holds its socket objects: close() from another thread ends it with EBADF
+    (the fd number cannot be reused under it) and takes effect then."""
+    (x, a), (b, y) = chain()
+    x.sendall(b"abc")
+    closer = threading.Timer(0.3, a.close)
+    closer.start()
+    with pytest.raises(OSError) as info:
+        relay(a, b, timeout=DEADLINE)
+    closer.join(DEADLINE)
+    assert info.value.errno == errno.EBADF
+    assert info.value.bytes_relayed == (3, 0)  # type: ignore[attr-defined]
+    assert a.fileno() == -1
+    assert recv_exactly(y, 3) == b"abc"
+
+
+def _answered(address: tuple[str, int], timeout: float = 5.0) -> bytes:
+    """Connect, say hello, half-close; what came back before EOF (b"" when reset)."""
+    with socket.create_connection(address, timeout=timeout) as c:
+        try:
+            c.sendall(b"hello")
+            c.shutdown(socket.SHUT_WR)
+            return recv_to_eof(c, deadline=timeout)
+        except ConnectionResetError:
+            return b""
+
+
+def test_proxy_answers_clients_beyond_its_slots_at_once(echo: EchoServer) -> None:
+    """Regression (issue 8.3): with every slot taken, new clients waited in the listen
+    backlog with no answer (a client timed out).  They are reset at once now, counted in
+    refused, while the running connections carry on."""
+    with Proxy(("127.0.0.1", 0), echo.address, max_connections=2) as proxy:
+        t = _serve(proxy)
+        held = [socket.create_connection(proxy.address, timeout=DEADLINE) for _ in range(2)]
+        for c in held:
+            c.sendall(b"hi")
+            assert recv_exactly(c, 2) == b"hi"
+        for _ in range(20):
+            try:
+                assert _answered(proxy.address) == b""  # reset (or EOF), not a timeout
+            except ConnectionResetError:
+                pass  # the reset even beat connect() back
+        st = proxy.stats()
+        assert (st.accepted, st.refused, st.active) == (22, 20, 2)
+        for c in held:
+            c.shutdown(socket.SHUT_WR)
+            assert recv_to_eof(c) == b""
+            c.close()
+        assert wait_until(lambda: proxy.stats().completed == 2)
+        st = proxy.stats()
+        assert st.accepted == st.active + st.completed + st.failed + st.refused
+        proxy.close()
+        t.join(DEADLINE)
+
+
+_LIMITED_PROXY = r"""
+import resource, sys, threading
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+from zerocopy.relay import Proxy
+with Proxy(("127.0.0.1", 0), (sys.argv[1], int(sys.argv[2]))) as proxy:
+    print(proxy.address[1], proxy.max_connections, proxy.fd_limit, flush=True)
+    t = threading.Thread(target=proxy.serve_forever, daemon=True)
+    t.start()
+    sys.stdin.read()  # until the test is done
+    st = proxy.stats()
+    proxy.close()
+    t.join(10)
+print(*st, flush=True)
+"""
+
+
+def _flood(address: tuple[str, int], n: int, payload: bytes, deadline: float,
+           held: list[socket.socket]) -> list[str]:
+    """n clients at once, each sends payload: "echo" (it came back; the client keeps its
+    connection, in ``held``), "reset", or "hung" (no answer by the deadline)."""
+    sel = selectors.DefaultSelector()
+    state: dict[socket.socket, list[Any]] = {}
+    for i in range(n):
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(address)
+        state[c] = [i, bytearray(), False]
+        sel.register(c, selectors.EVENT_WRITE)
+    out = ["hung"] * n
+    end = time.monotonic() + deadline
+    while state and time.monotonic() < end:
+        for key, ev in sel.select(0.2):
+            c = key.fileobj  # type: ignore[assignment]
+            i, got, sent = state[c]
+            try:
+                if ev & selectors.EVENT_WRITE and not sent:
+                    c.sendall(payload)  # small: it fits the socket buffer
+                    state[c][2] = True
+                    sel.modify(c, selectors.EVENT_READ)
+                    continue
+                chunk = c.recv(65536)
+                got += chunk
+                if chunk and len(got) < len(payload):
+                    continue
+                if bytes(got) == payload:
+                    out[i] = "echo"
+                    held.append(c)  # keeps its slot, as a long transfer would
+                    sel.unregister(c)
+                    del state[c]
+                    continue
+                out[i] = "reset"  # EOF before the echo
+            except BlockingIOError:
+                continue
+            except OSError:  # ECONNRESET, EPIPE, ECONNREFUSED: answered with a reset
+                out[i] = "reset"
+            sel.unregister(c)
+            c.close()
+            del state[c]
+    for c in state:
+        c.close()
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_proxy_answers_every_client_at_a_low_fd_limit(echo: EchoServer) -> None:
+    """Regression (issue 8.3): at the common soft limit of 1024 descriptors and 1000
+    clients, half of them sat unanswered in the backlog.  Here a proxy process limited to
+    256 descriptors (hard limit too, so it cannot raise it) sizes its table from the limit,
+    and of 400 clients that keep their connections, those it has slots for get their echo
+    and every other one a reset at once: none waits unanswered."""
+    proc = subprocess.Popen([sys.executable, "-c", _LIMITED_PROXY, *map(str, echo.address)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    held: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        port, slots, limit = map(int, proc.stdout.readline().split())
+        assert limit == 256 and slots == default_max_connections(256)
+        outcomes = _flood(("127.0.0.1", port), 400, b"ping" * 250, 60, held)
+        proc.stdin.close()
+        accepted, active, completed, failed, _, _, refused, _ = map(
+            int, proc.stdout.readline().split())
+        assert proc.wait(DEADLINE) == 0
+    finally:
+        for c in held:
+            c.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert outcomes.count("hung") == 0
+    assert outcomes.count("echo") == active + completed == slots
+    assert outcomes.count("reset") == refused + failed
+    assert accepted == 400
+
+
+def _timed_out_and_freed(proxy: Proxy) -> bool:
+    st = proxy.stats()
+    return (st.active, st.failed, st.timed_out) == (0, 1, 1)
+
+
+def test_proxy_timeouts(echo: EchoServer) -> None:
+    """Regression (issue 8.6): no idle or stall timeout, so idle clients kept every slot
+    and a relay whose client left while the target stalled kept its slot for ever.
+    Connect, idle and stall timeouts (C) reset such connections and free their slots."""
+    # idle: a quiet connection is reset on both sides
+    with Proxy(("127.0.0.1", 0), echo.address, idle_timeout=0.3) as proxy:
+        t = _serve(proxy)
+        c = socket.create_connection(proxy.address, timeout=10)
+        c.sendall(b"ping")
+        assert recv_exactly(c, 4) == b"ping"
+        with pytest.raises(ConnectionResetError):
+            c.recv(10)
+        c.close()
+        assert wait_until(lambda: _timed_out_and_freed(proxy))
+        st = proxy.stats()
+        assert (st.active, st.failed, st.timed_out) == (0, 1, 1)
+        proxy.close()
+        t.join(DEADLINE)
+    # stall: the target never reads; the client fills the way, then leaves
+    with socket.create_server(("127.0.0.1", 0)) as sink:  # never accepts
+        with Proxy(("127.0.0.1", 0), sink.getsockname(), stall_timeout=0.3) as proxy:
+            t = _serve(proxy)
+            c = socket.create_connection(proxy.address, timeout=10)
+            c.setblocking(False)
+            full = 0
+            end = time.monotonic() + DEADLINE
+            while full < 20 and time.monotonic() < end:
+                try:
+                    c.send(b"x" * 65536)
+                except BlockingIOError:
+                    full += 1
+                    time.sleep(0.01)
+            c.close()
+            assert wait_until(lambda: _timed_out_and_freed(proxy), 10)
+            st = proxy.stats()
+            assert (st.active, st.failed, st.timed_out) == (0, 1, 1)
+            proxy.close()
+            t.join(DEADLINE)
+    # connect: the target's accept queue is full, so its kernel drops our SYN
+    with socket.socket() as full_target:
+        full_target.bind(("127.0.0.1", 0))
+        full_target.listen(0)
+        filler = socket.create_connection(full_target.getsockname(), timeout=5)
+        with filler, Proxy(("127.0.0.1", 0), full_target.getsockname(),
+                           connect_timeout=0.3) as proxy:
+            t = _serve(proxy)
+            with socket.create_connection(proxy.address, timeout=10) as c:
+                with pytest.raises(ConnectionResetError):
+                    c.recv(10)
+            assert wait_until(lambda: proxy.stats().timed_out == 1, 10)
+            proxy.close()
+            t.join(DEADLINE)
+
+
+@pytest.mark.parametrize(
+    "kw, exc",
+    [({"connect_timeout": 0}, ValueError), ({"idle_timeout": -1}, ValueError),
+     ({"stall_timeout": float("nan")}, ValueError), ({"idle_timeout": "5"}, TypeError),
+     ({"max_connections": True}, TypeError), ({"max_connections": 2.5}, TypeError)],
+)
+def test_proxy_timeout_argument_errors(echo: EchoServer, kw: dict[str, Any], exc: type) -> None:
+    with pytest.raises(exc):
+        Proxy(("127.0.0.1", 0), echo.address, **kw)
+
+
+def test_proxy_timeouts_can_be_off(echo: EchoServer) -> None:
+    with Proxy(("127.0.0.1", 0), echo.address, connect_timeout=None, idle_timeout=math.inf,
+               stall_timeout=None) as proxy:
+        t = _serve(proxy)
+        assert _answered(proxy.address) == b"hello"
+        proxy.close()
+        t.join(DEADLINE)
+
+
+def test_proxy_refuses_a_socket_that_is_not_listening(echo: EchoServer, make_pair) -> None:
+    """Regression (issue 8.8): a socket that is not listening (unbound, bound, connected,
+    closed by its peer) was taken, and serve_forever() spun at 100% CPU."""
+    unbound = socket.socket()
+    bound = socket.socket()
+    bound.bind(("127.0.0.1", 0))
+    connected, _peer = make_pair("tcp4")
+    left, gone = make_pair("tcp4")
+    gone.close()
+    try:
+        for sock in (unbound, bound, connected, left):
+            with pytest.raises(ValueError, match="listening"):
+                Proxy(sock, echo.address)
+        closed = socket.socket()
+        closed.close()
+        with pytest.raises(OSError):
+            Proxy(closed, echo.address)
+    finally:
+        unbound.close()
+        bound.close()
+
+
+@pytest.mark.parametrize(
+    "target, exc",
+    [
+        (("127.0.0.1", 70000), OverflowError),  # it became port 4464
+        (("127.0.0.1", -1), OverflowError),
+        (("127.0.0.1", 0), ValueError),
+        (("127.0.0.1",), TypeError),  # an IndexError before
+        (("127.0.0.1", 80, 0), TypeError),
+        (("127.0.0.1", "80"), TypeError),
+        (("127.0.0.1", True), TypeError),
+        ((80, 80), TypeError),
+        ("localhost:8080", ValueError),  # it was taken as an AF_UNIX path
+        ("/tmp/" + "x" * 200, OSError),
+        (8080, TypeError),
+        ((None, 80), TypeError),
+        (("::1", 80, 0, 2**40), OverflowError),
+        (("::1", 80, 2**21, 0), OverflowError),
+    ],
+)
+def test_proxy_checks_target_addresses(target: Any, exc: type) -> None:
+    """Regression (issue 8.12): ports above 65535 wrapped, a 1-tuple raised IndexError, a
+    str was split into characters; the errors are the standard library's now."""
+    with pytest.raises(exc):
+        Proxy(("127.0.0.1", 0), target)
+
+
+@pytest.mark.parametrize(
+    "listen, exc",
+    [(("127.0.0.1", 70000), OverflowError), (("127.0.0.1",), TypeError),
+     ("127.0.0.1:8080", TypeError), (("127.0.0.1", "0"), TypeError),
+     (("::1", 0, -1, 0), OverflowError)],
+)
+def test_proxy_checks_listen_addresses(echo: EchoServer, listen: Any, exc: type) -> None:
+    with pytest.raises(exc):
+        Proxy(listen, echo.address)
+
+
+def test_proxy_to_an_af_unix_target(tmp_path) -> None:
+    path = str(tmp_path / "echo.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(8)
+
+    def serve() -> None:
+        c, _ = server.accept()
+        with c:
+            c.sendall(recv_to_eof(c))
+            c.shutdown(socket.SHUT_WR)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        with Proxy(("127.0.0.1", 0), path) as proxy:
+            st = _serve(proxy)
+            assert _answered(proxy.address) == b"hello"
+            proxy.close()
+            st.join(DEADLINE)
+    finally:
+        t.join(DEADLINE)
+        server.close()
+
+
+def test_relay_and_proxy_refuse_tls_sockets(tls, tls_cert, chain, echo: EchoServer) -> None:
+    """A relay splices raw bytes: for an ssl.SSLSocket those are its TLS records, so
+    relay() and Proxy refuse it with a clear ValueError, and the TLS stream is untouched."""
+    server, client = tls
+    (_, a), (b, _) = chain()
+    with pytest.raises(ValueError, match="SSLSocket"):
+        relay(server, b)
+    with pytest.raises(ValueError, match="SSLSocket"):
+        relay(a, server, timeout=1)
+    client.sendall(b"still tls")
+    assert recv_exactly(server, 9) == b"still tls"
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*tls_cert)
+    with socket.create_server(("127.0.0.1", 0)) as raw:
+        with ctx.wrap_socket(raw, server_side=True) as listener:
+            with pytest.raises(ValueError, match="SSLSocket"):
+                Proxy(listener, echo.address)
+
+
+def test_proxy_stops_when_its_listening_socket_is_closed(echo: EchoServer) -> None:
+    """The proxy holds the caller's listening socket: closing it stops serve_forever()
+    and takes effect then (the number is never reused under the C loop)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    proxy = Proxy(listener, echo.address)
+    t = _serve(proxy)
+    assert _answered(proxy.address) == b"hello"
+    listener.close()
+    t.join(DEADLINE)
+    assert not t.is_alive()
+    assert "closed" in repr(proxy)
+    assert listener.fileno() == -1
+
+
+def test_proxy_sizes_its_table_from_the_descriptor_limit(echo: EchoServer) -> None:
+    """Regression (issue 8.3): the default table (1024) could never be filled at a limit of
+    1024 descriptors.  The default comes from the (raised) limit now, and an explicit value
+    above half of it (two descriptors a connection) is lowered."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with Proxy(("127.0.0.1", 0), echo.address) as proxy:
+        assert proxy.fd_limit == resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= soft
+        if hard != resource.RLIM_INFINITY:
+            assert proxy.fd_limit == hard  # raised as far as the hard limit allows
+        assert proxy.max_connections == default_max_connections(proxy.fd_limit)
+    with Proxy(("127.0.0.1", 0), echo.address, max_connections=10**9) as proxy:
+        assert proxy.max_connections == proxy.fd_limit // 2
+    assert default_max_connections(1024) == 208
+    assert default_max_connections(100) == 1
+    assert default_max_connections(10**7) == 16384

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import io
 import os
+import select
 import socket
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 from _zcutil import (
     DEADLINE,
     Call,
+    Collector,
     LibHook,
     Ticker,
     eof,
@@ -20,6 +25,7 @@ from _zcutil import (
     itimer,
     make_file,
     raise_keyboard_interrupt,
+    rand_bytes,
     recv_exactly,
     recv_to_eof,
 )
@@ -503,7 +509,7 @@ def test_splice_all_buffered_reader_to_file_and_beyond_its_buffer(tmp_path) -> N
 
 def test_pipe_pool_give_racing_close_does_not_pool_the_pipe(monkeypatch) -> None:
     """close() runs between give()'s check of the pool and its put: no pipe may stay pooled."""
-    import zerocopy.splice as splice_mod
+    import zerocopy._lowlevel as splice_mod  # the pool lives at the C boundary
 
     pool = PipePool(4096, max_idle=4)
     pipe = pool.take()
@@ -560,3 +566,221 @@ def test_huge_socket_timeout(make_pair, tmp_path, op, kind: str) -> None:
     a.settimeout(1e7)  # ~116 days
     data = b"x0123456789" * 10
     op(a, b, make_file(tmp_path, data), data)
+
+
+# --------------------------------------------------------------------------- issue 8 and TLS
+
+
+@pytest.mark.parametrize(
+    "family", [(socket.AF_INET, socket.SOCK_DGRAM), (socket.AF_UNIX, socket.SOCK_DGRAM),
+               (socket.AF_UNIX, socket.SOCK_SEQPACKET)], ids=["udp", "unix-dgram", "seqpacket"])
+@pytest.mark.parametrize("side", ["src", "dst"])
+@pytest.mark.parametrize("as_fd", [False, True], ids=["object", "fd"])
+def test_splice_all_refuses_packet_sockets(tmp_path, small_file: str, family, side: str,
+                                           as_fd: bool) -> None:
+    """Regression (issue 8.17): a UDP or SEQPACKET destination was accepted and the call
+    reported success; sendfile_all and recvfile refuse them, and so does splice_all now."""
+    if family[0] == socket.AF_INET:
+        a = socket.socket(*family)
+        a.bind(("127.0.0.1", 0))
+        a.connect(a.getsockname())
+        b = a.dup()
+    else:
+        a, b = socket.socketpair(*family)
+    with a, b, open(small_file, "rb") as f, open(tmp_path / "o", "wb") as out:
+        if side == "src":
+            b.send(b"one packet")
+        sock = a.fileno() if as_fd else a
+        args = (f, sock) if side == "dst" else (sock, out)
+        with pytest.raises(ValueError, match=f"{side} must be a SOCK_STREAM socket"):
+            splice_all(*args)
+        assert f.tell() == 0
+        a.setblocking(False)
+        b.setblocking(False)
+        if side == "dst":
+            with pytest.raises(BlockingIOError):
+                b.recv(100)  # nothing was sent
+        else:
+            assert a.recv(100) == b"one packet"  # nothing was read
+    assert (tmp_path / "o").read_bytes() == b""
+
+
+def test_bool_is_not_a_file_descriptor_for_splice(make_pair, tmp_path) -> None:
+    """Regression (issue 8.11): recvfile(sock, True) wrote network data to stdout."""
+    s, r = make_pair("unix")
+    s.sendall(b"secret")
+    with pytest.raises(TypeError, match="bool"):
+        recvfile(r, True)
+    with pytest.raises(TypeError, match="bool"):
+        splice_all(True, r)
+    with pytest.raises(TypeError, match="bool"):
+        splice_all(r, False)
+    assert recv_exactly(r, 6) == b"secret"  # untouched
+
+
+@pytest.mark.timeout(30, method="thread")
+@pytest.mark.parametrize("source", ["socket", "pty"])
+def test_splice_all_stalled_source_is_bounded_by_the_timeout(make_pair, source: str) -> None:
+    """Regression (issue 8.16): a socket timeout did not bound a stalled blocking source
+    (a silent peer, a pty): the call blocked until a signal.  Now TimeoutError, with the
+    bytes that did arrive delivered."""
+    s, r = make_pair("tcp4")
+    s.settimeout(0.3)
+    if source == "socket":
+        x, y = socket.socketpair()  # y: blocking, no timeout
+        x.sendall(b"abc")
+        src: object = y
+        closers: list[Callable[[], None]] = [x.close, y.close]
+    else:
+        import pty
+
+        master, slave = pty.openpty()
+        import tty
+
+        tty.setraw(slave)
+        os.write(slave, b"abc")
+        src = master
+        closers = [lambda: os.close(master), lambda: os.close(slave)]
+    try:
+        call = Call(lambda: splice_all(src, s))
+        assert call.join(15), "splice_all blocked on the silent source"
+        assert isinstance(call.error, TimeoutError), call.error
+        assert call.error.bytes_sent == 3  # type: ignore[attr-defined]
+        assert recv_exactly(r, 3) == b"abc"
+    finally:
+        for close in closers:
+            close()
+
+
+def test_splice_all_rewinds_file_and_delivers_what_it_read(tmp_path, make_pair) -> None:
+    """The finish-and-rewind rules moved from Python to C: to a non-blocking socket, bytes
+    read into the pipe are delivered; after BlockingIOError the file's position equals
+    bytes_sent, and calls resumed from there deliver the file intact."""
+    data = rand_bytes(3 << 20, 81)
+    path = make_file(tmp_path, data, "src.bin")
+    s, r = make_pair("tcp4", small=True)
+    s.setblocking(False)
+    got = Collector(r, delay=0.001, chunk=16384)
+    sent = 0
+    with open(path, "rb") as f:
+        for _ in range(10_000):
+            try:
+                sent += splice_all(f, s)
+                break
+            except BlockingIOError as exc:
+                sent += exc.bytes_sent  # type: ignore[attr-defined]
+                assert f.tell() == sent
+                select.select([], [s], [], DEADLINE)
+        assert f.tell() == len(data)
+    assert sent == len(data)
+    eof(s)
+    assert got.result() == data
+
+
+@pytest.mark.timeout(30, method="thread")
+@pytest.mark.parametrize("blocking", [False, True], ids=["nonblocking", "blocking"])
+@pytest.mark.parametrize("direction", ["to_socket", "from_socket"])
+def test_splice_all_fd_replaced_during_a_wait(tmp_path, make_pair, direction: str,
+                                              blocking: bool) -> None:
+    """Regression (issue 8.1, splice): another thread closes the fd splice_all waits on and
+    the number goes to a new connection (dup2 does both at once).  The transfer stops with
+    EBADF, or ends with the original peer; never a byte to or from the new connection."""
+    s, r = make_pair("tcp4", small=True)
+    new_a, new_b = make_pair("unix")
+    data = rand_bytes(8 << 20, 82)
+    path = make_file(tmp_path, data, "src.bin")
+    fd = os.dup(s.fileno() if direction == "to_socket" else r.fileno())
+    # blocking: an int fd, which waits in the kernel; otherwise a socket object
+    # with a timeout (a Python server's), which waits in poll
+    target: object = fd
+    if not blocking:
+        target = socket.socket(fileno=fd)
+        target.settimeout(5)  # type: ignore[attr-defined]
+    out = tmp_path / "out.bin"
+
+    def replace() -> None:
+        time.sleep(0.3)  # the transfer waits by now (in poll, or in the kernel)
+        os.dup2(new_a.fileno(), fd)
+        if direction == "to_socket":
+            r.settimeout(0.2)
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:  # make room: wakes the old connection's waiter
+                try:
+                    if not r.recv(1 << 20):
+                        break
+                except OSError:
+                    pass
+        else:
+            new_b.sendall(b"EVIL")
+            s.sendall(b"late")  # wakes the wait on the old connection
+            s.shutdown(socket.SHUT_WR)
+
+    t = threading.Thread(target=replace, daemon=True)
+    try:
+        if direction == "to_socket":
+            t.start()
+            with open(path, "rb") as f, pytest.raises(OSError) as info:
+                splice_all(f, target)
+            assert info.value.errno == errno.EBADF
+            assert 0 < info.value.bytes_sent < len(data)  # type: ignore[attr-defined]
+            new_b.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                new_b.recv(16)  # the new client got nothing
+        else:
+            s.sendall(b"original")
+            t.start()
+            with open(out, "wb") as f, pytest.raises(OSError) as info:
+                splice_all(target, f, count=1000)
+            if blocking:  # it was reading the old connection, to its end
+                assert isinstance(info.value, TruncatedFileError)
+                assert out.read_bytes() == b"originallate"
+            else:
+                assert info.value.errno == errno.EBADF
+                assert out.read_bytes() == b"original"
+            assert recv_exactly(new_a, 4) == b"EVIL"  # still there for its owner
+        t.join(DEADLINE)
+    finally:
+        t.join(DEADLINE)
+        if blocking:
+            os.close(fd)
+        else:
+            target.close()  # type: ignore[attr-defined]
+
+
+# TLS: a socket with a TLS session carries records, never our bytes.
+
+
+def test_recvfile_from_tls_socket_reads_through_tls(tls, tmp_path) -> None:
+    """recvfile on an ssl.SSLSocket gets the plaintext (splicing would write the
+    ciphertext records into the file)."""
+    server, client = tls
+    data = rand_bytes(300_000, 83)
+    # an int fd file, an offset and a count
+    client.sendall(data[:1000])
+    fd = os.open(tmp_path / "p", os.O_WRONLY | os.O_CREAT)
+    try:
+        assert recvfile(server, fd, count=600, offset=10) == 600
+    finally:
+        os.close(fd)
+    assert (tmp_path / "p").read_bytes() == b"\0" * 10 + data[:600]
+    assert recv_exactly(server, 400) == data[600:1000]
+    # a file object, to the end of the stream
+    t = feed(client, data)
+    with open(tmp_path / "o", "wb") as f:
+        assert recvfile(server, f) == len(data)
+    t.join(DEADLINE)
+    assert (tmp_path / "o").read_bytes() == data
+
+
+def test_splice_all_refuses_tls_sockets(tls, small_file: str, tmp_path) -> None:
+    """splice_all with an ssl.SSLSocket on either side: ValueError, and the TLS stream
+    still works (no byte was read or written under it)."""
+    server, client = tls
+    with open(small_file, "rb") as f, pytest.raises(ValueError, match="SSLSocket"):
+        splice_all(f, server)
+    client.sendall(b"hello over tls")
+    with open(tmp_path / "o", "wb") as out, pytest.raises(ValueError, match="SSLSocket"):
+        splice_all(server, out)
+    assert recv_exactly(server, 14) == b"hello over tls"
+    server.sendall(b"still fine")
+    assert recv_exactly(client, 10) == b"still fine"

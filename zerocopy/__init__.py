@@ -14,15 +14,18 @@ from .msg_zerocopy import SendHandle, Socket, SocketStats
 from .relay import Proxy, ProxyStats, relay
 from .sender import FileSender
 from .sendfile import sendfile_all
+from .server import FileServer, ServerStats
 from .splice import recvfile, splice_all
 
 __all__ = [
     "FileSender",
+    "FileServer",
     "Proxy",
     "ProxyStats",
     "ReceiveError",
     "RelayError",
     "SendHandle",
+    "ServerStats",
     "Socket",
     "SocketStats",
     "TransferError",

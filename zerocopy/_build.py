@@ -59,8 +59,9 @@ CDEF_SPLICE = """
 struct zc_pipe { int rfd; int wfd; uint32_t size; uint32_t buffered; };
 struct zc_pipe_pool {
     size_t pipe_size; uint64_t created; uint64_t reused; uint64_t discarded;
-    uint64_t small; unsigned _count; ...;
+    uint64_t small; ...;
 };
+unsigned zc_pipe_pool_idle(struct zc_pipe_pool *pool);
 int zc_pipe_pool_init(struct zc_pipe_pool *pool, struct zc_pipe *slots,
                       unsigned nslots, size_t pipe_size);
 int zc_pipe_get(struct zc_pipe_pool *pool, struct zc_pipe *p);
@@ -69,6 +70,12 @@ void zc_pipe_pool_destroy(struct zc_pipe_pool *pool);
 int zc_splice(int src, int64_t *src_off, int dst, int64_t *dst_off,
               uint64_t count, struct zc_pipe *via, int timeout_ms,
               uint64_t *moved);
+"""
+
+CDEF_RELAY = """
+#define ZC_PROXY_CONNECT_MS ...
+#define ZC_PROXY_IDLE_MS ...
+#define ZC_PROXY_STALL_MS ...
 
 struct zc_relay_loop { unsigned active; uint64_t bytes[2]; ...; };
 struct zc_relay {
@@ -76,12 +83,13 @@ struct zc_relay {
 };
 struct zc_proxy {
     uint64_t accepted; uint64_t active; uint64_t completed; uint64_t failed;
-    uint64_t bytes[2]; ...;
+    uint64_t refused; uint64_t timed_out; uint64_t bytes[2]; ...;
 };
 struct sockaddr;
 int zc_relay_loop_init(struct zc_relay_loop *loop, struct zc_pipe_pool *pool);
 void zc_relay_loop_close(struct zc_relay_loop *loop);
 int zc_relay_add(struct zc_relay_loop *loop, struct zc_relay *r, int a, int b);
+int zc_relay_set_timeout(struct zc_relay *r, int idle_ms);
 void zc_relay_remove(struct zc_relay *r);
 int zc_relay_run(struct zc_relay_loop *loop, int timeout_ms,
                  struct zc_relay **done, unsigned max_done);
@@ -89,6 +97,8 @@ int zc_relay_wake(struct zc_relay_loop *loop);
 int zc_proxy_init(struct zc_proxy *px, struct zc_relay_loop *loop,
                   int listen_fd, const struct sockaddr *target,
                   unsigned target_len, struct zc_relay *slots, unsigned nslots);
+int zc_proxy_set_timeouts(struct zc_proxy *px, int connect_ms, int idle_ms,
+                          int stall_ms);
 void zc_proxy_close(struct zc_proxy *px);
 """
 
@@ -120,8 +130,55 @@ int zc_zsock_end(struct zc_zsock *z, int timeout_ms);
 uint32_t zc_zsock_abandon(struct zc_zsock *z);
 """
 
+# The HTTP file server: one struct zc_http_server (configuration, stop
+# switch) shared by N struct zc_http_loop, one per thread.
+CDEF_HTTP = """
+#define ZC_HTTP_HEAD_MAX ...
+#define ZC_HTTP_HEADERS_MAX ...
+#define ZC_HTTP_MAX_CONNS ...
+#define ZC_HTTP_CACHE_ENTRIES ...
+#define ZC_HTTP_CACHE_VALID_MS ...
+#define ZC_HTTP_HEADER_TIMEOUT_MS ...
+#define ZC_HTTP_IDLE_TIMEOUT_MS ...
+#define ZC_HTTP_SEND_TIMEOUT_MS ...
+#define ZC_HTTP_LINGER_MS ...
+#define ZC_HTTP_SMALL_FILE_MAX ...
+#define ZC_HTTP_FOLLOW_SYMLINKS ...
+#define ZC_HTTP_NO_OPENAT2 ...
+#define ZC_HTTP_NO_LISTING ...
+struct zc_http_config {
+    int root_fd; unsigned flags; unsigned max_conns; unsigned head_max;
+    unsigned max_headers; int header_timeout_ms; int idle_timeout_ms;
+    int send_timeout_ms; int linger_ms; unsigned cache_entries;
+    int cache_valid_ms; unsigned small_file_max; int log_fd;
+    ...;
+};
+struct zc_http_stats {
+    uint64_t accepted; uint64_t closed; uint64_t requests;
+    uint64_t responses[6]; uint64_t bytes; uint64_t body_bytes;
+    uint64_t bad_requests; uint64_t header_timeouts; uint64_t idle_timeouts;
+    uint64_t send_timeouts; uint64_t resets; uint64_t truncated;
+    uint64_t accept_errors; uint64_t fd_exhausted; uint64_t conn_limit;
+    uint64_t cache_hits; uint64_t cache_misses; uint64_t cache_stale;
+    uint64_t log_errors;
+    ...;
+};
+struct zc_http_server { struct zc_http_config config; ...; };
+struct zc_http_loop { struct zc_http_stats stats; ...; };
+void zc_http_config_init(struct zc_http_config *cfg);
+int zc_http_server_init(struct zc_http_server *srv, const struct zc_http_config *cfg);
+int zc_http_server_stop(struct zc_http_server *srv, int grace_ms);
+int zc_http_server_rearm(struct zc_http_server *srv);
+void zc_http_server_close(struct zc_http_server *srv);
+int zc_http_loop_size(const struct zc_http_config *cfg, size_t *size);
+int zc_http_loop_init(struct zc_http_loop *loop, struct zc_http_server *srv,
+                      int listen_fd, void *mem, size_t mem_size);
+int zc_http_loop_run(struct zc_http_loop *loop, int timeout_ms);
+void zc_http_loop_close(struct zc_http_loop *loop);
+"""
+
 ffibuilder = FFI()
-ffibuilder.cdef(CDEF_SENDFILE + CDEF_ZEROCOPY + CDEF_ZSOCK + CDEF_SPLICE)
+ffibuilder.cdef(CDEF_SENDFILE + CDEF_ZEROCOPY + CDEF_ZSOCK + CDEF_SPLICE + CDEF_RELAY + CDEF_HTTP)
 ffibuilder.set_source(
     "zerocopy._native",
     '#include "zc.h"',

@@ -123,7 +123,9 @@ def build(code: int, done: Progress, attr: str = "bytes_sent", what: str | None 
         )
         exc.characters_written = n  # type: ignore[attr-defined]  # the exact class only takes it as an argument
     elif code == errno.ETIMEDOUT:
-        message = "timed out" if what is not None else "timed out waiting for the socket"
+        message = "timed out"
+        if what is None:
+            message = "timed out: the socket stayed full or the source had no data"
         exc = typed_class(TimeoutError, attr)(errno.ETIMEDOUT, message)
     else:
         exc = typed_class(_stdlib_class(code), attr)(code, os.strerror(code))

@@ -31,7 +31,9 @@ from __future__ import annotations
 import _socket
 import errno
 import math
+import os
 import socket
+import threading
 import warnings
 import weakref
 from collections.abc import Callable
@@ -722,3 +724,436 @@ class ZSock:
         left = list(self._loans.values())
         self._loans.clear()
         return left
+
+
+# --------------------------------------------------------------------------- HTTP file server
+
+_HTTP_CONFIG_T = ffi.typeof("struct zc_http_config *")
+_HTTP_SERVER_T = ffi.typeof("struct zc_http_server *")
+_HTTP_LOOP_T = ffi.typeof("struct zc_http_loop *")
+
+HTTP_FOLLOW_SYMLINKS: int = lib.ZC_HTTP_FOLLOW_SYMLINKS
+HTTP_NO_LISTING: int = lib.ZC_HTTP_NO_LISTING
+HTTP_NO_OPENAT2: int = lib.ZC_HTTP_NO_OPENAT2
+
+# struct zc_http_config's fields, in order; root_fd, flags and log_fd are the caller's.
+HTTP_CONFIG_FIELDS = (
+    "root_fd", "flags", "max_conns", "head_max", "max_headers", "header_timeout_ms",
+    "idle_timeout_ms", "send_timeout_ms", "linger_ms", "cache_entries", "cache_valid_ms",
+    "small_file_max", "log_fd",
+)
+# struct zc_http_stats's counters, in order; "responses" is six counters (index: status // 100).
+HTTP_STATS_FIELDS = (
+    "accepted", "closed", "requests", "responses", "bytes", "body_bytes", "bad_requests",
+    "header_timeouts", "idle_timeouts", "send_timeouts", "resets", "truncated",
+    "accept_errors", "fd_exhausted", "conn_limit", "cache_hits", "cache_misses",
+    "cache_stale", "log_errors",
+)
+
+
+def http_defaults() -> dict[str, int]:
+    """``zc_http_config_init``'s configuration, field by field."""
+    cfg = ffi.new(_HTTP_CONFIG_T)
+    lib.zc_http_config_init(cfg)
+    return {name: int(getattr(cfg, name)) for name in HTTP_CONFIG_FIELDS}
+
+
+def os_error(rc: int, filename: Any = None) -> OSError:
+    """``OSError`` for ``-errno`` ``rc``, of the class the stdlib would pick
+    (``-ENOENT`` -> ``FileNotFoundError``): for set-up calls, which move no bytes."""
+    if filename is None:
+        return OSError(-rc, os.strerror(-rc))
+    return OSError(-rc, os.strerror(-rc), filename)
+
+
+class HttpServer:
+    """Owner of one ``struct zc_http_server``: the configuration and the stop switch.
+
+    The cdata stays in place while this object lives, and the loops made on
+    it keep a reference to it, so it outlives them.  :meth:`stop` is what a
+    signal handler or another thread calls: one atomic store and one
+    ``write`` to an eventfd in C, no lock in Python.
+    """
+
+    __slots__ = ("__weakref__", "_c", "_open")
+
+    def __init__(self, config: dict[str, int]) -> None:
+        self._open = False
+        cfg = ffi.new(_HTTP_CONFIG_T)
+        lib.zc_http_config_init(cfg)
+        for name, value in config.items():
+            setattr(cfg, name, value)
+        self._c = ffi.new(_HTTP_SERVER_T)
+        rc = lib.zc_http_server_init(self._c, cfg)
+        if rc < 0:
+            raise os_error(rc)
+        self._open = True
+
+    def loop_size(self) -> int:
+        """Bytes of memory one loop maps (most of it stays untouched until needed)."""
+        size = ffi.new("size_t *")
+        rc = lib.zc_http_loop_size(ffi.addressof(self._c, "config"), size)
+        if rc < 0:
+            raise os_error(rc)
+        return int(size[0])
+
+    def stop(self, grace_ms: int) -> None:
+        """Ask every loop to stop (0: close all at once; else drain for ``grace_ms``).
+
+        A second call may shorten the grace.  The switch stays on until :meth:`rearm`.
+        """
+        if self._open:
+            rc = lib.zc_http_server_stop(self._c, grace_ms)
+            if rc < 0:
+                raise os_error(rc)
+
+    def rearm(self) -> None:
+        """Undo :meth:`stop`; only while no loop runs."""
+        rc = lib.zc_http_server_rearm(self._c)
+        if rc < 0:
+            raise os_error(rc)
+
+    def close(self) -> None:
+        """Release the eventfd; only once every loop is closed.  Idempotent."""
+        if self._open:
+            self._open = False
+            lib.zc_http_server_close(self._c)
+
+    def __del__(self) -> None:
+        if getattr(self, "_open", False):
+            self.close()
+
+
+class HttpLoop:
+    """Owner of one ``struct zc_http_loop``: an epoll loop on ``listen_fd``, run by one thread.
+
+    Its memory (``HttpServer.loop_size()`` bytes) is mapped by C, so pages
+    of connection buffers never used are never resident.
+    """
+
+    __slots__ = ("_c", "_open", "_server", "_stats")
+
+    def __init__(self, server: HttpServer, listen_fd: int) -> None:
+        self._open = False
+        self._server = server  # the loop keeps a pointer to its struct
+        self._c = ffi.new(_HTTP_LOOP_T)
+        rc = lib.zc_http_loop_init(self._c, server._c, listen_fd, ffi.NULL, 0)
+        if rc < 0:
+            raise os_error(rc)
+        self._stats = ffi.addressof(self._c, "stats")
+        self._open = True
+
+    def run(self, timeout_ms: int) -> int:
+        """Serve (the GIL released) for up to ``timeout_ms`` (WAIT_FOREVER: no bound).
+
+        Returns 0 once stopped, EINTR after a signal (its Python handler runs
+        when this returns), ETIMEDOUT; raises OSError for anything else.
+        """
+        rc: int = lib.zc_http_loop_run(self._c, timeout_ms)
+        if rc < 0 and rc != EINTR and rc != ETIMEDOUT:
+            raise os_error(rc)
+        return rc
+
+    def stats(self) -> list[int]:
+        """The counters in ``HTTP_STATS_FIELDS`` order, ``responses`` flattened (six of
+        them); a moment old when the loop runs in another thread."""
+        s = self._stats
+        return [int(s.accepted), int(s.closed), int(s.requests),
+                *(int(s.responses[i]) for i in range(6)),
+                int(s.bytes), int(s.body_bytes), int(s.bad_requests), int(s.header_timeouts),
+                int(s.idle_timeouts), int(s.send_timeouts), int(s.resets), int(s.truncated),
+                int(s.accept_errors), int(s.fd_exhausted), int(s.conn_limit),
+                int(s.cache_hits), int(s.cache_misses), int(s.cache_stale),
+                int(s.log_errors)]
+
+    def close(self) -> None:
+        """Close every connection of the loop and unmap its memory; never while it runs.
+        Idempotent."""
+        if self._open:
+            self._open = False
+            lib.zc_http_loop_close(self._c)
+
+    def __del__(self) -> None:
+        if getattr(self, "_open", False):
+            self.close()
+
+
+# ----------------------------------------------------------------------- pipes and the pipe pool
+
+PIPE_SIZE: int = lib.ZC_PIPE_SIZE  # what pooled pipes are grown to (1 MiB)
+_PIPE_T = ffi.typeof("struct zc_pipe *")
+
+
+class PipePool:
+    """A bounded pool of empty pipes, grown to ``pipe_size`` bytes with ``F_SETPIPE_SZ``.
+
+    Pipes are made on demand (``O_CLOEXEC | O_NONBLOCK``); a pipe that cannot
+    be grown (``/proc/sys/fs/pipe-max-size``, ``pipe-user-pages-soft``) keeps
+    its smaller size.  At most ``max_idle`` empty pipes are kept; a pipe that
+    still holds bytes after an error is closed, never reused.  Thread-safe.
+    """
+
+    def __init__(self, pipe_size: int = PIPE_SIZE, max_idle: int = 16) -> None:
+        if pipe_size < 0 or max_idle < 0:
+            raise ValueError("pipe_size and max_idle must be >= 0")
+        self._slots = ffi.new("struct zc_pipe[]", max(max_idle, 1))
+        self._pool = ffi.new("struct zc_pipe_pool *")
+        rc = lib.zc_pipe_pool_init(self._pool, self._slots, max_idle, pipe_size)
+        if rc < 0:
+            raise error(rc, 0)
+        self._lock = threading.Lock()
+        self._closed = False
+        self.max_idle = max_idle
+
+    @property
+    def cdata(self) -> Any:
+        """The ``struct zc_pipe_pool *`` (for the C calls of this module)."""
+        return self._pool
+
+    def stats(self) -> dict[str, int]:
+        """Counters: pipes ``created``, gets ``reused``, puts ``discarded``, ``small`` pipes."""
+        p = self._pool
+        return {
+            "created": int(p.created),
+            "reused": int(p.reused),
+            "discarded": int(p.discarded),
+            "small": int(p.small),
+        }
+
+    @property
+    def idle(self) -> int:
+        """Empty pipes waiting in the pool (two descriptors each)."""
+        return int(lib.zc_pipe_pool_idle(self._pool))
+
+    def take(self) -> Any:
+        """An empty ``struct zc_pipe *``; give it back with :meth:`give`."""
+        pipe = ffi.new(_PIPE_T)
+        with self._lock:  # not while close() empties the pool
+            rc = lib.zc_pipe_get(self._pool if not self._closed else ffi.NULL, pipe)
+        if rc < 0:
+            raise error(rc, 0)
+        return pipe
+
+    def give(self, pipe: Any) -> None:
+        """Put ``pipe`` back (it is closed when it holds bytes, or the pool is closed or full)."""
+        # Under the lock: a pipe pooled after close() emptied the pool would
+        # never be closed (two descriptors leaked).
+        with self._lock:
+            lib.zc_pipe_put(self._pool if not self._closed else ffi.NULL, pipe)
+
+    def close(self) -> None:
+        """Close the idle pipes; pipes given back later are closed too."""
+        with self._lock:
+            self._closed = True
+            lib.zc_pipe_pool_destroy(self._pool)
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            lib.zc_pipe_pool_destroy(self._pool)
+
+
+_default_pool: PipePool | None = None
+_default_lock = threading.Lock()
+
+
+def default_pool() -> PipePool:
+    """The process-wide pool used by ``splice_all``, ``recvfile`` and ``relay``."""
+    global _default_pool
+    pool = _default_pool
+    if pool is None:
+        with _default_lock:
+            if _default_pool is None:
+                _default_pool = PipePool()
+            pool = _default_pool
+    return pool
+
+
+# --------------------------------------------------------------------------- splice
+
+_I64 = ffi.typeof("int64_t[1]")
+
+
+class Splice:
+    """One ``zc_splice`` transfer: its progress and explicit offsets, readable after it failed.
+
+    C applies the rules about bytes already read into the pipe: they are
+    delivered even to a non-blocking destination, and on any error a
+    seekable source is given back those it could not deliver (its offset or
+    position moves back), so :attr:`src_pos` matches :attr:`moved`.
+    """
+
+    __slots__ = ("_dst_off", "_moved", "_src_off")
+
+    def __init__(self, src_pos: int | None = None, dst_pos: int | None = None) -> None:
+        self._moved = ffi.new(_U64)
+        self._src_off = ffi.NULL if src_pos is None else ffi.new(_I64, [src_pos])
+        self._dst_off = ffi.NULL if dst_pos is None else ffi.new(_I64, [dst_pos])
+
+    @property
+    def moved(self) -> int:
+        """Bytes delivered to the destination so far."""
+        return int(self._moved[0])
+
+    @property
+    def src_pos(self) -> int | None:
+        """The source's explicit offset now (None: the fd's own position was used)."""
+        return None if self._src_off == ffi.NULL else int(self._src_off[0])
+
+    @property
+    def dst_pos(self) -> int | None:
+        return None if self._dst_off == ffi.NULL else int(self._dst_off[0])
+
+    def run(self, src: int, dst: int, count: int, timeout_ms: int, pool: PipePool | None, *,
+            attr: str, what: str, owners: tuple[socket.socket, ...] = (),
+            preload: Any = b"") -> int:
+        """Deliver bytes until :attr:`moved` reaches ``count`` (TO_EOF: until ``src`` ends).
+
+        ``pool`` gives the pipe between two fds that are not pipes (None when
+        one of them is a pipe).  ``owners``: socket objects of ``src`` and
+        ``dst``, held for the call (see :func:`hold`).  ``preload``: bytes
+        delivered before anything is read from ``src`` (a Python buffer's):
+        they are written into the pipe and this call delivers what fitted,
+        ignoring ``count``.  Resumes after signals; raises with ``attr``.
+        """
+        via = ffi.NULL if pool is None else pool.take()
+        moved, src_off, dst_off = self._moved, self._src_off, self._dst_off
+        for owner in owners:
+            hold(owner)
+        try:
+            if preload:
+                via.buffered = os.write(via.wfd, preload)  # the pipe is empty: no wait
+                count = int(moved[0]) + int(via.buffered)
+
+            def call() -> int:
+                left = count if count == TO_EOF else count - int(moved[0])
+                rc: int = lib.zc_splice(src, src_off, dst, dst_off, left, via, timeout_ms, moved)
+                return rc
+
+            run(call, lambda: int(moved[0]), attr=attr, what=what,
+                alive=(lambda: all(map(is_open, owners))) if owners else None)
+            return int(moved[0])
+        finally:
+            for owner in owners:
+                release(owner)
+            if pool is not None:
+                pool.give(via)  # closes it when it still holds bytes
+
+
+# ----------------------------------------------------------------------- relays and the proxy
+
+PROXY_CONNECT_MS: int = lib.ZC_PROXY_CONNECT_MS
+PROXY_IDLE_MS: int = lib.ZC_PROXY_IDLE_MS
+PROXY_STALL_MS: int = lib.ZC_PROXY_STALL_MS
+# The longest the C loop runs without returning to Python, so that signal
+# handlers run promptly even while bytes flow (a busy loop never sleeps in
+# epoll_wait, where a signal would interrupt it).
+_SLICE_MS = 250
+
+
+def relay(a: int, b: int, pool: PipePool, idle_ms: int,
+          owners: tuple[socket.socket, ...] = ()) -> tuple[int, int]:
+    """Relay two stream sockets both ways to the end; return (a->b, b->a) bytes.
+
+    ``idle_ms``: the relay's idle timeout in C (WAIT_FOREVER: none).
+    ``owners`` are held while it runs; closing one from another thread ends
+    the relay with ``EBADF`` within a slice.  Raises with ``bytes_relayed``.
+    """
+    loop = ffi.new("struct zc_relay_loop *")
+    rc = lib.zc_relay_loop_init(loop, pool.cdata)
+    if rc < 0:
+        raise OSError(-rc, os.strerror(-rc))
+    r = ffi.new("struct zc_relay *")
+    done = ffi.new("struct zc_relay *[1]")
+    for owner in owners:
+        hold(owner)
+    try:
+        rc = lib.zc_relay_add(loop, r, a, b)
+        if rc == 0 and idle_ms != WAIT_FOREVER:
+            rc = lib.zc_relay_set_timeout(r, idle_ms)
+        if rc < 0:
+            raise OSError(-rc, os.strerror(-rc))
+
+        def progress() -> tuple[int, int]:
+            return int(r.bytes[0]), int(r.bytes[1])
+
+        try:
+            while True:
+                rc = lib.zc_relay_run(loop, _SLICE_MS, done, 1)
+                if rc > 0:
+                    break
+                if rc < 0 and rc != EINTR:
+                    raise error(rc, progress(), "bytes_relayed")
+                # after -EINTR the signal's handler has run (it would have raised)
+                if owners and not all(map(is_open, owners)):
+                    raise error(EBADF, progress(), "bytes_relayed")
+        except BaseException as exc:
+            raise attach(exc, progress(), "bytes_relayed") from None
+        if r.error == ETIMEDOUT:
+            timed_out = _errors.typed_class(TimeoutError, "bytes_relayed")(
+                errno.ETIMEDOUT, f"relay timed out: no byte moved for {idle_ms / 1000:g} s")
+            setattr(timed_out, "bytes_relayed", progress())  # noqa: B010
+            raise timed_out
+        if r.error:
+            raise error(r.error, progress(), "bytes_relayed")
+        return progress()
+    finally:
+        lib.zc_relay_remove(r)  # a no-op once it ended; restores the sockets' flags
+        lib.zc_relay_loop_close(loop)
+        for owner in owners:
+            release(owner)
+
+
+class ProxyLoop:
+    """Owner of a ``struct zc_relay_loop`` running one ``struct zc_proxy`` and its slots.
+
+    Accepting, connecting, relaying, the timeouts and the answer to clients
+    beyond the slots all happen in C; the caller (``Proxy``) keeps the
+    threads, the locks and the signal handling.
+    """
+
+    __slots__ = ("_done", "_loop", "_px", "_slots", "_target", "closed")
+
+    def __init__(self, pool: PipePool, listen_fd: int, target: bytes, slots: int,
+                 timeouts_ms: tuple[int, int, int]) -> None:
+        self._loop = ffi.new("struct zc_relay_loop *")
+        rc = lib.zc_relay_loop_init(self._loop, pool.cdata)
+        if rc < 0:
+            raise OSError(-rc, os.strerror(-rc))
+        self.closed = False
+        self._slots = ffi.new("struct zc_relay[]", slots)
+        self._px = ffi.new("struct zc_proxy *")
+        self._target = ffi.new("char[]", target)
+        rc = lib.zc_proxy_init(self._px, self._loop, listen_fd,
+                               ffi.cast("struct sockaddr *", self._target), len(target),
+                               self._slots, slots)
+        if rc == 0:
+            rc = lib.zc_proxy_set_timeouts(self._px, *timeouts_ms)
+        if rc < 0:
+            self.close()
+            if rc == -errno.EINVAL:
+                raise ValueError("listen must be a listening SOCK_STREAM socket")
+            raise OSError(-rc, os.strerror(-rc))
+        self._done = ffi.new("struct zc_relay *[1]")
+
+    def stats(self) -> tuple[int, int, int, int, int, int, int, int]:
+        """(accepted, active, completed, failed, bytes up, bytes down, refused, timed out);
+        the byte counts include running connections."""
+        px, loop = self._px, self._loop
+        return (int(px.accepted), int(px.active), int(px.completed), int(px.failed),
+                int(loop.bytes[0]), int(loop.bytes[1]), int(px.refused), int(px.timed_out))
+
+    def run(self, timeout_ms: int) -> None:
+        """Serve for up to ``timeout_ms`` (less after a wake-up or a signal)."""
+        rc = lib.zc_relay_run(self._loop, timeout_ms, self._done, 1)
+        if rc < 0 and rc != EINTR:
+            raise OSError(-rc, os.strerror(-rc))
+
+    def wake(self) -> None:
+        """Make :meth:`run` in another thread return soon; async-signal-safe in C."""
+        lib.zc_relay_wake(self._loop)
+
+    def close(self) -> None:
+        """Reset the running connections and free the loop; idempotent."""
+        if not self.closed:
+            self.closed = True
+            lib.zc_relay_loop_close(self._loop)

@@ -118,9 +118,31 @@ def _proxy(parser: argparse.ArgumentParser) -> str:
     parser.add_argument("target", metavar="TARGET", help="HOST:PORT to connect each client to")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print a one-line summary every second")
-    parser.add_argument("--max-connections", type=_positive_int, default=1024, metavar="N",
-                        help="relay at most N connections at once (default 1024)")
+    parser.add_argument("--max-connections", type=_positive_int, default=None, metavar="N",
+                        help="relay at most N connections at once; more are refused at once "
+                             "(default: sized from the open-files limit, raised to its "
+                             "hard limit)")
+    for name, what, default in (
+        ("connect", "connecting to TARGET", 10),
+        ("idle", "a connection on which nothing moves", 300),
+        ("stall", "a side that stops reading while the other has bytes for it", 60),
+    ):
+        parser.add_argument(f"--{name}-timeout", type=_timeout, default=float(default),
+                            metavar="SECONDS",
+                            help=f"end {what} after SECONDS ('none': never; default {default})")
     return "zerocopy.cli_proxy"
+
+
+def _timeout(text: str) -> float | None:
+    if text.strip().lower() in ("none", "off", "inf"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0 (or 'none'): {text!r}")
+    return value
 
 
 @subcommand("send", "send a file to 'zerocopy recv' (or, with --raw, to any TCP listener)")
@@ -184,6 +206,69 @@ def _recv(parser: argparse.ArgumentParser) -> str:
                         help="give up when no sender comes or the network stalls this long "
                              "(default: wait forever)")
     return "zerocopy.cli_recv"
+
+
+@subcommand("serve", "serve the files under a directory over HTTP (like python -m http.server)")
+def _serve(parser: argparse.ArgumentParser) -> str:
+    parser.description = (
+        "Serve the files under DIR over HTTP/1.1 (GET and HEAD, ranges, conditional requests, "
+        "keep-alive) from an epoll loop in C that sends them with sendfile(2).  Nothing "
+        "outside DIR is ever served: '..', encoded tricks and symlinks leading out of DIR are "
+        "refused.  A directory gets its index.html, else a listing.  Ctrl-C or SIGTERM stops "
+        "it: no new connection is served, and responses in flight get --grace seconds to "
+        "finish (a second Ctrl-C stops at once).")
+    parser.epilog = ("examples:\n"
+                     "  zerocopy serve\n"
+                     "      (the current directory at http://127.0.0.1:8000/)\n"
+                     "  zerocopy serve ~/public --port 9000 --bind 0.0.0.0 --workers 2 --log\n"
+                     "  zerocopy serve --bind :: .\n"
+                     "      (every interface, IPv6 and IPv4)")
+    parser.add_argument("root", metavar="DIR", nargs="?", default=".",
+                        help="the directory to serve (default: the current directory)")
+    parser.add_argument("-p", "--port", type=_port, default=8000,
+                        help="the port to listen on (default 8000; 0 picks a free one)")
+    parser.add_argument("-b", "--bind", metavar="ADDR", default=DEFAULT_HOST,
+                        help=f"the address to listen on (default {DEFAULT_HOST}; 0.0.0.0 for "
+                             "every IPv4 interface, :: for every interface)")
+    parser.add_argument("-w", "--workers", type=_bounded_int(1, 1024), default=1, metavar="N",
+                        help="event loops, each in a thread of its own (default 1)")
+    parser.add_argument("--log", action="store_true",
+                        help="write an access log line per request to standard output "
+                             "(common log format)")
+    parser.add_argument("--no-listing", action="store_true",
+                        help="answer 403 for a directory without index.html instead of "
+                             "listing it")
+    parser.add_argument("--follow-symlinks", action="store_true",
+                        help="also serve what symlinks point to outside DIR (by default "
+                             "they are refused)")
+    parser.add_argument("--grace", type=_seconds, default=5.0, metavar="SECONDS",
+                        help="how long responses in flight may take to finish once stopped "
+                             "(default 5)")
+    parser.add_argument("--max-connections", type=_bounded_int(1, 1 << 24), default=1024,
+                        metavar="N", help="open connections per worker (default 1024)")
+    return "zerocopy.cli_serve"
+
+
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):  # int() takes "²" and "١٢" too
+        raise argparse.ArgumentTypeError(f"port must be a number 0-65535, not {text!r}")
+    port = int(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {port}")
+    return port
+
+
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}-{high}, got {value}")
+        return value
+
+    return parse
 
 
 def _positive_int(text: str) -> int:

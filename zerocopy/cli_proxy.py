@@ -34,7 +34,9 @@ def run(args: argparse.Namespace, con: Console) -> int:
     resolve(listen, passive=True)
     resolve(target)
     try:
-        proxy = Proxy(listen, target, max_connections=args.max_connections)
+        proxy = Proxy(listen, target, max_connections=args.max_connections,
+                      connect_timeout=args.connect_timeout, idle_timeout=args.idle_timeout,
+                      stall_timeout=args.stall_timeout)
     except (OSError, ValueError, OverflowError) as e:
         raise CommandError(f"cannot listen on {show(listen)}: {error_text(e)}") from None
     stopped: list[str] = []
@@ -50,11 +52,16 @@ def run(args: argparse.Namespace, con: Console) -> int:
         last[0] = st
         con.say(
             f"{st.active} active, {st.accepted} accepted, {st.completed} done, "
-            f"{st.failed} failed; up {(st.bytes_up - prev.bytes_up) / MiB:.1f} MiB/s, "
+            f"{st.failed} failed ({st.timed_out} timed out), {st.refused} refused; "
+            f"up {(st.bytes_up - prev.bytes_up) / MiB:.1f} MiB/s, "
             f"down {(st.bytes_down - prev.bytes_down) / MiB:.1f} MiB/s"
         )
+        if st.refused > prev.refused:
+            con.say(f"refused {st.refused - prev.refused} client(s): all "
+                    f"{proxy.max_connections} slots taken or no descriptor left")
 
-    con.say(f"listening on {show(proxy.address)}, relaying to {show(target)}")
+    con.say(f"listening on {show(proxy.address)}, relaying to {show(target)} "
+            f"(up to {proxy.max_connections} connections; open-files limit {proxy.fd_limit})")
     with _handlers(stop, (signal.SIGINT, signal.SIGTERM)):
         try:
             proxy.serve_forever(callback=summary if args.verbose else None, interval=1.0)
@@ -65,7 +72,8 @@ def run(args: argparse.Namespace, con: Console) -> int:
     st = proxy.stats()
     con.say(
         f"stopped ({stopped[0] if stopped else 'closed'}): {st.accepted} connections, "
-        f"{st.failed} failed, {st.bytes_up} bytes up, {st.bytes_down} bytes down"
+        f"{st.failed} failed, {st.refused} refused, {st.bytes_up} bytes up, "
+        f"{st.bytes_down} bytes down"
     )
     return 0
 

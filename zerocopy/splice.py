@@ -2,118 +2,42 @@
 """``recvfile`` and ``splice_all``: bytes between sockets, pipes and files with splice(2)."""
 from __future__ import annotations
 
+import errno
 import io
 import os
 import socket
 import stat
-import threading
+import sys
+from collections.abc import Callable
 from typing import Any, Union
 
 from . import _lowlevel as _c
 from ._args import (
     check_binary,
     check_range,
+    check_stream,
     seekable,
     stream_socket_fd,
     timeout_ms,
     writable,
 )
-from ._lowlevel import TO_EOF, WAIT_FOREVER, ffi, lib
+from ._lowlevel import TO_EOF, WAIT_FOREVER, PipePool, default_pool, raw_socket_type
 
-__all__ = ["PipePool", "recvfile", "splice_all"]
+__all__ = ["PipePool", "default_pool", "recvfile", "splice_all"]
 
 _CHUNK = 256 * 1024
 
 FdLike = Union[int, Any]  # an int fd or an object with fileno()
 
 
-class PipePool:
-    """A bounded pool of empty pipes, grown to ``pipe_size`` bytes with ``F_SETPIPE_SZ``.
-
-    Pipes are made on demand (``O_CLOEXEC | O_NONBLOCK``); a pipe that cannot
-    be grown (``/proc/sys/fs/pipe-max-size``, ``pipe-user-pages-soft``) keeps
-    its smaller size.  At most ``max_idle`` empty pipes are kept; a pipe that
-    still holds bytes after an error is closed, never reused.  Thread-safe.
-    """
-
-    def __init__(self, pipe_size: int = lib.ZC_PIPE_SIZE, max_idle: int = 16) -> None:
-        if pipe_size < 0 or max_idle < 0:
-            raise ValueError("pipe_size and max_idle must be >= 0")
-        self._slots = ffi.new("struct zc_pipe[]", max(max_idle, 1))
-        self._pool = ffi.new("struct zc_pipe_pool *")
-        rc = lib.zc_pipe_pool_init(self._pool, self._slots, max_idle, pipe_size)
-        if rc < 0:
-            raise _c.error(rc, 0)
-        self._lock = threading.Lock()
-        self._closed = False
-
-    @property
-    def cdata(self) -> Any:
-        """The ``struct zc_pipe_pool *`` (for the C calls of this package)."""
-        return self._pool
-
-    def stats(self) -> dict[str, int]:
-        """Counters: pipes ``created``, gets ``reused``, puts ``discarded``, ``small`` pipes."""
-        p = self._pool
-        return {
-            "created": int(p.created),
-            "reused": int(p.reused),
-            "discarded": int(p.discarded),
-            "small": int(p.small),
-        }
-
-    @property
-    def idle(self) -> int:
-        """Empty pipes waiting in the pool (two descriptors each)."""
-        return int(self._pool._count)
-
-    def take(self) -> Any:
-        """An empty ``struct zc_pipe *``; give it back with :meth:`give`."""
-        pipe = ffi.new("struct zc_pipe *")
-        with self._lock:  # not while close() empties the pool
-            rc = lib.zc_pipe_get(self._pool if not self._closed else ffi.NULL, pipe)
-        if rc < 0:
-            raise _c.error(rc, 0)
-        return pipe
-
-    def give(self, pipe: Any) -> None:
-        """Put ``pipe`` back (it is closed when it holds bytes, or the pool is closed or full)."""
-        # Under the lock: a pipe pooled after close() emptied the pool would
-        # never be closed (two descriptors leaked).
-        with self._lock:
-            lib.zc_pipe_put(self._pool if not self._closed else ffi.NULL, pipe)
-
-    def close(self) -> None:
-        """Close the idle pipes; pipes given back later are closed too."""
-        with self._lock:
-            self._closed = True
-            lib.zc_pipe_pool_destroy(self._pool)
-
-    def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
-            lib.zc_pipe_pool_destroy(self._pool)
-
-
-_default_pool: PipePool | None = None
-_default_lock = threading.Lock()
-
-
-def default_pool() -> PipePool:
-    """The process-wide pool used by :func:`splice_all`, :func:`recvfile` and relays."""
-    global _default_pool
-    pool = _default_pool
-    if pool is None:
-        with _default_lock:
-            if _default_pool is None:
-                _default_pool = PipePool()
-            pool = _default_pool
-    return pool
-
 
 # --------------------------------------------------------------------------- arguments
 
 
 def _fd_of(obj: Any, name: str) -> int:
+    if isinstance(obj, bool):  # an int, but never meant as a file descriptor
+        raise TypeError(f"{name} must be an int file descriptor or an object with fileno(), "
+                        "not bool")
     if isinstance(obj, int):
         if obj < 0:
             raise ValueError(f"{name} must be a file descriptor >= 0, got {obj}")
@@ -131,6 +55,32 @@ def _fd_of(obj: Any, name: str) -> int:
     return fd
 
 
+def _is_tls(sock: Any) -> bool:
+    """An ``ssl.SSLSocket`` with a TLS session: its fd carries records, not our bytes."""
+    ssl = sys.modules.get("ssl")
+    return (ssl is not None and isinstance(sock, ssl.SSLSocket)
+            and getattr(sock, "_sslobj", None) is not None)
+
+
+def _probe(obj: Any, fd: int, name: str) -> tuple[bool, bool]:
+    """(is a pipe, is a socket) for one end of ``splice_all``; refuses what it cannot serve."""
+    if isinstance(obj, socket.socket):
+        if _is_tls(obj):
+            raise ValueError(
+                f"{name} is an ssl.SSLSocket: splice(2) would move TLS records as if they "
+                "were the data; use sendfile_all() to send a file through TLS, recvfile() "
+                "to receive one"
+            )
+        if raw_socket_type(obj) != socket.SOCK_STREAM:
+            raise ValueError(f"{name} must be a SOCK_STREAM socket")
+        return False, True
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISSOCK(mode):
+        check_stream(fd, name)  # a datagram socket would take the bytes as packets
+        return False, True
+    return stat.S_ISFIFO(mode), False
+
+
 def _wait_ms(sock: Any, fd: int) -> int:
     """A socket object's timeout; for a bare fd, wait only when it blocks (it has no timeout)."""
     if isinstance(sock, socket.socket):
@@ -142,73 +92,15 @@ def _is_pipe(fd: int) -> bool:
     return stat.S_ISFIFO(os.fstat(fd).st_mode)
 
 
-# --------------------------------------------------------------------------- the loop
+def _combine(waits: list[int]) -> int:
+    """The strictest of two wait policies: 0 (never wait) < a bound < forever."""
+    if 0 in waits:
+        return 0
+    bounded = [w for w in waits if w != WAIT_FOREVER]
+    return min(bounded) if bounded else WAIT_FOREVER
 
 
-def _run(
-    src: int,
-    src_off: Any,
-    dst: int,
-    dst_off: Any,
-    count: int,
-    wait_ms: int,
-    moved: Any,
-    attr: str,
-    what: str,
-    pool: PipePool | None,
-    preload: Any = b"",
-) -> int:
-    """zc_splice, resumed after signals; ``moved`` (uint64_t[1]) keeps the total.
-
-    ``count`` is the total to reach, bytes already in ``moved`` included.
-    ``preload``: bytes to deliver before anything is read from ``src`` (a
-    Python buffer's); they are written into the pool's pipe, and this call
-    delivers what fitted (``count`` is ignored).
-
-    When the call fails with bytes read into the pipe but not delivered, a
-    seekable ``src`` is rewound by them (``src_off``, or the fd's own
-    position), so that its position matches the bytes delivered; from a
-    socket they are lost with the pipe.
-    """
-    via = ffi.NULL
-    if pool is not None:
-        via = pool.take()
-    try:
-        if preload:
-            via.buffered = os.write(via.wfd, preload)
-            count = int(moved[0]) + int(via.buffered)
-        while True:
-            left = count if count == TO_EOF else count - int(moved[0])
-            rc = lib.zc_splice(src, src_off, dst, dst_off, left, via, wait_ms, moved)
-            if rc == 0:
-                return int(moved[0])
-            if rc == _c.EAGAIN and via != ffi.NULL and via.buffered:
-                # Bytes read from the source sit in our pipe: they cannot go
-                # back, so finish writing them even to a non-blocking socket.
-                rc = lib.zc_wait_writable(dst, WAIT_FOREVER)
-                if rc == 0 or rc == _c.EINTR:
-                    continue
-            if rc != _c.EINTR:
-                raise _c.error(rc, int(moved[0]), attr=attr, what=what)
-            # a signal arrived and its handler ran (it would have raised): resume
-    except BaseException as exc:
-        raise _c.attach(exc, int(moved[0]), attr) from None
-    finally:
-        if pool is not None:
-            if via.buffered and not preload:
-                _unread(src, src_off, int(via.buffered))
-            pool.give(via)  # closes it when it still holds bytes
-
-
-def _unread(src: int, src_off: Any, n: int) -> None:
-    """Move a seekable source back by ``n`` bytes read into a pipe and never delivered."""
-    if src_off != ffi.NULL:
-        src_off[0] -= n
-        return
-    try:
-        os.lseek(src, -n, os.SEEK_CUR)
-    except OSError:
-        pass  # a socket: the bytes cannot be put back (see splice_all)
+# --------------------------------------------------------------------------- recvfile
 
 
 def recvfile(
@@ -225,6 +117,9 @@ def recvfile(
     start + bytes received, also after an exception; an int fd's position is
     used and advanced only when ``offset`` is None.
 
+    An ``ssl.SSLSocket`` is read through its TLS layer (``recv_into``): the
+    file gets the plaintext, never the records on the wire.
+
     A socket's timeout applies to each wait for data (``TimeoutError``); a
     non-blocking socket with nothing to read raises ``BlockingIOError``; a
     signal handler runs during the transfer, which resumes unless it raises.
@@ -235,15 +130,20 @@ def recvfile(
     check_range(offset, count)
     wait_ms = _wait_ms(sock, sock_fd)
     left = TO_EOF if count is None else count
-    moved = ffi.new("uint64_t[1]")
+    owners = (sock,) if isinstance(sock, socket.socket) else ()
+    tls = _is_tls(sock)
 
     if isinstance(file, int):
+        if isinstance(file, bool):
+            raise TypeError("file must be an int file descriptor or a binary file object, "
+                            "not bool")
         if file < 0:
             raise ValueError(f"file must be a file descriptor >= 0, got {file}")
-        pipe = _is_pipe(file)
-        off = ffi.NULL if offset is None else ffi.new("int64_t[1]", [offset])
-        return _run(sock_fd, ffi.NULL, file, off, left, wait_ms, moved,
-                    "bytes_received", "the stream", None if pipe else default_pool())
+        if tls:
+            return _recv_through_python(sock, sock_fd, _fd_writer(file, offset), left, [0])
+        job = _c.Splice(None, offset)
+        return job.run(sock_fd, file, left, wait_ms, None if _is_pipe(file) else default_pool(),
+                       attr="bytes_received", what="the stream", owners=owners)
 
     check_binary(file)
     if getattr(file, "closed", False):
@@ -261,67 +161,96 @@ def recvfile(
     can_seek = seekable(file)
     if offset is not None and not can_seek:
         raise ValueError("offset needs a seekable file")
-    if fd is None:
-        return _recv_through_python(sock, sock_fd, file, offset, left)
+    if fd is None or tls:
+        start = 0
+        if can_seek:
+            start = file.tell() if offset is None else offset
+            file.seek(start)
+        done = [0]
+        try:
+            return _recv_through_python(sock, sock_fd, file.write, left, done)
+        finally:
+            if can_seek:
+                file.seek(start + done[0])
     file.flush()  # bytes in the write buffer go first
     if not can_seek:
         pool = None if _is_pipe(fd) else default_pool()
-        return _run(sock_fd, ffi.NULL, fd, ffi.NULL, left, wait_ms, moved,
-                    "bytes_received", "the stream", pool)
+        return _c.Splice().run(sock_fd, fd, left, wait_ms, pool, attr="bytes_received",
+                               what="the stream", owners=owners)
     start = file.tell() if offset is None else offset
-    off = ffi.new("int64_t[1]", [start])
+    job = _c.Splice(None, start)
     try:
-        return _run(sock_fd, ffi.NULL, fd, off, left, wait_ms, moved,
-                    "bytes_received", "the stream", default_pool())
+        return job.run(sock_fd, fd, left, wait_ms, default_pool(), attr="bytes_received",
+                       what="the stream", owners=owners)
     finally:
-        file.seek(start + int(moved[0]))
+        file.seek(start + job.moved)
+
+
+def _fd_writer(fd: int, offset: int | None) -> Callable[[memoryview], Any]:
+    """``write(view)`` writing all of ``view`` to ``fd``: at ``offset`` on, or at its position."""
+    pos = [offset]
+
+    def write(view: memoryview) -> None:
+        while view:
+            at = pos[0]
+            n = os.write(fd, view) if at is None else os.pwrite(fd, view, at)
+            if at is not None:
+                pos[0] = at + n
+            view = view[n:]
+
+    return write
 
 
 def _recv_through_python(
-    sock: socket.socket | int, sock_fd: int, file: Any, offset: int | None, count: int
+    sock: socket.socket | int, sock_fd: int, write: Callable[[memoryview], Any], count: int,
+    done: list[int],
 ) -> int:
-    """recv + write for objects without a file descriptor (``io.BytesIO``)."""
-    can_seek = seekable(file)
-    start = 0
-    if can_seek:
-        start = file.tell() if offset is None else offset
-        file.seek(start)
+    """recv + write: for objects without a file descriptor (``io.BytesIO``) and TLS
+    sockets, whose bytes must be decrypted in user space.  ``done[0]`` counts."""
+    ssl = sys.modules.get("ssl")
+    want_read: Any = ssl.SSLWantReadError if ssl is not None else ()
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
-    done = 0
     try:
-        while count == TO_EOF or done < count:
-            want = _CHUNK if count == TO_EOF else min(_CHUNK, count - done)
-            if isinstance(sock, socket.socket):
-                n = sock.recv_into(view, want)
-            else:
-                n = os.readv(sock_fd, [view[:want]])
+        while count == TO_EOF or done[0] < count:
+            want = _CHUNK if count == TO_EOF else min(_CHUNK, count - done[0])
+            try:
+                if isinstance(sock, socket.socket):
+                    n = sock.recv_into(view, want)
+                else:
+                    n = os.readv(sock_fd, [view[:want]])
+            except want_read:  # a non-blocking TLS socket: no whole record yet
+                raise BlockingIOError(errno.EAGAIN, "the socket has no bytes ready") from None
             if n == 0:
                 if count == TO_EOF:
                     break
-                raise _c.error(_c.ENODATA, done, attr="bytes_received", what="the stream")
-            file.write(view[:n])
-            done += n
-        return done
+                raise _c.error(_c.ENODATA, done[0], attr="bytes_received", what="the stream")
+            write(view[:n])
+            done[0] += n
+        return done[0]
     except BaseException as exc:
-        raise _c.attach(exc, done, "bytes_received") from None
-    finally:
-        if can_seek:
-            file.seek(start + done)
+        raise _c.attach(exc, done[0], "bytes_received") from None
+
+
+# --------------------------------------------------------------------------- splice_all
 
 
 def splice_all(src: FdLike, dst: FdLike, count: int | None = None) -> int:
     """Move ``count`` bytes (default: until EOF) from ``src`` to ``dst``; return the bytes moved.
 
     Each of ``src`` and ``dst`` is an int fd or an object with ``fileno()``:
-    a socket, a pipe or a file, in any pair splice(2) can serve.  When
-    neither is a pipe, the bytes go through a pooled pipe (src -> pipe ->
-    dst) and never through user space.  A file object's position is used
-    and moved by the bytes read from (or written to) it; an int fd's own
-    position is used and advanced.  A buffered reader that is not seekable
-    (``open(pipe_fd, "rb")``, ``sock.makefile("rb")``) may already hold
-    bytes in its buffer (``peek`` reads once when it holds none): those go
-    first, then the rest comes from its file descriptor.
+    a stream socket, a pipe or a file, in any pair splice(2) can serve.  A
+    datagram or ``SOCK_SEQPACKET`` socket raises ``ValueError`` (as
+    ``sendfile_all`` does), and so does an ``ssl.SSLSocket``: its fd carries
+    TLS records (use ``sendfile_all`` to send a file through TLS,
+    ``recvfile`` to receive one).  When neither is a pipe, the bytes go
+    through a pooled pipe (src -> pipe -> dst) and never through user space.
+    A file object's position is used and moved by the bytes read from (or
+    written to) it; an int fd's own position is used and advanced.  A
+    buffered reader that is not seekable (``open(pipe_fd, "rb")``,
+    ``sock.makefile("rb")``) may already hold bytes in its buffer (``peek``
+    reads once when it holds none): those go first, then the rest comes from
+    its file descriptor.
 
     After an exception the positions still match ``bytes_sent``: bytes read
     from a seekable source into the pipe but not written to ``dst`` are
@@ -330,55 +259,54 @@ def splice_all(src: FdLike, dst: FdLike, count: int | None = None) -> int:
     they are dropped with the pipe (at most one pipe's worth, ``pipe_size``
     of the pool) and the source stream is no longer usable.
 
-    Waits follow the sockets: a socket object's timeout bounds each wait
-    (``TimeoutError``), a non-blocking fd raises ``BlockingIOError`` when it
-    would block before any byte was read into the pipe; bytes already read
-    are always written out.  ``TruncatedFileError`` when ``src`` ends before
-    ``count`` bytes.  Every exception raised once the transfer started has
-    ``bytes_sent``: the bytes written to ``dst``.
+    Waits follow the sockets: a socket object's timeout bounds each wait,
+    for the destination and for the source alike (``TimeoutError``); a
+    non-blocking fd raises ``BlockingIOError`` when it would block before
+    any byte was read into the pipe; bytes already read are always written
+    out.  ``TruncatedFileError`` when ``src`` ends before ``count`` bytes.
+    Every exception raised once the transfer started has ``bytes_sent``: the
+    bytes written to ``dst``.
     """
     s_fd = _fd_of(src, "src")
     d_fd = _fd_of(dst, "dst")
     check_range(None, count)
+    s_pipe, s_sock = _probe(src, s_fd, "src")
+    d_pipe, d_sock = _probe(dst, d_fd, "dst")
     waits = [
-        _wait_ms(obj, fd) if isinstance(obj, socket.socket) or _is_socket(fd)
-        else WAIT_FOREVER
-        for obj, fd in ((src, s_fd), (dst, d_fd))
+        _wait_ms(obj, fd) if is_sock else WAIT_FOREVER
+        for obj, fd, is_sock in ((src, s_fd, s_sock), (dst, d_fd, d_sock))
     ]
     wait_ms = _combine(waits)
-    pool = None if _is_pipe(s_fd) or _is_pipe(d_fd) else default_pool()
-    positioned: list[tuple[Any, Any]] = []  # (file object or None, int64_t[1] or NULL)
+    pool = None if s_pipe or d_pipe else default_pool()
+    owners = tuple(obj for obj in (src, dst) if isinstance(obj, socket.socket))
+    starts: list[int | None] = []  # explicit offsets of seekable file objects
     for obj in (src, dst):
         if isinstance(obj, (int, socket.socket)):
-            positioned.append((None, ffi.NULL))
+            starts.append(None)
             continue
         if writable(obj):
             obj.flush()  # bytes in the write buffer go first
-        if not seekable(obj):
-            positioned.append((None, ffi.NULL))
-            continue
-        positioned.append((obj, ffi.new("int64_t[1]", [obj.tell()])))
+        starts.append(obj.tell() if seekable(obj) else None)
     total = TO_EOF if count is None else count
     head = _buffered_head(src, count)
-    moved = ffi.new("uint64_t[1]")
+    job = _c.Splice(starts[0], starts[1])
     try:
         view = memoryview(head)
-        sent = 0
-        while sent < len(head):  # each round delivers bytes or raises
-            _run(s_fd, ffi.NULL, d_fd, positioned[1][1], 0, wait_ms, moved,
-                 "bytes_sent", "the source", default_pool(), view[sent:])
-            sent = int(moved[0])
-        if total == TO_EOF or int(moved[0]) < total:
-            _run(s_fd, positioned[0][1], d_fd, positioned[1][1], total,
-                 wait_ms, moved, "bytes_sent", "the source", pool)
-        return int(moved[0])
+        while job.moved < len(head):  # each round delivers bytes or raises
+            job.run(s_fd, d_fd, 0, wait_ms, default_pool(), attr="bytes_sent",
+                    what="the source", owners=owners, preload=view[job.moved:])
+        if total == TO_EOF or job.moved < total:
+            job.run(s_fd, d_fd, total, wait_ms, pool, attr="bytes_sent", what="the source",
+                    owners=owners)
+        return job.moved
     finally:
         if head:
             reader: Any = src
-            reader.read(min(int(moved[0]), len(head)))  # from its buffer: no raw read
-        for obj, off in positioned:
-            if obj is not None:
-                obj.seek(int(off[0]))
+            reader.read(min(job.moved, len(head)))  # from its buffer: no raw read
+        for obj, pos in ((src, job.src_pos), (dst, job.dst_pos)):
+            if pos is not None:  # a seekable file object
+                file: Any = obj
+                file.seek(pos)
 
 
 def _buffered_head(src: Any, count: int | None) -> bytes:
@@ -390,16 +318,3 @@ def _buffered_head(src: Any, count: int | None) -> bytes:
         return b""
     head = bytes(peek(1))  # its whole buffer; one raw read when it is empty
     return head if count is None else head[:count]
-
-
-def _is_socket(fd: int) -> bool:
-    return stat.S_ISSOCK(os.fstat(fd).st_mode)
-
-
-def _combine(waits: list[int]) -> int:
-    """The strictest of two wait policies: 0 (never wait) < a bound < forever."""
-    if 0 in waits:
-        return 0
-    bounded = [w for w in waits if w != WAIT_FOREVER]
-    return min(bounded) if bounded else WAIT_FOREVER
-

@@ -240,6 +240,7 @@ static inline int h_tcp_pair(int *snd, int *rcv)
 	socklen_t len = sizeof(a);
 	int l, c = -1, s = -1;
 
+	*snd = *rcv = -1; /* set on failure too: callers' compilers can tell */
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (l < 0)
@@ -268,6 +269,7 @@ static inline int h_unix_pair(int *snd, int *rcv)
 {
 	int sv[2];
 
+	*snd = *rcv = -1;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
 		return -1;
 	*snd = sv[0];

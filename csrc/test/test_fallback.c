@@ -740,6 +740,52 @@ static void test_pipe_empty_waits(void)
 	h_ran++;
 }
 
+/*
+ * Regression (issue 8.16): a positive timeout bounds the wait for a stalled
+ * source too: a pty with nothing to read, a blocking socket whose peer says
+ * nothing.  Before, the read blocked in the kernel until a signal (the
+ * watchdog kills the test).  A source with bytes still goes through.
+ */
+static void test_stalled_source_bounded(void)
+{
+	uint64_t sent = 0;
+	int m, sl, s, r, a, b;
+
+	REQUIRE(h_tcp_pair(&s, &r) == 0);
+	REQUIRE(h_set_nonblock(s, 1) == 0);
+	REQUIRE(h_unix_pair(&a, &b) == 0); /* b: a blocking socket source */
+	alarm(10);
+	CHECK_RC(zc_sendfile(s, b, ZC_FD_POSITION, 10, 100, 0, &sent),
+		 -ETIMEDOUT);
+	CHECK_EQ(sent, 0);
+	REQUIRE(send(a, "abc", 3, 0) == 3);
+	CHECK_RC(zc_sendfile(s, b, ZC_FD_POSITION, 10, 100, 0, &sent),
+		 -ETIMEDOUT);
+	CHECK_EQ(sent, 3);
+	if (open_pty(&m, &sl) == 0) {
+		sent = 0;
+		CHECK_RC(zc_sendfile(s, sl, ZC_FD_POSITION, 10, 100, 0, &sent),
+			 -ETIMEDOUT);
+		CHECK_EQ(sent, 0);
+		close(sl);
+		close(m);
+	} else {
+		H_SKIP_CASE("no pty: %s", strerror(errno));
+	}
+	alarm(60);
+	{
+		char buf[8];
+
+		CHECK_EQ(h_recv_upto(r, buf, sizeof(buf), 1000), 3);
+		CHECK(memcmp(buf, "abc", 3) == 0);
+	}
+	close(a);
+	close(b);
+	close(s);
+	close(r);
+	h_ran++;
+}
+
 int main(void)
 {
 	h_init(60);
@@ -765,5 +811,6 @@ int main(void)
 	pread_past_eof(0);
 	pread_past_eof(1);
 	test_pread_again();
+	test_stalled_source_bounded();
 	return h_result("test_fallback");
 }

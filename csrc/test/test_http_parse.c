@@ -266,6 +266,26 @@ static void pieces(void)
 		CHECK_RC(zc_http_parse_request(&r, "GET / HTTP/1.1\n", 15), -EBADMSG);
 		/* and later calls keep saying so */
 		CHECK_RC(zc_http_parse_request(&r, "GET / HTTP/1.1\nHost", 19), -EBADMSG);
+		/* a byte no request line holds: refused before any line end
+		 * (a TLS ClientHello on a plain port gets its 400 at once) */
+		zc_http_request_init(&r, NULL, 0, 0);
+		CHECK_RC(zc_http_parse_request(&r, "\x16\x03\x01\x02\x00\x01", 6), -EBADMSG);
+		CHECK(r.status == 400);
+		zc_http_request_init(&r, NULL, 0, 0);
+		CHECK_RC(zc_http_parse_request(&r, "GET /a", 6), -EAGAIN);
+		CHECK_RC(zc_http_parse_request(&r, "GET /a\x80", 7), -EBADMSG);
+		zc_http_request_init(&r, NULL, 0, 0);
+		CHECK_RC(zc_http_parse_request(&r, "GET /a\x7f", 7), -EBADMSG);
+		zc_http_request_init(&r, NULL, 0, 0);
+		CHECK_RC(zc_http_parse_request(&r, "GET /a\t", 7), -EBADMSG);
+		/* a CR waits for what follows it; empty lines first are fine */
+		zc_http_request_init(&r, NULL, 0, 0);
+		CHECK_RC(zc_http_parse_request(&r, "\r\nGET / HTTP/1.1\r", 17), -EAGAIN);
+		CHECK_RC(zc_http_parse_request(&r, "\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+					       29), 29);
+		/* header bytes are checked once the head ends, as before */
+		zc_http_request_init(&r, NULL, 0, 0);
+		CHECK_RC(zc_http_parse_request(&r, "GET / HTTP/1.1\r\nX: \x80", 20), -EAGAIN);
 	}
 }
 

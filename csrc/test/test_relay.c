@@ -5,6 +5,9 @@
 #include "zc.h"
 
 #include <dirent.h>
+#include <pthread.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 
 #define MAX_PEERS 256
@@ -366,9 +369,318 @@ static void test_loop_control(void)
 	h_ran++;
 }
 
+/* ---- signals ----------------------------------------------------------------- */
+
+static volatile sig_atomic_t ticks;
+
+static void on_tick(int sig)
+{
+	(void)sig;
+	ticks++;
+}
+
+/*
+ * Regression (issue 8.2): splice() from the pipe to a socket returns EINTR
+ * when a signal is pending as it starts; the loop took it for the stream's
+ * error and reset the relay (1 in 6 at 1 kHz).  Under a storm of signals
+ * (no SA_RESTART) and injected EINTRs every relay must finish cleanly, and
+ * zc_relay_run() says -EINTR so the caller can run its handlers, then
+ * resumes.
+ */
+/*
+ * Fault injection: while inject_every > 0, every inject_every-th splice(2)
+ * fails with EINTR before moving a byte, as the kernel's does when a signal
+ * is pending as it starts (fs/splice.c, splice_to_socket()).  A real storm
+ * lands there only now and then; this makes the case certain.  (This
+ * definition takes precedence over libc's for the whole program.)
+ */
+static int inject_every;
+static unsigned long injected;
+
+ssize_t splice(int fd_in, loff_t *off_in, int fd_out, loff_t *off_out,
+	       size_t len, unsigned int flags)
+{
+	static unsigned long calls;
+
+	if (inject_every > 0 && ++calls % (unsigned long)inject_every == 0) {
+		injected++;
+		errno = EINTR;
+		return -1;
+	}
+	return syscall(SYS_splice, fd_in, off_in, fd_out, off_out, len, flags);
+}
+
+struct storm {
+	pthread_t target;
+	volatile int stop;
+	long sent;
+};
+
+/* Signals the relay's thread every few microseconds, so that some arrive
+ * while it is inside splice(2) (a timer alone rarely lands there). */
+static void *storm_run(void *arg)
+{
+	struct storm *st = arg;
+
+	while (!st->stop) {
+		pthread_kill(st->target, SIGUSR1);
+		st->sent++;
+		usleep(20);
+	}
+	return NULL;
+}
+
+static void test_signal_storm(void)
+{
+	enum { N = 6 };
+	static struct peer ps[2 * N];
+	static struct zc_relay rs[N];
+	struct sigaction sa = { .sa_handler = on_tick }, old; /* no SA_RESTART */
+	struct storm st = { .target = pthread_self() };
+	struct zc_pipe slots[4];
+	struct zc_pipe_pool pool;
+	struct zc_relay_loop loop;
+	struct zc_relay *done[N];
+	pthread_t t;
+	long long end;
+	int got = 0, eintr = 0;
+	pid_t pid;
+
+	zc_pipe_pool_init(&pool, slots, 4, ZC_PIPE_SIZE);
+	REQUIRE(zc_relay_loop_init(&loop, &pool) == 0);
+	for (int i = 0; i < N; i++) {
+		struct peer *x = &ps[2 * i], *y = &ps[2 * i + 1];
+		int a, b;
+
+		memset(x, 0, sizeof(*x) * 2);
+		REQUIRE(h_pair(i % 2, &x->fd, &a) == 0);
+		REQUIRE(h_pair(i % 2, &b, &y->fd) == 0);
+		x->send_len = y->expect_len = (6 << 20) + (uint64_t)i;
+		y->send_len = x->expect_len = (3 << 20) + (uint64_t)i;
+		x->send_seed = y->expect_seed = 700 + (unsigned)i;
+		y->send_seed = x->expect_seed = 800 + (unsigned)i;
+		REQUIRE(zc_relay_add(&loop, &rs[i], a, b) == 0);
+	}
+	REQUIRE((pid = peers_start(ps, 2 * N)) > 0);
+	ticks = 0;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGUSR1, &sa, &old);
+	REQUIRE(pthread_create(&t, NULL, storm_run, &st) == 0);
+	inject_every = 5;
+	end = h_now_ms() + 60000;
+	while (got < N && h_now_ms() < end) {
+		int rc = zc_relay_run(&loop, 200, done + got, (unsigned)(N - got));
+
+		if (rc == -EINTR)
+			eintr++;
+		else if (rc > 0)
+			got += rc;
+		else
+			CHECK(rc == 0);
+	}
+	inject_every = 0;
+	st.stop = 1;
+	pthread_join(t, NULL);
+	sigaction(SIGUSR1, &old, NULL);
+	CHECK_EQ(got, N);
+	CHECK(ticks > 0 && eintr > 0 && injected > 0);
+	for (int i = 0; i < got; i++) {
+		struct zc_relay *r = done[i];
+		int k = (int)(r - rs);
+
+		CHECK_RC(r->error, 0);
+		CHECK_EQ(r->bytes[0], ps[2 * k].send_len);
+		CHECK_EQ(r->bytes[1], ps[2 * k + 1].send_len);
+		close(r->fd[0]);
+		close(r->fd[1]);
+	}
+	CHECK(h_reap(pid) == 0);
+	zc_relay_loop_close(&loop);
+	zc_pipe_pool_destroy(&pool);
+	h_ran++;
+}
+
+/* ---- timeouts of plain relays ------------------------------------------------- */
+
+/* Run the loop for ms, collecting what ends into got[*n]. */
+static void run_for(struct zc_relay_loop *loop, int ms, struct zc_relay **got,
+		    int *n, int max)
+{
+	long long end = h_now_ms() + ms;
+
+	while (h_now_ms() < end) {
+		long long left = end - h_now_ms();
+		int rc = zc_relay_run(loop, left > 50 ? 50 : (int)left,
+				      got + *n, (unsigned)(max - *n));
+
+		if (rc > 0)
+			*n += rc;
+	}
+}
+
+/*
+ * The idle timeout was a Python loop; now a C relay has it: a relay with a
+ * timeout ends with -ETIMEDOUT once no byte moved for that long, reported
+ * like any other, its sockets not reset (they are the caller's) and their
+ * flags restored; a relay with another timeout, or none, runs on; bytes
+ * flowing keep a relay alive.
+ */
+static void test_relay_timeouts(void)
+{
+	struct zc_pipe slots[2];
+	struct zc_pipe_pool pool;
+	struct zc_relay_loop loop;
+	struct zc_relay r[3], extra[ZC_RELAY_TIMEOUTS + 1], *done[4];
+	int x[3], a[3], b[3], y[3], n = 0;
+	char buf[8];
+
+	zc_pipe_pool_init(&pool, slots, 2, ZC_PIPE_SIZE);
+	REQUIRE(zc_relay_loop_init(&loop, &pool) == 0);
+	for (int i = 0; i < 3; i++) {
+		REQUIRE(h_unix_pair(&x[i], &a[i]) == 0);
+		REQUIRE(h_tcp_pair(&b[i], &y[i]) == 0);
+		REQUIRE(zc_relay_add(&loop, &r[i], a[i], b[i]) == 0);
+	}
+	CHECK_RC(zc_relay_set_timeout(&r[0], 0), -EINVAL);
+	CHECK_RC(zc_relay_set_timeout(&r[0], -7), -EINVAL);
+	CHECK_RC(zc_relay_set_timeout(&r[0], 300), 0);
+	CHECK_RC(zc_relay_set_timeout(&r[1], 2000), 0);
+	/* r[2]: none.  r[1] moves a byte every 100 ms for 3 s. */
+	REQUIRE(send(x[0], "abc", 3, 0) == 3);
+	for (int t = 0; t < 30; t++) {
+		REQUIRE(send(x[1], "+", 1, 0) == 1);
+		run_for(&loop, 100, done, &n, 4);
+	}
+	CHECK_EQ(n, 1);
+	CHECK(n >= 1 && done[0] == &r[0]);
+	CHECK_RC(r[0].error, -ETIMEDOUT);
+	CHECK_EQ(r[0].bytes[0], 3);
+	CHECK(!r[1].done && !r[2].done);
+	CHECK_EQ(r[1].bytes[0], 30);
+	CHECK_EQ(loop.active, 2);
+	/* not reset, flags back: the caller can go on with the sockets */
+	CHECK(!(fcntl(a[0], F_GETFL) & O_NONBLOCK));
+	CHECK_EQ(h_recv_upto(y[0], buf, 3, 2000), 3);
+	REQUIRE(send(x[0], "z", 1, 0) == 1);
+	CHECK_EQ(h_recv_upto(a[0], buf, 1, 2000), 1);
+	/* r[1] stops: it times out too; r[2] never does */
+	run_for(&loop, 3000, done, &n, 4);
+	CHECK_EQ(n, 2);
+	CHECK(n == 2 && done[1] == &r[1] && r[1].error == -ETIMEDOUT);
+	CHECK(!r[2].done);
+	/* no timeout again, and values beyond the classes */
+	CHECK_RC(zc_relay_set_timeout(&r[2], ZC_WAIT_FOREVER), 0);
+	CHECK_RC(zc_relay_set_timeout(&r[0], 100), -EINVAL); /* ended */
+	for (int i = 0; i <= ZC_RELAY_TIMEOUTS; i++) {
+		int p, q;
+
+		REQUIRE(h_unix_pair(&p, &q) == 0);
+		REQUIRE(zc_relay_add(&loop, &extra[i], p, q) == 0);
+		CHECK_RC(zc_relay_set_timeout(&extra[i], 100000 + i),
+			 i < ZC_RELAY_TIMEOUTS ? 0 : -ENOSPC);
+	}
+	zc_relay_remove(&extra[0]); /* frees its class */
+	CHECK_RC(zc_relay_set_timeout(&extra[ZC_RELAY_TIMEOUTS], 7000), 0);
+	CHECK_RC(zc_relay_set_timeout(&extra[1], 7000), 0); /* shares it */
+	for (int i = 0; i <= ZC_RELAY_TIMEOUTS; i++) {
+		zc_relay_remove(&extra[i]);
+		close(extra[i].fd[0]);
+		close(extra[i].fd[1]);
+	}
+	zc_relay_loop_close(&loop);
+	zc_pipe_pool_destroy(&pool);
+	for (int i = 0; i < 3; i++) {
+		close(x[i]);
+		close(a[i]);
+		close(b[i]);
+		close(y[i]);
+	}
+	h_ran++;
+}
+
+/*
+ * No pipe to be had (EMFILE): relays wait for one instead of failing.  In
+ * a child whose descriptor table leaves room for one pipe at a time, two
+ * relays moving bytes both ways take turns and deliver everything.
+ */
+static void test_starved_of_pipes(void)
+{
+	pid_t pid = fork();
+	int status = 0;
+
+	REQUIRE(pid >= 0);
+	if (pid == 0) {
+		enum { N = 2 };
+		static struct peer ps[2 * N];
+		static struct zc_relay rs[N];
+		struct zc_relay *done[N];
+		struct zc_relay_loop loop;
+		struct rlimit rl;
+		int got, fill[64], nfill = 0, hi;
+		pid_t peers;
+
+		h_child_setup();
+		REQUIRE(zc_relay_loop_init(&loop, NULL) == 0);
+		for (int i = 0; i < N; i++) {
+			struct peer *x = &ps[2 * i], *y = &ps[2 * i + 1];
+			int a, b;
+
+			memset(x, 0, sizeof(*x) * 2);
+			if (h_pair(i, &x->fd, &a) < 0 || h_pair(i, &b, &y->fd) < 0)
+				_exit(3);
+			x->send_len = y->expect_len = (2 << 20) + (uint64_t)i;
+			y->send_len = x->expect_len = (1 << 20) + (uint64_t)i;
+			x->send_seed = y->expect_seed = 900 + (unsigned)i;
+			y->send_seed = x->expect_seed = 950 + (unsigned)i;
+			if (zc_relay_add(&loop, &rs[i], a, b) < 0)
+				_exit(4);
+		}
+		if ((peers = peers_start(ps, 2 * N)) <= 0)
+			_exit(5);
+		/* descriptors up to the highest open one, plus two: every free
+		 * number is filled but the top two, room for one pipe */
+		hi = 0;
+		for (int fd = 0; fd < 4096; fd++)
+			if (fcntl(fd, F_GETFD) >= 0)
+				hi = fd;
+		if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+			_exit(9);
+		rl.rlim_cur = (rlim_t)hi + 3;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			_exit(10);
+		while (nfill < 64) {
+			int fd = dup(0);
+
+			if (fd < 0)
+				break;
+			fill[nfill++] = fd;
+		}
+		if (nfill < 2)
+			_exit(11);
+		close(fill[--nfill]);
+		close(fill[--nfill]);
+		got = run_until(&loop, done, N, 40000);
+		if (got != N)
+			_exit(6);
+		for (int i = 0; i < N; i++) {
+			int k = (int)(done[i] - rs);
+
+			if (done[i]->error || done[i]->bytes[0] != ps[2 * k].send_len ||
+			    done[i]->bytes[1] != ps[2 * k + 1].send_len)
+				_exit(7);
+		}
+		_exit(h_reap(peers) == 0 ? 0 : 8);
+	}
+	waitpid(pid, &status, 0);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	if (!WIFEXITED(status) || WEXITSTATUS(status))
+		fprintf(stderr, "  starved child status %#x\n", status);
+	h_ran++;
+}
+
 /* ---- proxy ----------------------------------------------------------------- */
 
-static int tcp_listener(struct sockaddr_in *addr)
+static int tcp_listener_backlog(struct sockaddr_in *addr, int backlog)
 {
 	socklen_t len = sizeof(*addr);
 	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -377,10 +689,15 @@ static int tcp_listener(struct sockaddr_in *addr)
 	addr->sin_family = AF_INET;
 	addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	if (l < 0 || bind(l, (struct sockaddr *)addr, sizeof(*addr)) < 0 ||
-	    listen(l, 512) < 0 ||
+	    listen(l, backlog) < 0 ||
 	    getsockname(l, (struct sockaddr *)addr, &len) < 0)
 		return -1;
 	return l;
+}
+
+static int tcp_listener(struct sockaddr_in *addr)
+{
+	return tcp_listener_backlog(addr, 512);
 }
 
 /* Echo server child: n connections, each echoed by its own grandchild. */
@@ -431,7 +748,7 @@ static pid_t echo_server(int l, int n)
 static void test_proxy(void)
 {
 	enum { N = 24 };
-	static struct zc_relay slots[8]; /* fewer than clients: backlog */
+	static struct zc_relay slots[N];
 	static struct peer ps[N];
 	struct zc_pipe pslots[4];
 	struct zc_pipe_pool pool;
@@ -449,7 +766,7 @@ static void test_proxy(void)
 	CHECK_RC(zc_proxy_init(&px, &loop, pl, (struct sockaddr *)&taddr,
 			       sizeof(taddr), slots, 0), -EINVAL);
 	REQUIRE(zc_proxy_init(&px, &loop, pl, (struct sockaddr *)&taddr,
-			      sizeof(taddr), slots, 8) == 0);
+			      sizeof(taddr), slots, N) == 0);
 	REQUIRE((server = echo_server(tl, N)) > 0);
 	for (int i = 0; i < N; i++) {
 		memset(&ps[i], 0, sizeof(ps[i]));
@@ -467,7 +784,7 @@ static void test_proxy(void)
 		struct zc_relay *d[1];
 
 		CHECK_EQ(zc_relay_run(&loop, 200, d, 1), 0); /* never reported */
-		CHECK(px.active <= 8);
+		CHECK(px.active <= N);
 	}
 	CHECK_EQ(px.accepted, N);
 	CHECK_EQ(px.completed, N);
@@ -538,12 +855,344 @@ static void test_proxy(void)
 	h_ran++;
 }
 
+/* ---- proxy policies ------------------------------------------------------- */
+
+/* A proxy on 127.0.0.1 in front of a target listener. */
+struct pxenv {
+	struct zc_pipe pslots[4];
+	struct zc_pipe_pool pool;
+	struct zc_relay_loop loop;
+	struct zc_proxy px;
+	struct zc_relay slots[8];
+	struct sockaddr_in paddr, taddr;
+	int pl, tl;
+};
+
+static int pxenv_init(struct pxenv *e, unsigned nslots, int target_backlog)
+{
+	zc_pipe_pool_init(&e->pool, e->pslots, 4, ZC_PIPE_SIZE);
+	if (zc_relay_loop_init(&e->loop, &e->pool) < 0)
+		return -1;
+	e->pl = tcp_listener(&e->paddr);
+	e->tl = tcp_listener_backlog(&e->taddr, target_backlog);
+	if (e->pl < 0 || e->tl < 0)
+		return -1;
+	return zc_proxy_init(&e->px, &e->loop, e->pl, (struct sockaddr *)&e->taddr,
+			     sizeof(e->taddr), e->slots, nslots) < 0 ? -1 : 0;
+}
+
+static void pxenv_close(struct pxenv *e)
+{
+	zc_relay_loop_close(&e->loop);
+	zc_pipe_pool_destroy(&e->pool);
+	close(e->pl);
+	if (e->tl >= 0)
+		close(e->tl);
+}
+
+/* Run the loop (a proxy reports nothing) until cond holds or ms pass. */
+#define RUN_UNTIL(loop, cond, ms)                                            \
+	do {                                                                 \
+		long long e_ = h_now_ms() + (ms);                            \
+		struct zc_relay *d_[1];                                      \
+		while (!(cond) && h_now_ms() < e_)                           \
+			(void)zc_relay_run((loop), 20, d_, 1);               \
+	} while (0)
+
+static int proxy_client(const struct sockaddr_in *to)
+{
+	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (c >= 0 && connect(c, (const struct sockaddr *)to, sizeof(*to)) < 0) {
+		close(c);
+		return -1;
+	}
+	return c;
+}
+
+/* What a client hears within ms: recv(2)'s result, errno in *err. */
+static ssize_t hear(int c, char *buf, size_t len, int ms, int *err)
+{
+	struct pollfd p = { .fd = c, .events = POLLIN };
+	ssize_t n;
+
+	*err = 0;
+	if (poll(&p, 1, ms) <= 0) {
+		*err = ETIMEDOUT;
+		return -1;
+	}
+	n = recv(c, buf, len, MSG_DONTWAIT);
+	if (n < 0)
+		*err = errno;
+	return n;
+}
+
+static int balanced(const struct zc_proxy *px)
+{
+	return px->accepted ==
+	       px->active + px->completed + px->failed + px->refused;
+}
+
+/*
+ * Regression (issue 8.3): every slot taken, a new client is answered at
+ * once (reset, counted in refused) instead of waiting in the backlog with
+ * no answer; running connections carry on.
+ */
+static void test_proxy_full(void)
+{
+	struct pxenv e;
+	int c[3], err;
+	char buf[8];
+	pid_t server;
+
+	REQUIRE(pxenv_init(&e, 2, 512) == 0);
+	REQUIRE((server = echo_server(e.tl, 2)) > 0);
+	e.tl = -1;
+	for (int i = 0; i < 2; i++) {
+		REQUIRE((c[i] = proxy_client(&e.paddr)) >= 0);
+		REQUIRE(send(c[i], "hi", 2, 0) == 2);
+	}
+	RUN_UNTIL(&e.loop, e.px.active == 2 && e.loop.bytes[1] == 4, 5000);
+	CHECK_EQ(e.px.active, 2);
+	REQUIRE((c[2] = proxy_client(&e.paddr)) >= 0);
+	RUN_UNTIL(&e.loop, e.px.refused == 1, 5000);
+	CHECK_EQ(e.px.refused, 1);
+	CHECK_EQ(hear(c[2], buf, sizeof(buf), 2000, &err), -1);
+	CHECK_EQ(err, ECONNRESET);
+	for (int i = 0; i < 2; i++) {
+		CHECK_EQ(hear(c[i], buf, sizeof(buf), 2000, &err), 2);
+		shutdown(c[i], SHUT_WR);
+	}
+	RUN_UNTIL(&e.loop, e.px.completed == 2, 5000);
+	CHECK_EQ(e.px.completed, 2);
+	CHECK_EQ(e.px.accepted, 3);
+	CHECK(balanced(&e.px));
+	for (int i = 0; i < 3; i++)
+		close(c[i]);
+	CHECK(h_reap(server) == 0);
+	pxenv_close(&e);
+	h_ran++;
+}
+
+/*
+ * Regression (issue 8.3): accept(2) fails with EMFILE.  Before, the client
+ * stayed in the backlog, unanswered.  Now the descriptor kept in reserve
+ * lets the proxy accept and reset it, and the reserve is taken back for
+ * the next one.  In a child whose descriptor table is full.
+ */
+static void test_proxy_emfile(void)
+{
+	pid_t pid = fork();
+	int status = 0;
+
+	REQUIRE(pid >= 0);
+	if (pid == 0) {
+		struct pxenv e;
+		struct rlimit rl;
+		int c[2], hi = 0, n = 0, err;
+		char buf[4];
+
+		h_child_setup();
+		if (pxenv_init(&e, 4, 512) < 0)
+			_exit(2);
+		for (int i = 0; i < 2; i++)
+			if ((c[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+				_exit(3);
+		for (int fd = 0; fd < 4096; fd++)
+			if (fcntl(fd, F_GETFD) >= 0)
+				hi = fd;
+		if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+			_exit(4);
+		rl.rlim_cur = (rlim_t)hi + 1;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			_exit(5);
+		while (n++ < 4096 && dup(0) >= 0)
+			;
+		if (errno != EMFILE)
+			_exit(6);
+		for (int i = 0; i < 2; i++) {
+			if (connect(c[i], (struct sockaddr *)&e.paddr,
+				    sizeof(e.paddr)) < 0)
+				_exit(7);
+			RUN_UNTIL(&e.loop, e.px.refused == (uint64_t)i + 1, 5000);
+			if (e.px.refused != (uint64_t)i + 1)
+				_exit(8);
+			if (hear(c[i], buf, sizeof(buf), 2000, &err) != -1 ||
+			    err != ECONNRESET)
+				_exit(9);
+		}
+		_exit(e.px.accepted == 2 && e.px.active == 0 ? 0 : 10);
+	}
+	waitpid(pid, &status, 0);
+	if (!WIFEXITED(status) || WEXITSTATUS(status))
+		H_REPORT("emfile child status %#x", status);
+	h_ran++;
+}
+
+/*
+ * Regression (issue 8.6): the target does not answer the SYN (its accept
+ * queue is full, so the kernel drops it): the connect timeout resets the
+ * client and frees the slot.
+ */
+static void test_proxy_connect_timeout(void)
+{
+	struct pxenv e;
+	struct pollfd p;
+	int f, c, err;
+	char buf[4];
+
+	REQUIRE(pxenv_init(&e, 2, 0) == 0);
+	CHECK_RC(zc_proxy_set_timeouts(&e.px, 300, ZC_WAIT_FOREVER,
+				       ZC_WAIT_FOREVER), 0);
+	/* fill the target's accept queue (backlog 0: one connection) */
+	REQUIRE((f = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) >= 0);
+	connect(f, (struct sockaddr *)&e.taddr, sizeof(e.taddr));
+	p = (struct pollfd){ .fd = f, .events = POLLOUT };
+	REQUIRE(poll(&p, 1, 2000) == 1);
+	REQUIRE((c = proxy_client(&e.paddr)) >= 0);
+	RUN_UNTIL(&e.loop, e.px.timed_out == 1, 10000);
+	CHECK_EQ(e.px.timed_out, 1);
+	CHECK_EQ(e.px.failed, 1);
+	CHECK_EQ(e.px.active, 0);
+	CHECK_EQ(hear(c, buf, sizeof(buf), 2000, &err), -1);
+	CHECK_EQ(err, ECONNRESET);
+	CHECK(balanced(&e.px));
+	close(c);
+	close(f);
+	pxenv_close(&e);
+	h_ran++;
+}
+
+/*
+ * Regression (issue 8.6): idle connections no longer hold their slots
+ * forever: after the idle timeout both peers are reset and the slot is
+ * free.
+ */
+static void test_proxy_idle_timeout(void)
+{
+	struct pxenv e;
+	int c, err;
+	char buf[8];
+	pid_t server;
+
+	REQUIRE(pxenv_init(&e, 2, 512) == 0);
+	CHECK_RC(zc_proxy_set_timeouts(&e.px, ZC_WAIT_FOREVER, 300,
+				       ZC_WAIT_FOREVER), 0);
+	REQUIRE((server = echo_server(e.tl, 1)) > 0);
+	e.tl = -1;
+	REQUIRE((c = proxy_client(&e.paddr)) >= 0);
+	REQUIRE(send(c, "ping", 4, 0) == 4);
+	RUN_UNTIL(&e.loop, e.loop.bytes[1] == 4, 5000);
+	CHECK_EQ(hear(c, buf, sizeof(buf), 2000, &err), 4);
+	RUN_UNTIL(&e.loop, e.px.timed_out == 1, 10000);
+	CHECK_EQ(e.px.timed_out, 1);
+	CHECK_EQ(e.px.active, 0);
+	CHECK_EQ(hear(c, buf, sizeof(buf), 2000, &err), -1);
+	CHECK_EQ(err, ECONNRESET);
+	close(c);
+	kill(server, SIGKILL);
+	h_reap(server);
+	pxenv_close(&e);
+	h_ran++;
+}
+
+/*
+ * Regression (issue 8.6): the target stops reading (here: it never
+ * accepts) while the client has sent more than the buffers hold, then the
+ * client leaves.  The relay held its slot forever; the stall timeout (the
+ * idle one is long) now frees it.
+ */
+static void test_proxy_stall_timeout(void)
+{
+	static char chunk[65536];
+	struct pxenv e;
+	int c, eagain = 0;
+
+	REQUIRE(pxenv_init(&e, 2, 512) == 0);
+	CHECK_RC(zc_proxy_set_timeouts(&e.px, ZC_WAIT_FOREVER, 60000, 300), 0);
+	REQUIRE((c = proxy_client(&e.paddr)) >= 0);
+	REQUIRE(h_set_nonblock(c, 1) == 0);
+	for (int i = 0; i < 2000 && eagain < 10; i++) {
+		struct zc_relay *d[1];
+
+		if (send(c, chunk, sizeof(chunk), MSG_NOSIGNAL) < 0)
+			eagain++;
+		zc_relay_run(&e.loop, 5, d, 1);
+	}
+	CHECK(eagain >= 10); /* the target took no more */
+	close(c);
+	RUN_UNTIL(&e.loop, e.px.active == 0, 10000);
+	CHECK_EQ(e.px.active, 0);
+	CHECK_EQ(e.px.timed_out, 1);
+	CHECK_EQ(e.px.failed, 1);
+	CHECK(balanced(&e.px));
+	pxenv_close(&e);
+	h_ran++;
+}
+
+/* Regression (issue 8.8): a socket that is not listening is refused (it
+ * made the loop spin at 100% CPU); so are bad timeouts. */
+static void test_proxy_bad_listener(void)
+{
+	struct zc_pipe_pool pool;
+	struct zc_relay_loop loop;
+	struct zc_relay slots[1];
+	struct zc_proxy px;
+	struct sockaddr_in t, b = { .sin_family = AF_INET };
+	int u, bound, udp, s, r, pp[2], l;
+
+	zc_pipe_pool_init(&pool, NULL, 0, ZC_PIPE_SIZE);
+	REQUIRE(zc_relay_loop_init(&loop, &pool) == 0);
+	REQUIRE((l = tcp_listener(&t)) >= 0);
+	REQUIRE((u = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) >= 0);
+	REQUIRE((bound = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) >= 0);
+	b.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	REQUIRE(bind(bound, (struct sockaddr *)&b, sizeof(b)) == 0);
+	REQUIRE((udp = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)) >= 0);
+	REQUIRE(h_tcp_pair(&s, &r) == 0);
+	REQUIRE(pipe2(pp, O_CLOEXEC) == 0);
+	{
+		int bad[] = { u, bound, udp, s, pp[0] };
+
+		for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+			CHECK_RC(zc_proxy_init(&px, &loop, bad[i],
+					       (struct sockaddr *)&t, sizeof(t),
+					       slots, 1), -EINVAL);
+	}
+	close(pp[0]);
+	CHECK_RC(zc_proxy_init(&px, &loop, pp[0], (struct sockaddr *)&t,
+			       sizeof(t), slots, 1), -EBADF);
+	REQUIRE(zc_proxy_init(&px, &loop, l, (struct sockaddr *)&t, sizeof(t),
+			      slots, 1) == 0);
+	CHECK_RC(zc_proxy_set_timeouts(&px, 0, 1, 1), -EINVAL);
+	CHECK_RC(zc_proxy_set_timeouts(&px, 1, -2, 1), -EINVAL);
+	CHECK_RC(zc_proxy_set_timeouts(&px, ZC_WAIT_FOREVER, 5, 5), 0);
+	zc_relay_loop_close(&loop);
+	close(pp[1]);
+	close(u);
+	close(bound);
+	close(udp);
+	close(s);
+	close(r);
+	close(l);
+	h_ran++;
+}
+
 int main(void)
 {
 	h_init(150);
 	test_relays();
 	test_resets();
 	test_loop_control();
+	test_signal_storm();
+	test_relay_timeouts();
+	test_starved_of_pipes();
 	test_proxy();
+	test_proxy_full();
+	test_proxy_emfile();
+	test_proxy_connect_timeout();
+	test_proxy_idle_timeout();
+	test_proxy_stall_timeout();
+	test_proxy_bad_listener();
 	return h_result("test_relay");
 }

@@ -5,6 +5,7 @@
 #include "zc.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <sys/ioctl.h>
 #include <sys/time.h>
 
@@ -525,44 +526,473 @@ static void test_timeouts_and_eintr(void)
 	h_ran++;
 }
 
+/* Bytes a pipe holds, by the kernel's count. */
+static int pipe_count(int fd)
+{
+	int n = -1;
+
+	return ioctl(fd, FIONREAD, &n) == 0 ? n : -1;
+}
+
 /*
- * The destination breaks with bytes in the pipe: the error comes back,
- * moved counts only what was delivered, and the pipe holds the rest, so
- * putting it back closes it.
+ * The destination stalls with bytes read into the pipe: the call times
+ * out, the seekable source takes them back (its explicit offset, or its own
+ * position, is at the bytes delivered) and the pipe is empty, so a call
+ * resumed there delivers the file intact.  (This was Python policy; a C
+ * caller gets it now.)
  */
-static void test_error_leaves_data(void)
+static void give_back(int by_position)
 {
 	const size_t size = 4 << 20;
-	struct zc_pipe slot, p;
-	struct zc_pipe_pool pool;
+	struct h_rx_opts o = { .stall_ms = 20000 };
+	unsigned char *got, *want;
+	struct h_rx rx;
+	struct zc_pipe p;
 	uint64_t moved = 0;
-	int64_t off = 0;
-	int s, r, f, rc, rfd;
+	int64_t off = 0, *offp = by_position ? NULL : &off;
+	size_t got_len;
+	int s, r, f;
 
 	REQUIRE(h_pair(0, &s, &r) == 0);
 	REQUIRE((f = h_temp_file(size, SEED)) >= 0);
 	h_small_buffers(s, r);
+	REQUIRE(h_set_nonblock(s, 1) == 0);
+	REQUIRE(h_rx_start(&rx, r, &o) == 0);
+	REQUIRE(zc_pipe_get(NULL, &p) == 0);
+	CHECK_RC(zc_splice(f, offp, s, NULL, size, &p, 100, &moved), -ETIMEDOUT);
+	CHECK(moved > 0 && moved < size);
+	CHECK_EQ(p.buffered, 0);
+	CHECK_EQ(pipe_count(p.rfd), 0);
+	if (by_position) {
+		CHECK_EQ(h_tell(f), moved);
+	} else {
+		CHECK_EQ(off, moved);
+		CHECK_EQ(h_tell(f), 0);
+	}
+	h_rx_go(&rx);
+	CHECK_RC(zc_splice(f, offp, s, NULL, size - moved, &p, ZC_WAIT_FOREVER,
+			   &moved), 0);
+	CHECK_EQ(moved, size);
+	zc_pipe_put(NULL, &p);
+	close(s);
+	CHECK(h_rx_finish(&rx, &got, &got_len) == 0);
+	want = h_pattern(size, 0, SEED);
+	CHECK_MEM(got, got_len, want, size);
+	free(got);
+	free(want);
+	close(f);
+	h_ran++;
+}
+
+/*
+ * A non-blocking destination (timeout 0) that fills up: what was read into
+ * the pipe is delivered anyway (the call waits for it), then -EAGAIN with
+ * the pipe empty and the offset at the bytes delivered.  Driven to the end
+ * by polling, the stream arrives intact.
+ */
+static void test_nonblocking_destination(void)
+{
+	const size_t size = 3 << 20;
+	struct h_rx_opts o = { .chunk = 16384, .delay_us = 1000 };
+	unsigned char *got, *want;
+	struct h_rx rx;
+	struct zc_pipe p;
+	uint64_t moved = 0;
+	int64_t off = 0;
+	size_t got_len;
+	int s, r, f, rc = -EAGAIN, again = 0;
+
+	REQUIRE(h_pair(0, &s, &r) == 0);
+	REQUIRE((f = h_temp_file(size, SEED)) >= 0);
+	h_small_buffers(s, r);
+	REQUIRE(h_set_nonblock(s, 1) == 0);
+	REQUIRE(h_rx_start(&rx, r, &o) == 0);
+	REQUIRE(zc_pipe_get(NULL, &p) == 0);
+	for (int i = 0; i < 100000 && rc == -EAGAIN; i++) {
+		rc = zc_splice(f, &off, s, NULL, size - moved, &p, 0, &moved);
+		CHECK_EQ(p.buffered, 0);
+		CHECK_EQ(off, moved);
+		if (rc == -EAGAIN) {
+			again++;
+			h_wait_out(s, 5000);
+		}
+	}
+	CHECK_RC(rc, 0);
+	CHECK(again > 0);
+	CHECK_EQ(moved, size);
+	zc_pipe_put(NULL, &p);
+	close(s);
+	CHECK(h_rx_finish(&rx, &got, &got_len) == 0);
+	want = h_pattern(size, 0, SEED);
+	CHECK_MEM(got, got_len, want, size);
+	free(got);
+	free(want);
+	close(f);
+	h_ran++;
+}
+
+/*
+ * A socket source cannot take bytes back: after a timeout they stay in the
+ * pipe (p.buffered) and moved counts only what was delivered.  resume: the
+ * same pipe delivers them first and the stream is intact.  Otherwise the
+ * destination breaks (RST): the error comes back, and the pipe, still
+ * holding bytes, is closed when put back, never pooled.
+ */
+static void socket_source_keeps_bytes(int resume)
+{
+	const size_t size = 2 << 20;
+	unsigned char *data = h_pattern(size, 0, SEED), *got;
+	struct h_rx_opts o = { .stall_ms = 20000 };
+	struct zc_pipe slot, p;
+	struct zc_pipe_pool pool;
+	struct h_rx rx;
+	uint64_t moved = 0;
+	size_t got_len;
+	int a, b, s, r, rc, rfd;
+	pid_t w;
+
+	REQUIRE(data);
+	REQUIRE(h_unix_pair(&a, &b) == 0);
+	REQUIRE(h_pair(0, &s, &r) == 0);
+	h_small_buffers(s, r);
+	REQUIRE(h_set_nonblock(s, 1) == 0);
+	REQUIRE((w = h_writer_start(a, data, size)) > 0);
+	if (resume)
+		REQUIRE(h_rx_start(&rx, r, &o) == 0);
 	zc_pipe_pool_init(&pool, &slot, 1, ZC_PIPE_SIZE);
 	REQUIRE(zc_pipe_get(&pool, &p) == 0);
 	rfd = p.rfd;
-	/* fill what the socket takes, then the reader goes away (RST) */
-	REQUIRE(h_set_nonblock(s, 1) == 0);
-	rc = zc_splice(f, &off, s, NULL, size, &p, 0, &moved);
-	CHECK_RC(rc, -EAGAIN);
+	CHECK_RC(zc_splice(b, NULL, s, NULL, size, &p, 100, &moved), -ETIMEDOUT);
 	CHECK(p.buffered > 0);
-	CHECK_EQ((uint64_t)off, moved + p.buffered);
-	close(r);
-	rc = zc_splice(f, &off, s, NULL, size - moved, &p, ZC_WAIT_FOREVER,
-		       &moved);
-	CHECK(rc == -ECONNRESET || rc == -EPIPE);
+	CHECK_EQ(pipe_count(p.rfd), p.buffered);
 	CHECK(moved < size);
-	if (p.buffered > 0) {
+	if (resume) {
+		h_rx_go(&rx);
+		CHECK_RC(zc_splice(b, NULL, s, NULL, size - moved, &p,
+				   ZC_WAIT_FOREVER, &moved), 0);
+		CHECK_EQ(moved, size);
+		close(s);
+		CHECK(h_rx_finish(&rx, &got, &got_len) == 0);
+		CHECK_MEM(got, got_len, data, size);
+		free(got);
+		zc_pipe_put(&pool, &p);
+		CHECK_EQ(pool.discarded, 0);
+	} else {
+		close(r); /* unread data: RST */
+		rc = zc_splice(b, NULL, s, NULL, size - moved, &p,
+			       ZC_WAIT_FOREVER, &moved);
+		CHECK(rc == -ECONNRESET || rc == -EPIPE);
+		CHECK(moved < size);
+		CHECK(p.buffered > 0);
 		zc_pipe_put(&pool, &p);
 		CHECK(!fd_open(rfd));
 		CHECK_EQ(pool.discarded, 1);
+		close(s);
 	}
+	close(b);
+	h_reap(w);
 	zc_pipe_pool_destroy(&pool);
-	close(s);
+	free(data);
+	h_ran++;
+}
+
+static void test_bytes_in_the_pipe(void)
+{
+	give_back(0);
+	give_back(1);
+	test_nonblocking_destination();
+	socket_source_keeps_bytes(1);
+	socket_source_keeps_bytes(0);
+}
+
+/* ---- a socket's fd replaced by another thread during a wait ------------- */
+
+struct replacer {
+	int sock;     /* our fd number, replaced by the thread */
+	int new_sock; /* the socket that takes over the number */
+	int new_peer; /* writes to the new socket after the switch (or -1) */
+	int old_peer; /* wakes our wait after the switch: drains or writes */
+	int old_writes;
+};
+
+static void *replace_fd(void *arg)
+{
+	struct replacer *rp = arg;
+	unsigned char buf[65536];
+	long long end;
+
+	usleep(100 * 1000); /* the transfer is waiting by now */
+	/* close + reuse of the number, in one step */
+	if (dup2(rp->new_sock, rp->sock) < 0)
+		return NULL;
+	if (rp->new_peer >= 0)
+		(void)!write(rp->new_peer, "EVIL", 4);
+	if (rp->old_writes) {
+		(void)!write(rp->old_peer, "late", 4);
+		return NULL;
+	}
+	end = h_now_ms() + 500;
+	while (h_now_ms() < end) {
+		struct pollfd p = { .fd = rp->old_peer, .events = POLLIN };
+
+		if (poll(&p, 1, 50) > 0 && read(rp->old_peer, buf, sizeof(buf)) <= 0)
+			break;
+	}
+	return NULL;
+}
+
+/*
+ * Regression (issue 8.1, splice): a server thread closes a connection that
+ * zc_splice() waits on and accept() hands the number to a new client.  file
+ * -> socket: -EBADF, not a byte to the new client, and the file's offset at
+ * the bytes delivered.
+ */
+static void dst_replaced_during_wait(int kind)
+{
+	const size_t size = 8 << 20;
+	struct replacer rp;
+	struct zc_pipe p;
+	pthread_t t;
+	uint64_t moved = 0;
+	int64_t off = 0;
+	unsigned char probe[16];
+	int s, r, b0, b1, f, rc;
+
+	REQUIRE(h_pair(kind, &s, &r) == 0);
+	REQUIRE(h_pair(kind, &b0, &b1) == 0);
+	h_small_buffers(s, r);
+	REQUIRE(h_set_nonblock(s, 1) == 0);
+	REQUIRE((f = h_temp_file(size, SEED)) >= 0);
+	REQUIRE(zc_pipe_get(NULL, &p) == 0);
+	rp = (struct replacer){ .sock = s, .new_sock = b0, .new_peer = -1,
+				.old_peer = r };
+	REQUIRE(pthread_create(&t, NULL, replace_fd, &rp) == 0);
+	rc = zc_splice(f, &off, s, NULL, size, &p, 5000, &moved);
+	pthread_join(t, NULL);
+	CHECK_RC(rc, -EBADF);
+	CHECK(moved > 0 && moved < size);
+	CHECK_EQ(off, moved);
+	CHECK_EQ(p.buffered, 0);
+	CHECK_EQ(recv(b1, probe, sizeof(probe), MSG_DONTWAIT), -1);
+	CHECK_EQ(errno, EAGAIN); /* the new client got nothing */
+	zc_pipe_put(NULL, &p);
+	close(s); /* now b0's socket */
+	close(b0);
+	close(b1);
+	close(r);
+	close(f);
+	h_ran++;
+}
+
+/* socket -> file (via a pipe) or -> pipe (direct): -EBADF, and the new
+ * client's bytes are neither read nor written anywhere. */
+static void src_replaced_during_wait(int kind, int direct)
+{
+	struct replacer rp;
+	struct zc_pipe p;
+	pthread_t t;
+	uint64_t moved = 0;
+	char buf[16];
+	int a, r, b0, b1, out, pp[2] = { -1, -1 }, rc;
+	char path[] = "/tmp/zc-test-XXXXXX";
+
+	REQUIRE(h_pair(kind, &a, &r) == 0);
+	REQUIRE(h_pair(kind, &b0, &b1) == 0);
+	REQUIRE(h_set_nonblock(r, 1) == 0);
+	if (direct) {
+		REQUIRE(pipe2(pp, O_CLOEXEC | O_NONBLOCK) == 0);
+		out = pp[1];
+	} else {
+		REQUIRE((out = mkstemp(path)) >= 0);
+		unlink(path);
+	}
+	REQUIRE(zc_pipe_get(NULL, &p) == 0);
+	REQUIRE(send(a, "original", 8, 0) == 8);
+	rp = (struct replacer){ .sock = r, .new_sock = b0, .new_peer = b1,
+				.old_peer = a, .old_writes = 1 };
+	REQUIRE(pthread_create(&t, NULL, replace_fd, &rp) == 0);
+	rc = zc_splice(r, NULL, out, NULL, 1000, direct ? NULL : &p, 5000, &moved);
+	pthread_join(t, NULL);
+	CHECK_RC(rc, -EBADF);
+	CHECK_EQ(moved, 8);
+	if (direct) {
+		CHECK_EQ(read(pp[0], buf, sizeof(buf)), 8);
+	} else {
+		CHECK_EQ(pread(out, buf, sizeof(buf), 0), 8);
+	}
+	CHECK(memcmp(buf, "original", 8) == 0);
+	/* the new client's bytes are still there for their new owner */
+	CHECK_EQ(h_recv_upto(r, buf, sizeof(buf), 1000), 4);
+	CHECK(memcmp(buf, "EVIL", 4) == 0);
+	zc_pipe_put(NULL, &p);
+	close(r); /* now b0's socket */
+	close(b0);
+	close(b1);
+	close(a);
+	close(out);
+	if (direct)
+		close(pp[0]);
+	h_ran++;
+}
+
+/* Takes over a blocking sender's number, then reads the old connection to
+ * its EOF into a memfd. */
+struct drainer {
+	int sock, new_sock, old_peer, store;
+	size_t got;
+};
+
+static void *replace_and_drain(void *arg)
+{
+	struct drainer *d = arg;
+	unsigned char buf[65536];
+	long long end;
+
+	usleep(100 * 1000); /* the sender blocks in the kernel by now */
+	if (dup2(d->new_sock, d->sock) < 0)
+		return NULL;
+	end = h_now_ms() + 20000;
+	while (h_now_ms() < end) {
+		struct pollfd p = { .fd = d->old_peer, .events = POLLIN };
+		ssize_t n;
+
+		if (poll(&p, 1, 100) <= 0)
+			continue;
+		n = read(d->old_peer, buf, sizeof(buf));
+		if (n <= 0)
+			break;
+		if (h_write_all(d->store, buf, (size_t)n) < 0)
+			break;
+		d->got += (size_t)n;
+	}
+	return NULL;
+}
+
+/*
+ * A blocking destination waits inside splice(2), where no check can run:
+ * before its second syscall the socket is pinned and found replaced, so
+ * the transfer stops with -EBADF; the old peer got exactly the bytes
+ * counted, the new one none.
+ */
+static void dst_replaced_blocking(void)
+{
+	const size_t size = 4 << 20;
+	struct drainer d;
+	struct zc_pipe p;
+	pthread_t t;
+	uint64_t moved = 0;
+	int64_t off = 0;
+	unsigned char probe[16], *got, *want;
+	size_t got_len;
+	int s, r, b0, b1, f;
+
+	REQUIRE(h_pair(0, &s, &r) == 0);
+	REQUIRE(h_pair(1, &b0, &b1) == 0);
+	h_small_buffers(s, r);
+	REQUIRE((f = h_temp_file(size, SEED)) >= 0);
+	REQUIRE(zc_pipe_get(NULL, &p) == 0);
+	d = (struct drainer){ .sock = s, .new_sock = b0, .old_peer = r,
+			      .store = memfd_create("zc-drain", MFD_CLOEXEC) };
+	REQUIRE(d.store >= 0);
+	REQUIRE(pthread_create(&t, NULL, replace_and_drain, &d) == 0);
+	CHECK_RC(zc_splice(f, &off, s, NULL, size, &p, ZC_WAIT_FOREVER, &moved),
+		 -EBADF);
+	CHECK(moved > 0 && moved < size);
+	CHECK_EQ(off, moved);
+	/* nothing holds the old connection now: it ends, the drainer sees EOF */
+	pthread_join(t, NULL);
+	CHECK_EQ(d.got, moved);
+	CHECK_EQ(recv(b1, probe, sizeof(probe), MSG_DONTWAIT), -1);
+	CHECK_EQ(errno, EAGAIN); /* the new client got nothing */
+	got = slurp(d.store, &got_len);
+	want = h_pattern(size, 0, SEED);
+	CHECK_MEM(got, got_len, want, (size_t)moved);
+	free(got);
+	free(want);
+	zc_pipe_put(NULL, &p);
+	close(d.store);
+	close(s); /* b0's socket now */
+	close(b0);
+	close(b1);
+	close(r);
+	close(f);
+	h_ran++;
+}
+
+static void test_fd_replaced_during_wait(void)
+{
+	for (int kind = 0; kind < 2; kind++) {
+		dst_replaced_during_wait(kind);
+		src_replaced_during_wait(kind, 0);
+		src_replaced_during_wait(kind, 1);
+	}
+	dst_replaced_blocking();
+}
+
+/* ---- a stalled source is bounded by the timeout ------------------------ */
+
+static int open_pty_master(int *slave)
+{
+	int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+	char *name;
+
+	if (m < 0)
+		return -1;
+	if (grantpt(m) < 0 || unlockpt(m) < 0 || !(name = ptsname(m)) ||
+	    (*slave = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0) {
+		close(m);
+		return -1;
+	}
+	return m;
+}
+
+/*
+ * Regression (issue 8.16): a blocking source with nothing to read (a
+ * socket whose peer is silent, a pty) is polled first when the timeout is
+ * positive, so the call gives -ETIMEDOUT instead of blocking in the kernel
+ * until a signal (the watchdog kills the test).  Bytes that did arrive are
+ * delivered first.
+ */
+static void test_stalled_source_bounded(void)
+{
+	struct zc_pipe p;
+	uint64_t moved = 0;
+	int a, b, m, sl, pp[2], f;
+	char path[] = "/tmp/zc-test-XXXXXX", buf[8];
+
+	REQUIRE(h_unix_pair(&a, &b) == 0); /* b: blocking */
+	REQUIRE(pipe2(pp, O_CLOEXEC) == 0);
+	REQUIRE((f = mkstemp(path)) >= 0);
+	unlink(path);
+	REQUIRE(zc_pipe_get(NULL, &p) == 0);
+	alarm(10);
+	CHECK_RC(zc_splice(b, NULL, f, NULL, 10, &p, 100, &moved), -ETIMEDOUT);
+	CHECK_RC(zc_splice(b, NULL, pp[1], NULL, 10, NULL, 100, &moved),
+		 -ETIMEDOUT);
+	CHECK_EQ(moved, 0);
+	REQUIRE(send(a, "abc", 3, 0) == 3);
+	CHECK_RC(zc_splice(b, NULL, f, NULL, 10, &p, 100, &moved), -ETIMEDOUT);
+	CHECK_EQ(moved, 3);
+	CHECK_EQ(pread(f, buf, sizeof(buf), 0), 3);
+	m = open_pty_master(&sl);
+	if (m >= 0) {
+		moved = 0;
+		CHECK_RC(zc_splice(m, NULL, pp[1], NULL, 10, NULL, 100, &moved),
+			 -ETIMEDOUT);
+		CHECK_RC(zc_splice(m, NULL, f, NULL, 10, &p, 100, &moved),
+			 -ETIMEDOUT);
+		CHECK_EQ(moved, 0);
+		close(sl);
+		close(m);
+	} else {
+		H_SKIP_CASE("no pty: %s", strerror(errno));
+	}
+	alarm(120);
+	zc_pipe_put(NULL, &p);
+	close(a);
+	close(b);
+	close(pp[0]);
+	close(pp[1]);
 	close(f);
 	h_ran++;
 }
@@ -625,7 +1055,9 @@ int main(void)
 	test_pipe_ends();
 	test_bad_args();
 	test_timeouts_and_eintr();
-	test_error_leaves_data();
+	test_bytes_in_the_pipe();
+	test_fd_replaced_during_wait();
+	test_stalled_source_bounded();
 	test_no_fd_leak();
 	return h_result("test_splice");
 }

@@ -74,6 +74,7 @@ import errno
 import fcntl
 import importlib
 import json
+import math
 import os
 import pickle
 import pkgutil
@@ -85,6 +86,7 @@ import signal
 import socket
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -94,7 +96,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -1831,3 +1833,134 @@ def _measure_and_report(prog: str, plans: Sequence[Plan], options: argparse.Name
         print("interrupted", file=sys.stderr)
         return 130
     return code
+
+
+# --------------------------------------------------------------------------- peer processes
+# A relay or a server under test runs in a process of its own (forked, or an external
+# program such as socat, haproxy or nginx bounded by ``timeout``); modes start it, wait for
+# it to listen, and read its CPU time when they stop it.
+
+START_SECONDS = 10.0  # for a peer process to start listening
+STOP_SECONDS = 10.0  # for a peer process to exit after SIGTERM (then SIGKILL)
+
+
+@dataclass
+class Running:
+    pid: int  # forked, or (an external program) the pid of ``timeout`` running it
+    port: int
+    proc: subprocess.Popen[bytes] | None = None  # an external program
+    log: IO[bytes] | None = None  # their stderr
+    path: str = ""  # a config file to remove
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bounded_process(argv: list[str], lifetime: float,
+             ctx: Context) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+    """Start argv on the measured CPU, killed after ``lifetime`` seconds even if this
+    process dies first.  Its stderr goes to an unlinked temporary file, read if it fails."""
+    log = tempfile.TemporaryFile()
+    try:
+        proc = subprocess.Popen(
+            ["timeout", "-s", "KILL", f"{math.ceil(lifetime)}", *argv],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+            preexec_fn=ctx.pin_measured,
+        )
+    except BaseException:
+        log.close()
+        raise
+    return proc, log
+
+
+def listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:port (/proc/net/tcp; no probe connection)."""
+    with open("/proc/net/tcp", encoding="ascii") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":
+                return True
+    return False
+
+
+def last_line(log: IO[bytes] | None) -> str:
+    if log is None:
+        return ""
+    log.seek(0)
+    lines = log.read()[-4096:].decode(errors="replace").strip().splitlines()
+    return f": {' '.join(lines[-1].split())}" if lines else ""
+
+
+def wait_listening(relay: Running) -> None:
+    if relay.proc is None:
+        return  # forked: the listener was listening before the fork
+    end = time.monotonic() + START_SECONDS
+    for _ in range(int(START_SECONDS / 0.01)):
+        if listening(relay.port):
+            return
+        if relay.proc.poll() is not None:
+            raise RuntimeError(f"the relay exited at start (status {relay.proc.returncode})"
+                               f"{last_line(relay.log)}")
+        if time.monotonic() > end:
+            break
+        time.sleep(0.01)
+    raise RuntimeError("the relay did not start listening")
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of pid and its descendants, reaped children included (/proc stat)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, int]] = {}  # pid -> (ppid, ticks)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # after the name: state ppid ... utime(12) stime(13) cutime(14) cstime(15)
+        stats[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        if current in stats:
+            total += stats[current][1]
+            todo += [child for child, (parent, _) in stats.items() if parent == current]
+    return total / tick
+
+
+def stop_process(relay: Running) -> float:
+    """Read the process's CPU seconds (its forked helpers included), then stop and reap it."""
+    pid = relay.pid
+    cpu = tree_cpu(pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    end = time.monotonic() + STOP_SECONDS
+    reaped = False
+    try:
+        for _ in range(int(STOP_SECONDS / 0.005)):
+            reaped = os.waitpid(pid, os.WNOHANG)[0] != 0
+            if reaped or time.monotonic() > end:
+                break
+            time.sleep(0.005)
+        if not reaped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    except ChildProcessError:  # reaped already (Popen.poll())
+        pass
+    if relay.proc is not None and relay.proc.returncode is None:
+        relay.proc.returncode = 0  # reaped here; keep subprocess from waiting for it again
+    if relay.log is not None:
+        relay.log.close()
+    if relay.path:
+        with contextlib.suppress(OSError):
+            os.unlink(relay.path)
+    return cpu
+
+
+# --------------------------------------------------------------------------- senders

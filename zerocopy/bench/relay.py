@@ -18,14 +18,11 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import IO
 
 from ..relay import Proxy
 from ..sendfile import sendfile_all
@@ -33,19 +30,27 @@ from ._harness import (
     ACK,
     BACKLOG,
     BYTES,
+    START_SECONDS,
+    STOP_SECONDS,
     Context,
     GiB,
     KiB,
     MiB,
     Mode,
     Report,
+    Running,
     Sample,
+    bounded_process,
     describe_bytes,
     fork_helper,
     format_size,
+    free_port,
     parse_size,
     plural,
     positive_int,
+    stop_process,
+    tree_cpu,
+    wait_listening,
     write_test_file,
 )
 
@@ -55,8 +60,6 @@ DEFAULT_CONNS = 256
 QUICK_CONNS = 64
 BUFFER = 256 * KiB  # recv buffer of the Python relays
 SLOWEST_SANE_RATE = 32 * MiB  # a transfer slower than this is broken, not slow
-START_SECONDS = 10.0  # for a relay to start listening
-STOP_SECONDS = 10.0  # for a relay to exit after SIGTERM (then SIGKILL)
 BASELINE = "asyncio"
 
 NOTES = (
@@ -191,15 +194,6 @@ def _relay_asyncio(listener: socket.socket, target: tuple[str, int]) -> None:
     asyncio.run(run())
 
 
-@dataclass
-class Running:
-    pid: int  # forked, or (socat, haproxy) the pid of ``timeout`` running it
-    port: int
-    proc: subprocess.Popen[bytes] | None = None  # socat, haproxy
-    log: IO[bytes] | None = None  # their stderr
-    path: str = ""  # a config file to remove
-
-
 # (target, lifetime, the context for pinning) -> Running
 RelayStarter = Callable[[tuple[str, int], float, Context], Running]
 
@@ -226,32 +220,9 @@ def _forked(body: Callable[[socket.socket, tuple[str, int]], None]) -> RelayStar
     return start
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _bounded(argv: list[str], lifetime: float,
-             ctx: Context) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
-    """Start argv on the measured CPU, killed after ``lifetime`` seconds even if this
-    process dies first.  Its stderr goes to an unlinked temporary file, read if it fails."""
-    log = tempfile.TemporaryFile()
-    try:
-        proc = subprocess.Popen(
-            ["timeout", "-s", "KILL", f"{math.ceil(lifetime)}", *argv],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-            preexec_fn=ctx.pin_measured,
-        )
-    except BaseException:
-        log.close()
-        raise
-    return proc, log
-
-
 def _socat(target: tuple[str, int], lifetime: float, ctx: Context) -> Running:
-    port = _free_port()
-    proc, log = _bounded(
+    port = free_port()
+    proc, log = bounded_process(
         ["socat", f"-b{BUFFER}",
          f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,backlog={BACKLOG}",
          f"TCP:{target[0]}:{target[1]}"], lifetime, ctx)
@@ -277,13 +248,13 @@ listen relay
 
 
 def _haproxy(target: tuple[str, int], lifetime: float, ctx: Context) -> Running:
-    port = _free_port()
+    port = free_port()
     fd, path = tempfile.mkstemp(prefix="zc-haproxy-", suffix=".cfg")
     with os.fdopen(fd, "w") as config:
         config.write(_HAPROXY_CONFIG.format(
             port=port, host=target[0], target_port=target[1], backlog=BACKLOG,
             global_maxconn=BACKLOG + 64))
-    proc, log = _bounded(["haproxy", "-db", "-f", path], lifetime, ctx)
+    proc, log = bounded_process(["haproxy", "-db", "-f", path], lifetime, ctx)
     return Running(proc.pid, port, proc, log, path)
 
 
@@ -295,96 +266,6 @@ _RELAYS: dict[str, tuple[RelayStarter, str]] = {
     "haproxy": (_haproxy, "haproxy mode tcp with splice (when on PATH)"),
 }
 _EXTERNAL = ("socat", "haproxy")
-
-
-def _listening(port: int) -> bool:
-    """Whether something listens on 127.0.0.1:port (/proc/net/tcp; no probe connection)."""
-    with open("/proc/net/tcp", encoding="ascii") as table:
-        for line in table.readlines()[1:]:
-            fields = line.split()
-            if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":
-                return True
-    return False
-
-
-def _last_line(log: IO[bytes] | None) -> str:
-    if log is None:
-        return ""
-    log.seek(0)
-    lines = log.read()[-4096:].decode(errors="replace").strip().splitlines()
-    return f": {' '.join(lines[-1].split())}" if lines else ""
-
-
-def _wait_listening(relay: Running) -> None:
-    if relay.proc is None:
-        return  # forked: the listener was listening before the fork
-    end = time.monotonic() + START_SECONDS
-    for _ in range(int(START_SECONDS / 0.01)):
-        if _listening(relay.port):
-            return
-        if relay.proc.poll() is not None:
-            raise RuntimeError(f"the relay exited at start (status {relay.proc.returncode})"
-                               f"{_last_line(relay.log)}")
-        if time.monotonic() > end:
-            break
-        time.sleep(0.01)
-    raise RuntimeError("the relay did not start listening")
-
-
-def _tree_cpu(pid: int) -> float:
-    """CPU seconds of pid and its descendants, reaped children included (/proc stat)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    stats: dict[int, tuple[int, int]] = {}  # pid -> (ppid, ticks)
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # after the name: state ppid ... utime(12) stime(13) cutime(14) cstime(15)
-        stats[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        if current in stats:
-            total += stats[current][1]
-            todo += [child for child, (parent, _) in stats.items() if parent == current]
-    return total / tick
-
-
-def _stop(relay: Running) -> float:
-    """Read the relay's CPU seconds (its forked helpers included), then stop and reap it."""
-    pid = relay.pid
-    cpu = _tree_cpu(pid)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    end = time.monotonic() + STOP_SECONDS
-    reaped = False
-    try:
-        for _ in range(int(STOP_SECONDS / 0.005)):
-            reaped = os.waitpid(pid, os.WNOHANG)[0] != 0
-            if reaped or time.monotonic() > end:
-                break
-            time.sleep(0.005)
-        if not reaped:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-    except ChildProcessError:  # reaped already (Popen.poll())
-        pass
-    if relay.proc is not None and relay.proc.returncode is None:
-        relay.proc.returncode = 0  # reaped here; keep subprocess from waiting for it again
-    if relay.log is not None:
-        relay.log.close()
-    if relay.path:
-        with contextlib.suppress(OSError):
-            os.unlink(relay.path)
-    return cpu
-
-
-# --------------------------------------------------------------------------- senders
 
 
 def _send_one(port: int, fd: int, offset: int, count: int, deadline: float) -> None:
@@ -434,13 +315,13 @@ def _measure(ctx: Context, name: str, conns: int, fd: int, size: int,
              target: tuple[str, int], limit: float) -> Sample:
     relay = _RELAYS[name][0](target, START_SECONDS + limit + STOP_SECONDS, ctx)
     try:
-        _wait_listening(relay)
-        cpu_start = _tree_cpu(relay.pid)  # start-up (haproxy parsing its config) excluded
+        wait_listening(relay)
+        cpu_start = tree_cpu(relay.pid)  # start-up (haproxy parsing its config) excluded
         start = time.perf_counter()
         _send(relay.port, fd, size, conns, limit)
         seconds = time.perf_counter() - start
     finally:
-        cpu = _stop(relay)
+        cpu = stop_process(relay)
     return Sample(seconds, max(0.0, cpu - cpu_start), size)
 
 
