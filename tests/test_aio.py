@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from _asyncutil import LOOPS, in_thread, run, small_client, tls_client, tls_contexts
-from _zcutil import Collector, feed, recv_exactly, recv_then_reset
+from _zcutil import Collector, feed, recv_exactly, recv_then_reset, reset
 
 import zerocopy
 from zerocopy import aio
@@ -852,5 +852,41 @@ def test_relay_cancelled(loop_kind: str, make_pair: Any) -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         assert caught[0].bytes_relayed == (1000, 0)  # type: ignore[attr-defined]
+        # the sockets stay open, blocking again: usable (or to be closed)
+        assert a.fileno() >= 0 and a.gettimeout() is None
+        a.sendall(b"direct")
+        assert await in_thread(lambda: recv_exactly(client, 6)) == b"direct"
+
+    run(loop_kind, main)
+
+
+def test_relay_reset_and_timeout(loop_kind: str, make_pair: Any) -> None:
+    client, a = make_pair("tcp4")
+    b, server = make_pair("tcp4")
+    _client2, a2 = make_pair("tcp4")
+    b2, _server2 = make_pair("tcp4")
+
+    async def main() -> None:
+        task = asyncio.ensure_future(aio.relay(a, b))
+        client.sendall(b"y" * 300)
+        assert await in_thread(lambda: recv_exactly(server, 300)) == b"y" * 300
+        reset(server)
+        with pytest.raises((ConnectionResetError, BrokenPipeError)) as info:
+            await task
+        assert info.value.bytes_relayed[0] == 300  # type: ignore[attr-defined]
+        with pytest.raises(TimeoutError) as timed:
+            await aio.relay(a2, b2, timeout=0.2)  # nobody sends: idle
+        assert timed.value.bytes_relayed == (0, 0)  # type: ignore[attr-defined]
+
+    run(loop_kind, main)
+
+
+def test_relay_refuses_tls(loop_kind: str, tls: Any, make_pair: Any) -> None:
+    server, _ = tls
+    s, _ = make_pair("tcp4")
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match="SSLSocket"):
+            await aio.relay(server, s)
 
     run(loop_kind, main)

@@ -820,38 +820,82 @@ async def _recv_through_reader(reader: asyncio.StreamReader, file: Any, count: i
 # --------------------------------------------------------------------------- relay
 
 
-async def relay(a: socket.socket, b: socket.socket, *,
+_RELAY_CHECK = 0.25  # seconds: how soon a relay notices its socket was closed elsewhere
+
+
+async def relay(a: socket.socket | int, b: socket.socket | int, *,
                 timeout: float | None = None) -> tuple[int, int]:
-    """:func:`zerocopy.relay` for a task: both ways through pipes until both directions end.
+    """:func:`zerocopy.relay` on the running loop: both ways through pipes until both end.
 
-    Returns ``(bytes a->b, bytes b->a)``; errors carry ``bytes_relayed``, as
-    :func:`zerocopy.relay`'s.  ``a`` and ``b`` are connected stream sockets
-    that no transport owns.  The relay is the C epoll loop (it waits and
-    moves the bytes with the GIL released) running in the loop's default
-    executor; the task awaits it.  Cancelling the task shuts both sockets
-    down (the C loop then ends at once), waits for it, and raises the
-    ``CancelledError`` with ``bytes_relayed``; close the sockets after.
+    Returns ``(bytes a->b, bytes b->a)``; a half-close is passed on, a reset
+    or other error on either socket ends both (they are reset) and is raised
+    with ``bytes_relayed``, ``timeout`` bounds a stretch with no byte moved
+    (``TimeoutError``), as for :func:`zerocopy.relay`.  ``a`` and ``b`` are
+    connected stream sockets (objects or fds) that no transport owns.
+
+    The C relay loop moves the bytes; its epoll descriptor is watched by the
+    event loop's reader callback, and each readiness runs one non-blocking
+    pass (``zc_relay_loop_fd``, ``zc_relay_run`` with timeout 0), so nothing
+    blocks the loop and no thread is used.  Cancelling the task stops the
+    relay (bytes in flight in its pipes are dropped) and raises the
+    ``CancelledError`` with ``bytes_relayed``; the sockets stay open, with
+    their flags restored: close them.
     """
-    import functools
+    from ._args import stream_socket_fd, timeout_ms
+    from ._lowlevel import WAIT_FOREVER, default_pool
 
-    from .relay import relay as _relay
-
+    ssl_mod = sys.modules.get("ssl")
     for name, sock in (("a", a), ("b", b)):
-        if not isinstance(sock, socket.socket):
-            raise TypeError(f"{name} must be a socket.socket, not {type(sock).__name__}")
+        if isinstance(sock, bool):
+            raise TypeError(f"{name} must be a socket.socket or an int file descriptor, not bool")
+        if ssl_mod is not None and isinstance(sock, ssl_mod.SSLSocket):
+            raise ValueError(f"{name} is an ssl.SSLSocket: a relay moves raw bytes, which on a "
+                             "TLS socket are its records; relay the plain sockets")
+    fa = stream_socket_fd(a, "a")
+    fb = stream_socket_fd(b, "b")
+    idle_ms = WAIT_FOREVER if timeout is None or timeout == float("inf") else max(
+        1, timeout_ms(timeout))
+    owners = tuple(s for s in (a, b) if isinstance(s, socket.socket))
     loop = asyncio.get_running_loop()
-    fut = loop.run_in_executor(None, functools.partial(_relay, a, b, timeout=timeout))
-    try:
-        return await asyncio.shield(fut)
-    except asyncio.CancelledError as exc:
-        for sock in (a, b):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        moved: Any = (0, 0)
+    step = _c.LoopRelay(fa, fb, default_pool(), idle_ms, owners)
+    fut: asyncio.Future[None] = loop.create_future()
+    timer: list[asyncio.Handle | None] = [None]
+
+    def pump() -> None:
+        handle, timer[0] = timer[0], None
+        if handle is not None:
+            handle.cancel()
+        if fut.done():
+            return
         try:
-            moved = await fut
-        except BaseException as end:  # how the C loop saw the shutdown
-            moved = getattr(end, "bytes_relayed", moved)
-        raise _c.attach(exc, moved, "bytes_relayed") from None
+            if step.step():
+                fut.set_result(None)
+                return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            fut.set_exception(exc)
+            return
+        due = step.next_ms()
+        if due == 0:
+            timer[0] = loop.call_soon(pump)
+        elif due > 0 or owners:
+            wait = due / 1000 if due > 0 else _RELAY_CHECK
+            timer[0] = loop.call_later(min(wait, _RELAY_CHECK) if owners else wait, pump)
+
+    fd = step.fileno()
+    try:
+        loop.add_reader(fd, pump)
+        try:
+            pump()
+            await fut
+            return step.result()
+        finally:
+            loop.remove_reader(fd)
+    except BaseException as exc:
+        raise _c.attach(exc, step.moved, "bytes_relayed") from None
+    finally:
+        handle = timer[0]
+        if handle is not None:
+            handle.cancel()
+        step.close()
