@@ -1,6 +1,13 @@
 # SPDX-License-Identifier: MIT
 """asyncio adapters: kernel ``sendfile`` on any event loop, uvloop included.
 
+- :func:`sendfile`: headers + a file range + trailers to a StreamWriter, a
+  transport or a non-blocking socket (TLS through the TLS layer);
+- :func:`recvfile`: a socket or a StreamReader into a file with splice;
+- :func:`relay`: two sockets both ways, the C relay loop driven by this loop;
+- :class:`Socket`: ``MSG_ZEROCOPY`` sends with awaitable ``sendall``, ``flush``
+  and handles, completions reaped when the error queue has them.
+
 The rule (DESIGN.md, "Async adapters"): the event loop waits, the C core
 sends.  :func:`sendfile` steps a :class:`zerocopy.FileSender` on the
 socket's fd with the C loop in non-blocking mode (it sends until the kernel
