@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <string.h>
@@ -774,6 +775,27 @@ int zc_relay_run(struct zc_relay_loop *loop, int timeout_ms,
 		if (deadline >= 0 && zc__queue_empty(&l->done) && l->now >= deadline)
 			return 0;
 	}
+}
+
+int zc_relay_loop_fd(struct zc_relay_loop *loop, int *next_ms)
+{
+	struct loop_priv *l = lp(loop);
+
+	if (l->epfd < 0)
+		return -EBADF;
+	if (next_ms) {
+		int64_t now = clock_ms(), next = next_due(loop);
+
+		if (!zc__queue_empty(&l->ready) || !zc__queue_empty(&l->done))
+			*next_ms = 0; /* work that no descriptor event announces */
+		else if (next < 0)
+			*next_ms = -1;
+		else
+			*next_ms = next <= now ? 0
+				   : next - now > INT_MAX ? INT_MAX
+				   : (int)(next - now);
+	}
+	return l->epfd;
 }
 
 /* ---- proxy ---------------------------------------------------------------- */

@@ -995,6 +995,26 @@ int zc_relay_run(struct zc_relay_loop *loop, int timeout_ms,
  */
 int zc_relay_wake(struct zc_relay_loop *loop);
 
+/**
+ * zc_relay_loop_fd() - drive a relay loop from another event loop
+ * @loop: the loop
+ * @next_ms: out (may be NULL): how soon zc_relay_run() must be called even
+ *           if the descriptor stays quiet: 0 at once (work is pending that
+ *           no event announces: a relay out of budget, relays to report),
+ *           -1 not before an event, else milliseconds until a timeout or a
+ *           deferred relay is due
+ *
+ * The loop's epoll descriptor is readable when zc_relay_run() has events
+ * to handle.  An event loop that cannot block in zc_relay_run() (asyncio,
+ * libuv, another epoll) watches it for reading and calls
+ * zc_relay_run(loop, 0, ...) when it is readable and when @next_ms has
+ * passed, then asks again.  The descriptor stays the loop's: never close it
+ * and never change its registrations.
+ *
+ * Return: the descriptor, or -EBADF when the loop is closed.
+ */
+int zc_relay_loop_fd(struct zc_relay_loop *loop, int *next_ms);
+
 /* ---- proxy: accept, connect, relay ------------------------------------ */
 
 /* Default timeouts of a zc_proxy's connections, in milliseconds. */

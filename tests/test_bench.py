@@ -31,7 +31,7 @@ from zerocopy.bench._harness import (
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODES = ("file", "small", "memory", "relay", "serve")
+MODES = ("file", "small", "memory", "relay", "serve", "aio")
 
 
 def _bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -94,6 +94,7 @@ void zc_relay_remove(struct zc_relay *r);
 int zc_relay_run(struct zc_relay_loop *loop, int timeout_ms,
                  struct zc_relay **done, unsigned max_done);
 int zc_relay_wake(struct zc_relay_loop *loop);
+int zc_relay_loop_fd(struct zc_relay_loop *loop, int *next_ms);
 int zc_proxy_init(struct zc_proxy *px, struct zc_relay_loop *loop,
                   int listen_fd, const struct sockaddr *target,
                   unsigned target_len, struct zc_relay *slots, unsigned nslots);

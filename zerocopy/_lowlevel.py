@@ -628,8 +628,11 @@ class ZSock:
                 lib.zc_zsock_send_end(c)  # a buffer left open by -EINTR ends here
                 raise attach(exc, int(sent[0])) from None
             n = int(sent[0])
-        except BaseException:
-            self._settle(token, data, view, size)
+        except BaseException as exc:
+            loan = self._settle(token, data, view, size)
+            if loan is not None:
+                # what went out zero-copy before the error stays on loan: say which
+                exc.loan = loan  # type: ignore[attr-defined]
             if c.freed:
                 self._collect()
             raise
@@ -1097,6 +1100,86 @@ def relay(a: int, b: int, pool: PipePool, idle_ms: int,
         lib.zc_relay_remove(r)  # a no-op once it ended; restores the sockets' flags
         lib.zc_relay_loop_close(loop)
         for owner in owners:
+            release(owner)
+
+
+class LoopRelay:
+    """One relay in a ``struct zc_relay_loop`` of its own, driven by another event loop.
+
+    The caller watches :meth:`fileno` (the C loop's epoll descriptor) for
+    reading and calls :meth:`step` when it is readable or when
+    :meth:`next_ms` has passed (``zc_relay_loop_fd``); :meth:`step` never
+    blocks.  ``owners`` are held until :meth:`close`: a ``close()`` from
+    elsewhere takes effect then, and the next step raises ``EBADF``.
+    """
+
+    __slots__ = ("_done", "_idle_ms", "_loop", "_next", "_owners", "_r", "closed")
+
+    def __init__(self, a: int, b: int, pool: PipePool, idle_ms: int,
+                 owners: tuple[socket.socket, ...] = ()) -> None:
+        self._loop = ffi.new("struct zc_relay_loop *")
+        rc = lib.zc_relay_loop_init(self._loop, pool.cdata)
+        if rc < 0:
+            raise OSError(-rc, os.strerror(-rc))
+        self.closed = False
+        self._r = r = ffi.new("struct zc_relay *")
+        self._done = ffi.new("struct zc_relay *[1]")
+        self._next = ffi.new("int[1]")
+        self._idle_ms = idle_ms
+        rc = lib.zc_relay_add(self._loop, r, a, b)
+        if rc == 0 and idle_ms != WAIT_FOREVER:
+            rc = lib.zc_relay_set_timeout(r, idle_ms)
+        if rc < 0:
+            lib.zc_relay_remove(r)
+            lib.zc_relay_loop_close(self._loop)
+            self.closed = True
+            raise OSError(-rc, os.strerror(-rc))
+        self._owners = owners
+        for owner in owners:
+            hold(owner)
+
+    def fileno(self) -> int:
+        return int(lib.zc_relay_loop_fd(self._loop, ffi.NULL))
+
+    def next_ms(self) -> int:
+        """When :meth:`step` is due without an event: 0 now, -1 not, else milliseconds."""
+        lib.zc_relay_loop_fd(self._loop, self._next)
+        return int(self._next[0])
+
+    @property
+    def moved(self) -> tuple[int, int]:
+        return int(self._r.bytes[0]), int(self._r.bytes[1])
+
+    def step(self) -> bool:
+        """Move what can move now; True once the relay ended (then :meth:`result`)."""
+        if self._owners and not all(map(is_open, self._owners)):
+            raise error(EBADF, self.moved, "bytes_relayed")
+        rc = lib.zc_relay_run(self._loop, 0, self._done, 1)
+        if rc < 0 and rc != EINTR:  # after -EINTR a handler ran: the caller steps again
+            raise error(rc, self.moved, "bytes_relayed")
+        return bool(self._r.done)
+
+    def result(self) -> tuple[int, int]:
+        """The counts of an ended relay, or its error raised (with ``bytes_relayed``)."""
+        r, moved = self._r, self.moved
+        if r.error == ETIMEDOUT:
+            timed_out = _errors.typed_class(TimeoutError, "bytes_relayed")(
+                errno.ETIMEDOUT,
+                f"relay timed out: no byte moved for {self._idle_ms / 1000:g} s")
+            setattr(timed_out, "bytes_relayed", moved)  # noqa: B010
+            raise timed_out
+        if r.error:
+            raise error(r.error, moved, "bytes_relayed")
+        return moved
+
+    def close(self) -> None:
+        """Stop (bytes in flight in the pipes are dropped), restore the sockets' flags."""
+        if self.closed:
+            return
+        self.closed = True
+        lib.zc_relay_remove(self._r)  # a no-op once it ended
+        lib.zc_relay_loop_close(self._loop)
+        for owner in self._owners:
             release(owner)
 
 

@@ -244,7 +244,9 @@ class Socket:
 
         A non-blocking socket that fills raises ``BlockingIOError`` whose
         ``characters_written`` (and ``bytes_sent``) say how much went out;
-        the buffer stays on loan as far as it was sent zero-copy.
+        the buffer stays on loan as far as it was sent zero-copy, and the
+        exception's ``handle`` (a :class:`SendHandle`) says when that part
+        is free.
         """
         with self._lock:
             zs = self._zsock()
@@ -252,7 +254,12 @@ class Socket:
                 self._tls_plain_sends += 1
                 self._sock.sendall(data)
                 return _ALREADY_FREE
-            loan = zs.send(data, False, timeout_ms(self._sock.gettimeout()))[1]
+            try:
+                loan = zs.send(data, False, timeout_ms(self._sock.gettimeout()))[1]
+            except BlockingIOError as exc:
+                loan = getattr(exc, "loan", None)
+                exc.handle = _ALREADY_FREE if loan is None else SendHandle(self, loan)  # type: ignore[attr-defined]
+                raise
             return _ALREADY_FREE if loan is None else SendHandle(self, loan)
 
     # -- completions ---------------------------------------------------------

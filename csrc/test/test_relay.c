@@ -5,6 +5,7 @@
 #include "zc.h"
 
 #include <dirent.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -1178,12 +1179,69 @@ static void test_proxy_bad_listener(void)
 	h_ran++;
 }
 
+/* zc_relay_loop_fd(): a relay driven by another event loop (poll here). */
+static void test_loop_fd(void)
+{
+	struct zc_pipe slots[2];
+	struct zc_pipe_pool pool;
+	struct zc_relay_loop loop;
+	struct zc_relay r = { 0 }, *done[1];
+	int x, a, b, y, fd, next = 99, before = count_fds();
+	char buf[8];
+	struct pollfd p;
+
+	zc_pipe_pool_init(&pool, slots, 2, ZC_PIPE_SIZE);
+	REQUIRE(zc_relay_loop_init(&loop, &pool) == 0);
+	REQUIRE(h_unix_pair(&x, &a) == 0);
+	REQUIRE(h_unix_pair(&b, &y) == 0);
+	REQUIRE(zc_relay_add(&loop, &r, a, b) == 0);
+	fd = zc_relay_loop_fd(&loop, NULL);
+	CHECK(fd >= 0);
+	p = (struct pollfd){ .fd = fd, .events = POLLIN };
+	/* a new relay has its first look at the sockets to take */
+	CHECK_EQ(zc_relay_run(&loop, 0, done, 1), 0);
+	CHECK_EQ(zc_relay_loop_fd(&loop, &next), fd);
+	CHECK_EQ(next, -1); /* no timeout, nothing pending */
+	CHECK_EQ(poll(&p, 1, 0), 0); /* then quiet: no busy loop for the caller */
+	REQUIRE(send(x, "hello", 5, 0) == 5);
+	CHECK_EQ(poll(&p, 1, 2000), 1); /* readable: an event to handle */
+	CHECK_EQ(zc_relay_run(&loop, 0, done, 1), 0);
+	CHECK_EQ(h_recv_upto(y, buf, 5, 2000), 5);
+	CHECK(memcmp(buf, "hello", 5) == 0);
+	CHECK_EQ(r.bytes[0], 5);
+	/* a timeout makes it due within its length */
+	CHECK_RC(zc_relay_set_timeout(&r, 60000), 0);
+	zc_relay_loop_fd(&loop, &next);
+	CHECK(next > 0 && next <= 60000);
+	/* the end: the descriptor announces it, and the relay is reported */
+	shutdown(x, SHUT_WR);
+	shutdown(y, SHUT_WR);
+	for (long long end = h_now_ms() + 5000; h_now_ms() < end;) {
+		if (poll(&p, 1, 100) < 0)
+			break;
+		if (zc_relay_run(&loop, 0, done, 1) == 1)
+			break;
+	}
+	CHECK(r.done);
+	CHECK_RC(r.error, 0);
+	close(x);
+	close(a);
+	close(b);
+	close(y);
+	zc_relay_loop_close(&loop);
+	CHECK_RC(zc_relay_loop_fd(&loop, &next), -EBADF);
+	zc_pipe_pool_destroy(&pool);
+	CHECK_EQ(count_fds(), before);
+	h_ran++;
+}
+
 int main(void)
 {
 	h_init(150);
 	test_relays();
 	test_resets();
 	test_loop_control();
+	test_loop_fd();
 	test_signal_storm();
 	test_relay_timeouts();
 	test_starved_of_pipes();
