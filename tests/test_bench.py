@@ -277,7 +277,7 @@ def test_json_document_shape() -> None:
     parsed = json.loads(json.dumps(document))  # plain JSON types only
     assert parsed["format"] == "zerocopy-bench/1"
     assert parsed["isolation"] == {"measured_cpu": 0, "peer_cpu": 1, "netns": True,
-                                   "rps_cpus": "2", "reason": None}
+                                   "rps_cpus": "2", "reason": None, "mtu": None}
     assert parsed["failed"] is False
     (report,) = parsed["reports"]
     assert report["mode"] == "file" and report["unit"] == BYTES
@@ -529,7 +529,7 @@ def test_without_root_the_run_is_pinned_only_and_says_why(
 def test_when_the_namespace_cannot_be_made_the_run_falls_back(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def refuse(peer_cpu: int) -> str:
+    def refuse(peer_cpu: int, mtu: int | None = None) -> str:
         raise PermissionError(1, "unshare(CLONE_NEWNET): Operation not permitted")
 
     monkeypatch.setattr(harness, "enter_private_network", refuse)  # the fork inherits it
@@ -578,3 +578,24 @@ def test_serve_mode_parses_wrk(monkeypatch: pytest.MonkeyPatch) -> None:
     load = serve.Wrk().run(1, "/f", 4096, 64, 5.0)
     assert (load.requests, load.seconds, load.errors, load.non2xx) == (396000, 5.0, 3, 5)
     assert load.body_bytes == (396000 - 5) * 4096
+
+
+@pytest.mark.timeout(120)
+def test_namespace_lo_gets_an_ethernet_mtu(capsys: pytest.CaptureFixture[str]) -> None:
+    """loopback's 64 KiB MTU splits every 64 KiB sendfile chunk into a segment and a runt;
+    the private namespace's lo gets 1500 unless --mtu says otherwise."""
+    isolation = _quick_small_json(capsys)["isolation"]
+    if not isolation["netns"]:
+        pytest.skip(f"no private network namespace here: {isolation['reason']}")
+    assert isolation["mtu"] == 1500
+    code = harness.main(["small", "--quick", "--calls", "200", "--methods", "os.sendfile",
+                         "--json", "--mtu", "0"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    assert json.loads(captured.out)["isolation"]["mtu"] is None
+
+
+@pytest.mark.parametrize("value", ["100", "70000", "-1", "x"])
+def test_mtu_option_is_checked(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert harness.main(["small", "--mtu", value]) == 2
+    assert "--mtu" in capsys.readouterr().err
