@@ -581,18 +581,17 @@ def test_serve_mode_parses_wrk(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_namespace_lo_gets_an_ethernet_mtu(capsys: pytest.CaptureFixture[str]) -> None:
-    """loopback's 64 KiB MTU splits every 64 KiB sendfile chunk into a segment and a runt;
-    the private namespace's lo gets 1500 unless --mtu says otherwise."""
+def test_namespace_lo_mtu_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """lo keeps loopback's own MTU unless --mtu sets one (recorded in the isolation)."""
     isolation = _quick_small_json(capsys)["isolation"]
     if not isolation["netns"]:
         pytest.skip(f"no private network namespace here: {isolation['reason']}")
-    assert isolation["mtu"] == 1500
+    assert isolation["mtu"] is None
     code = harness.main(["small", "--quick", "--calls", "200", "--methods", "os.sendfile",
-                         "--json", "--mtu", "0"])
+                         "--json", "--mtu", "1500"])
     captured = capsys.readouterr()
     assert code == 0, captured.err[-3000:]
-    assert json.loads(captured.out)["isolation"]["mtu"] is None
+    assert json.loads(captured.out)["isolation"]["mtu"] == 1500
 
 
 @pytest.mark.parametrize("value", ["100", "70000", "-1", "x"])

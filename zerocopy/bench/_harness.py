@@ -314,9 +314,8 @@ class Isolation:
                 f" TCP receive work runs there, not in the {measured}'s system calls; the"
                 f" {measured} still pays to hand packets over (an inter-processor interrupt"
                 " per batch, dear in a virtual machine)."
-                + (f" lo's MTU is {self.mtu} there, a real network's size: loopback's own"
-                   " 64 KiB splits each 64 KiB sendfile chunk into a full segment and a"
-                   " runt, which no NIC does (--mtu 0 keeps it)." if self.mtu else "")
+                + (f" lo's MTU is {self.mtu} there (--mtu), not loopback's own 64 KiB."
+                   if self.mtu else "")
             )
         why = f" ({self.reason})" if self.reason else ""
         if self.measured_cpu is not None:
@@ -1490,12 +1489,13 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--mtu", type=_mtu, default=DEFAULT_MTU, metavar="BYTES",
-        help=f"lo's MTU in the private namespace (default {DEFAULT_MTU}, Ethernet's; 0 keeps"
-        " loopback's 64 KiB, whose segments split each 64 KiB sendfile chunk in two)",
+        help="lo's MTU in the private namespace (default 0: loopback's own 64 KiB, whose"
+        " segments split each 64 KiB sendfile chunk into a full segment and a runt; 1500 is"
+        " Ethernet's, but then every small send costs several times more on loopback)",
     )
 
 
-DEFAULT_MTU = 1500
+DEFAULT_MTU = 0  # loopback's own; see --mtu
 
 
 def _mtu(text: str) -> int:
