@@ -61,9 +61,16 @@ int zc_check_stream(int sock);
  * @sock: the socket
  * @timeout_ms: ZC_WAIT_FOREVER, 0 (just look) or a bound in milliseconds
  *
- * Return: 0 when writable (or in error: the next send reports it),
- * -ETIMEDOUT when the bound passed, -EAGAIN when @timeout_ms is 0 and it is
- * not writable, -EINTR when a signal arrived.
+ * Messages on the socket's error queue (MSG_ZEROCOPY completions, TX
+ * timestamps) keep POLLERR up, so poll(2) cannot wait for writability while
+ * they are there; they belong to whoever asked for them and are left
+ * unread: the wait then looks again every few milliseconds (at most
+ * ZC__PACE_MAX_MS, 8) until the socket is writable or the time is up.
+ *
+ * Return: 0 when writable (or hung up: the next send reports it); the error
+ * pending on the connection as -errno (reading it clears it); -ETIMEDOUT
+ * when the bound passed, -EAGAIN when @timeout_ms is 0 and it is not
+ * writable, -EINTR when a signal arrived.
  */
 int zc_wait_writable(int sock, int timeout_ms);
 

@@ -401,6 +401,41 @@ def test_sendall_buffer_larger_than_pin_bound_cut_short_by_a_signal(
     assert zs.stats.zerocopy_sends >= 2, "the send was not cut short: the test proved nothing"
 
 
+def test_sendall_to_a_stalled_peer_times_out(make_pair: Callable[..., Pair]) -> None:
+    """Regression: with a timeout, a sendall waiting for room on a peer that read a little
+    and stalled spun at full CPU and never timed out: the completions of the parts the
+    peer took kept POLLERR up, and each wake-up was taken for writability."""
+    s, r = make_pair("tcp4", sndbuf=64 * 1024, rcvbuf=32 * 1024)
+    s.settimeout(0.5)
+    z = zerocopy.Socket(s, adaptive=False)
+    data = rand_bytes(4 * 1024 * 1024, 21)
+    taken = bytearray()
+    returned = threading.Event()
+
+    def peer() -> None:
+        time.sleep(0.1)
+        r.settimeout(1)
+        while len(taken) < 128 * 1024:
+            taken.extend(r.recv(64 * 1024))
+        if not returned.wait(8):  # still in sendall: a reset ends it (and the test fails)
+            reset(r)
+
+    t = threading.Thread(target=peer, daemon=True)
+    t.start()
+    with pytest.raises(TimeoutError) as ei:
+        try:
+            z.sendall(data)
+        finally:
+            returned.set()
+    t.join(DEADLINE)
+    _need_zerocopy(z)
+    sent = ei.value.bytes_sent  # type: ignore[attr-defined]
+    assert len(taken) < sent < len(data)
+    assert bytes(taken) == data[: len(taken)]
+    z.close(timeout=0)  # resets the stalled connection: the buffers come back
+    assert z.pending == 0
+
+
 def test_max_sends_in_flight(
     make_pair: Callable[..., Pair], collect: Callable[..., Collector]
 ) -> None:

@@ -399,6 +399,128 @@ static void interrupted_often(int kind)
 	h_ran++;
 }
 
+/* ---- messages on the socket's error queue ------------------------------- */
+
+#ifndef SO_ZEROCOPY
+#define SO_ZEROCOPY 60 /* include/uapi/asm-generic/socket.h */
+#endif
+#ifndef MSG_ZEROCOPY
+#define MSG_ZEROCOPY 0x4000000 /* include/linux/socket.h */
+#endif
+
+/*
+ * Put one MSG_ZEROCOPY completion on s's error queue and leave it unread
+ * (another owner's, as zerocopy.Socket's would be): POLLERR stays up until
+ * it is read.  0, or -1 when the kernel cannot do MSG_ZEROCOPY here.
+ */
+static int queue_completion(int s)
+{
+	static unsigned char buf[4096];
+	struct pollfd p = { .fd = s, .events = 0 };
+
+	if (h_setopt_int(s, SOL_SOCKET, SO_ZEROCOPY, 1) < 0)
+		return -1;
+	if (send(s, buf, sizeof(buf), MSG_ZEROCOPY) != (ssize_t)sizeof(buf))
+		return -1;
+	return poll(&p, 1, 5000) == 1 && (p.revents & POLLERR) ? 0 : -1;
+}
+
+/* Regression: a completion on the error queue keeps POLLERR up, so poll()
+ * returned at once, zc_wait_writable() said "writable", sendfile said EAGAIN,
+ * and the transfer spun at full CPU forever: the timeout never came. */
+static void errqueue_timeout(void)
+{
+	const size_t size = 8 << 20;
+	struct h_rx_opts o = { .stall_ms = 10000 };
+	struct h_rx rx;
+	unsigned char *got, *want;
+	size_t got_len;
+	uint64_t sent = 0, done;
+	int s, r, f, rc;
+
+	REQUIRE(h_tcp_pair(&s, &r) == 0);
+	h_small_buffers(s, r);
+	if (queue_completion(s) < 0) {
+		H_SKIP_CASE("no MSG_ZEROCOPY completions here");
+		close(s);
+		close(r);
+		return;
+	}
+	REQUIRE((f = h_temp_file(size, SEED)) >= 0);
+	REQUIRE(h_set_nonblock(s, 1) == 0);
+	REQUIRE(h_rx_start(&rx, r, &o) == 0);
+	rc = zc_sendfile(s, f, 0, size, 300, 0, &sent);
+	CHECK_RC(rc, -ETIMEDOUT);
+	CHECK(sent < size);
+	CHECK_RC(zc_wait_writable(s, 0), -EAGAIN);
+	CHECK_RC(zc_wait_writable(s, 50), -ETIMEDOUT);
+	/* the completion is still there: it was not ours to read */
+	CHECK(h_wait_out(s, 0) == 1);
+	done = sent;
+	h_rx_go(&rx);
+	rc = zc_sendfile(s, f, (int64_t)done, size - done, 10000, 0, &sent);
+	CHECK_RC(rc, 0);
+	CHECK_EQ(sent, size);
+	close(s);
+	CHECK(h_rx_finish(&rx, &got, &got_len) == 0);
+	want = h_pattern(size, 0, SEED);
+	/* the 4096 zero bytes of the MSG_ZEROCOPY send came first */
+	CHECK(got_len == size + 4096);
+	if (got_len == size + 4096)
+		CHECK_MEM(got + 4096, got_len - 4096, want, size);
+	free(got);
+	free(want);
+	close(f);
+	h_ran++;
+}
+
+/* Regression: with a completion on the error queue, a blocking send cut
+ * short by a signal took POLLERR for an error on the connection, went on
+ * sending, and blocked again: the signal's handler never got to run. */
+static void errqueue_signal(void)
+{
+	const size_t size = 8 << 20;
+	struct h_rx_opts o = { .stall_ms = 10000 };
+	struct sigaction sa = { .sa_handler = on_alarm }, old;
+	struct itimerval it = { .it_value = { .tv_usec = 200000 } };
+	struct h_rx rx;
+	unsigned char *got;
+	size_t got_len;
+	uint64_t sent = 0;
+	unsigned watchdog;
+	int s, r, f, rc;
+
+	REQUIRE(h_tcp_pair(&s, &r) == 0);
+	h_small_buffers(s, r);
+	if (queue_completion(s) < 0) {
+		H_SKIP_CASE("no MSG_ZEROCOPY completions here");
+		close(s);
+		close(r);
+		return;
+	}
+	REQUIRE((f = h_temp_file(size, SEED)) >= 0);
+	REQUIRE(h_rx_start(&rx, r, &o) == 0);
+	watchdog = alarm(0);
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = 0; /* no SA_RESTART */
+	REQUIRE(sigaction(SIGALRM, &sa, &old) == 0);
+	alarms = 0;
+	REQUIRE(setitimer(ITIMER_REAL, &it, NULL) == 0);
+	rc = zc_sendfile(s, f, 0, size, ZC_WAIT_FOREVER, 0, &sent);
+	sigaction(SIGALRM, &old, NULL);
+	alarm(watchdog);
+	CHECK_RC(rc, -EINTR);
+	CHECK_EQ(alarms, 1);
+	CHECK(sent < size);
+	h_rx_go(&rx);
+	close(s);
+	CHECK(h_rx_finish(&rx, &got, &got_len) == 0);
+	CHECK_EQ(got_len, 4096 + sent);
+	free(got);
+	close(f);
+	h_ran++;
+}
+
 /* ---- the socket's fd replaced by another thread during a wait ---------- */
 
 struct replacer {
@@ -476,5 +598,7 @@ int main(void)
 		interrupted_often(kind);
 		fd_replaced_during_wait(kind);
 	}
+	errqueue_timeout();
+	errqueue_signal();
 	return h_result("test_sendfile");
 }
