@@ -135,6 +135,31 @@ static int same_file(int fd, dev_t dev, ino_t ino)
 	return fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
 }
 
+struct fd_id {
+	dev_t dev;
+	ino_t ino;
+};
+ZC__PRIV_FITS(struct fd_id, struct zc_fd_id);
+
+int zc_fd_id_get(int fd, struct zc_fd_id *id)
+{
+	struct fd_id *p = ZC__PRIV(struct fd_id, id);
+	struct stat st;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	p->dev = st.st_dev;
+	p->ino = st.st_ino;
+	return 0;
+}
+
+int zc_fd_id_check(int fd, const struct zc_fd_id *id)
+{
+	const struct fd_id *p = (const struct fd_id *)(const void *)id->_private.bytes;
+
+	return same_file(fd, p->dev, p->ino) ? 0 : -EBADF;
+}
+
 int zc__hold_pin(struct zc__hold *h)
 {
 	struct stat st;

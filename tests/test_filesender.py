@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import errno
 import io
 import os
 import random
@@ -725,3 +726,87 @@ def test_tls_nonblocking_steps(tls, collect, big_file: str, big_data: bytes) -> 
     server.setblocking(True)
     server.shutdown(socket.SHUT_WR)
     assert c.result() == HEAD + big_data
+
+
+# -- the socket closed and its number reused -------------------------------------
+
+
+@pytest.mark.parametrize("target", ["socket", "int fd"])
+@pytest.mark.parametrize("path", ["fast", "general"])
+def test_step_after_the_socket_was_closed_never_reaches_its_reuser(
+    big_file: str, target: str, path: str
+) -> None:
+    """Regression: a response made for a connection that was then closed (and whose fd
+    number accept() gave to a new client) sent its next step to the new client."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    old = socket.create_connection(listener.getsockname())
+    old_peer, _ = listener.accept()
+    fd = old.fileno()
+    with open(big_file, "rb") as f:
+        range_ = (0, 100_000) if path == "fast" else (None, None)
+        fs = zerocopy.FileSender(old if target == "socket" else fd, f.fileno(), *range_,
+                                 headers=HEAD if path == "fast" else bytearray(HEAD))
+        if target == "socket":
+            old.close()
+        else:
+            os.close(old.detach())
+        new = socket.create_connection(listener.getsockname())
+        new_peer, _ = listener.accept()
+        try:
+            assert new.fileno() == fd  # the number was free, and was reused
+            with pytest.raises(OSError) as ei:
+                fs.send_all()
+            assert ei.value.errno == errno.EBADF
+            assert ei.value.bytes_sent == 0  # type: ignore[attr-defined]
+            fs.close()
+            new_peer.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                new_peer.recv(1)  # not a byte reached the new client
+        finally:
+            for s in (new, new_peer, old_peer, listener):
+                s.close()
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_int_fd_closed_by_another_thread_during_send_all(big_file: str, big_data: bytes) -> None:
+    """Regression (issue 8.1, int fds): the owner of an int fd closes it while send_all
+    blocks, accept() reuses the number, and a signal interrupts the send: the resumed step
+    sent the rest of the response to the new client.  It must stop with EBADF."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sender = socket.create_connection(listener.getsockname())
+    receiver, _ = listener.accept()
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    fd = sender.fileno()
+    newcomers: list[tuple[socket.socket, socket.socket]] = []
+    got = bytearray()
+
+    def meddle() -> None:
+        time.sleep(0.2)  # send_all is stalled in the kernel by now
+        os.close(sender.detach())
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        newcomers.append((client, server))
+        receiver.settimeout(5)
+        while chunk := receiver.recv(1 << 16):
+            got.extend(chunk)
+
+    reader = Call(meddle)
+    with itimer(lambda signum, frame: None, 0.005, 0.005), open(big_file, "rb") as f:
+        with zerocopy.FileSender(fd, f.fileno(), 0, len(big_data), headers=HEAD) as fs:
+            try:
+                fs.send_all()
+                sent = fs.sent
+            except OSError as exc:
+                assert exc.errno == errno.EBADF
+                sent = exc.bytes_sent  # type: ignore[attr-defined]
+    reader.value()
+    assert bytes(got) == (HEAD + big_data)[: len(got)] and len(got) == sent
+    client, server = newcomers[0]
+    try:
+        server.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            server.recv(1)
+    finally:
+        for s in (client, server, receiver, listener):
+            s.close()

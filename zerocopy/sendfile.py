@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import socket
 from typing import Any
@@ -97,7 +98,27 @@ def _send_through_python(target: Target, src: Source, file: Any, count: int) -> 
         seekable = False
     read = _reader(src, file)
     sock = target[3]
-    write = _tls_writer(sock) if target[4] and sock is not None else _fd_writer(target[0])
+    # A socket object is held: its number cannot go to another connection
+    # while this runs.  An int fd is written through a duplicate (os.write
+    # retries after EINTR with the same number, which another thread may
+    # have closed and accept() reused by then).  Either way, a close()
+    # meanwhile ends the transfer before the next write.
+    wfd = target[0]
+    if sock is not None:
+        _c.hold(sock)
+        alive = functools.partial(_c.is_open, sock)
+    else:
+        ident = _c.fd_id(wfd)
+        alive = functools.partial(_c.same_fd, wfd, ident)
+        try:
+            wfd = os.dup(wfd)
+        except OSError:  # out of descriptors: checked writes to the number
+            pass
+        else:
+            if not _c.same_fd(wfd, ident):  # replaced before the dup
+                os.close(wfd)
+                raise _c.error(_c.EBADF, 0)
+    write = _tls_writer(sock) if target[4] and sock is not None else _fd_writer(wfd)
     sent = got = 0
     try:
         while count == TO_EOF or sent < count:
@@ -112,13 +133,15 @@ def _send_through_python(target: Target, src: Source, file: Any, count: int) -> 
             got += len(data)
             view = memoryview(data)
             while view:
+                if not alive():
+                    raise _c.error(_c.EBADF, sent)
                 n = write(view)
                 if n is None:  # the socket is full
                     if seekable and target[1] == 0:
                         raise BlockingIOError(
                             errno.EAGAIN, "the socket would block; call again to continue", sent
                         )
-                    _wait_for_room(target, sent)  # a timeout, or what was read cannot go back
+                    _wait_for_room(target, wfd, sent)  # a timeout, or what was read cannot go back
                     continue
                 view = view[n:]
                 sent += n
@@ -126,6 +149,10 @@ def _send_through_python(target: Target, src: Source, file: Any, count: int) -> 
     except BaseException as exc:
         raise _c.attach(exc, sent) from None
     finally:
+        if sock is not None:
+            _c.release(sock)
+        elif wfd != target[0]:
+            os.close(wfd)
         if src.fileobj is not None:
             src.fileobj.seek(src.start + sent)
         elif fd_position and seekable and got > sent:
@@ -182,8 +209,8 @@ def _tls_writer(sock: socket.socket) -> Any:
     return write
 
 
-def _wait_for_room(target: Target, sent: int) -> None:
+def _wait_for_room(target: Target, fd: int, sent: int) -> None:
     timeout = target[1]
-    rc = _c.wait_writable(target[0], WAIT_FOREVER if timeout == 0 else timeout)
+    rc = _c.wait_writable(fd, WAIT_FOREVER if timeout == 0 else timeout)
     if rc < 0 and rc != _c.EINTR:
         raise _c.error(rc, sent)

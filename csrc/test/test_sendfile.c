@@ -521,6 +521,62 @@ static void errqueue_signal(void)
 	h_ran++;
 }
 
+/* zc_fd_id: the check a caller makes before resuming after -EINTR. */
+static void test_fd_id(void)
+{
+	struct zc_fd_id id;
+	int s, r, b0, b1, spare;
+
+	REQUIRE(h_tcp_pair(&s, &r) == 0);
+	REQUIRE(h_tcp_pair(&b0, &b1) == 0);
+	CHECK_RC(zc_fd_id_get(s, &id), 0);
+	CHECK_RC(zc_fd_id_check(s, &id), 0);
+	REQUIRE((spare = dup(s)) >= 0);
+	CHECK_RC(zc_fd_id_check(spare, &id), 0); /* a duplicate names the same socket */
+	REQUIRE(dup2(b0, s) == s);		 /* s closed, its number reused */
+	CHECK_RC(zc_fd_id_check(s, &id), -EBADF);
+	close(s);
+	CHECK_RC(zc_fd_id_check(s, &id), -EBADF); /* not open at all */
+	CHECK_RC(zc_fd_id_get(s, &id), -EBADF);
+	close(spare);
+	close(r);
+	close(b0);
+	close(b1);
+	h_ran++;
+}
+
+/* zc_sendfile_id(): the first call records the socket, a resumed one sends
+ * nothing once the number names another socket. */
+static void test_sendfile_id(void)
+{
+	struct zc_fd_id id;
+	unsigned char got[256], *want;
+	uint64_t sent = 0;
+	int s, r, b0, b1, f;
+
+	REQUIRE(h_tcp_pair(&s, &r) == 0);
+	REQUIRE(h_tcp_pair(&b0, &b1) == 0);
+	REQUIRE((f = h_temp_file(200, SEED)) >= 0);
+	CHECK_RC(zc_sendfile_id(s, f, 0, 100, 0, ZC_CHECK_STREAM | ZC_ID_TAKE, &sent, &id), 0);
+	CHECK_EQ(sent, 100);
+	CHECK_RC(zc_sendfile_id(s, f, 100, 50, 0, ZC_ID_CHECK, &sent, &id), 0);
+	CHECK_EQ(sent, 150);
+	REQUIRE(dup2(b0, s) == s); /* closed by another thread, number reused */
+	CHECK_RC(zc_sendfile_id(s, f, 150, 50, 0, ZC_ID_CHECK, &sent, &id), -EBADF);
+	CHECK_EQ(sent, 150);
+	CHECK_EQ(recv(b1, got, sizeof(got), MSG_DONTWAIT), -1); /* nothing for it */
+	CHECK_EQ(h_recv_upto(r, got, sizeof(got), 200), 150);
+	want = h_pattern(150, 0, SEED);
+	CHECK_MEM(got, 150, want, 150);
+	free(want);
+	close(s);
+	close(r);
+	close(b0);
+	close(b1);
+	close(f);
+	h_ran++;
+}
+
 /* ---- the socket's fd replaced by another thread during a wait ---------- */
 
 struct replacer {
@@ -598,6 +654,8 @@ int main(void)
 		interrupted_often(kind);
 		fd_replaced_during_wait(kind);
 	}
+	test_fd_id();
+	test_sendfile_id();
 	errqueue_timeout();
 	errqueue_signal();
 	return h_result("test_sendfile");
