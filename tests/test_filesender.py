@@ -17,6 +17,7 @@ import pytest
 from _zcutil import (
     DEADLINE,
     Call,
+    KeyboardInterruptOnce,
     cork_of,
     eof,
     feed,
@@ -27,6 +28,8 @@ from _zcutil import (
     recv_exactly,
     recv_then_reset,
     recv_to_eof,
+    stall_tls_pair,
+    tls_read_to_eof,
 )
 
 import zerocopy
@@ -810,3 +813,22 @@ def test_int_fd_closed_by_another_thread_during_send_all(big_file: str, big_data
     finally:
         for s in (client, server, receiver, listener):
             s.close()
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_tls_keyboard_interrupt_carries_the_bytes_the_client_got(
+    tls, big_file: str, big_data: bytes
+) -> None:
+    """Regression: the TLS route offered OpenSSL 64 KiB at a time, all or nothing; Ctrl-C in
+    the middle left bytes_sent short of what the client had decrypted."""
+    server, client = tls
+    stall_tls_pair(server, client)
+    with open(big_file, "rb") as f, zerocopy.FileSender(server, f, headers=HEAD) as fs:
+        with itimer(KeyboardInterruptOnce(), 0.3, 0.01), pytest.raises(KeyboardInterrupt) as ei:
+            fs.send_all()
+        sent = ei.value.bytes_sent  # type: ignore[attr-defined]
+        assert sent == fs.sent
+        assert len(HEAD) < sent < len(HEAD) + len(big_data)
+        assert f.tell() == sent - len(HEAD)
+    server.shutdown(socket.SHUT_WR)
+    assert tls_read_to_eof(client) == (HEAD + big_data)[:sent]

@@ -11,7 +11,17 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from _zcutil import Call, eof, itimer, make_file, recv_exactly, recv_to_eof
+from _zcutil import (
+    Call,
+    KeyboardInterruptOnce,
+    eof,
+    itimer,
+    make_file,
+    recv_exactly,
+    recv_to_eof,
+    stall_tls_pair,
+    tls_read_to_eof,
+)
 
 import zerocopy
 
@@ -418,6 +428,29 @@ def test_tls_nonblocking_socket_resumes_with_the_same_bytes(
             break
         received += chunk
     assert bytes(received) == big_data
+
+
+@pytest.mark.timeout(60, method="thread")
+@pytest.mark.parametrize("mode", ["blocking", "timeout"])
+def test_tls_keyboard_interrupt_carries_the_bytes_the_client_got(
+    tls, big_file: str, big_data: bytes, mode: str
+) -> None:
+    """Regression: through the TLS layer each write offered OpenSSL 256 KiB, which it takes
+    all or nothing; Ctrl-C in the middle left bytes_sent (and the file position) short of
+    the records the client had already decrypted."""
+    server, client = tls
+    stall_tls_pair(server, client)
+    if mode == "timeout":
+        server.settimeout(30)
+    with open(big_file, "rb") as f:
+        f.seek(5)
+        with itimer(KeyboardInterruptOnce(), 0.3, 0.01), pytest.raises(KeyboardInterrupt) as ei:
+            zerocopy.sendfile_all(server, f)
+        sent = ei.value.bytes_sent  # type: ignore[attr-defined]
+        assert 0 < sent < len(big_data) - 5
+        assert f.tell() == 5 + sent
+    eof_tls(server)
+    assert tls_read_to_eof(client) == big_data[5 : 5 + sent]
 
 
 def eof_tls(sock) -> None:

@@ -651,16 +651,6 @@ class ZSock:
         c = self._c
         if type(data) is bytes:
             size = len(data)
-            if timeout_ms < 0 and not c.on_loan and (size < self._threshold or not c.active):
-                # What C would do (one plain send, nothing to reap), through the
-                # socket's own send: a blocking socket resumes after signals itself.
-                if once:
-                    n = self._owner.send(data)
-                else:
-                    self._owner.sendall(data)
-                    n = size
-                c.stats.plain_sends += 1
-                return n, None
             buf: Any = data  # cffi hands C the object's own buffer, which never moves
         else:
             try:

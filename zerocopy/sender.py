@@ -9,6 +9,7 @@ import socket
 from typing import Any
 
 from . import _lowlevel as _c
+from . import _tls
 from ._args import SocketLike, check_range, check_stream, file_source, socket_target
 from ._lowlevel import FD_POSITION, TO_EOF
 
@@ -282,17 +283,14 @@ class _TlsResponse:
         return self._trailer[at : at + _TLS_CHUNK]
 
     def send(self, timeout_ms: int, stop_on_again: bool) -> int:
-        import ssl  # an SSLSocket exists, so ssl is imported already
-
         try:
             while True:
                 data = self._next()
                 if not data:
                     self.done = True
                     return 0
-                try:
-                    n = self._sock.send(data)
-                except (ssl.SSLWantWriteError, BlockingIOError):
+                n = _tls.send_some(self._sock, data)
+                if n is None:  # the socket is full
                     if stop_on_again:
                         return _c.EAGAIN
                     rc = _c.wait_writable(self._sock.fileno(), timeout_ms)

@@ -9,6 +9,7 @@ import socket
 from typing import Any
 
 from . import _lowlevel as _c
+from . import _tls
 from ._args import SocketLike, Source, Target, check_range, check_stream, file_source, socket_target
 from ._lowlevel import FD_POSITION, OFF_MAX, TO_EOF, WAIT_FOREVER
 
@@ -196,17 +197,9 @@ def _fd_writer(fd: int) -> Any:
 
 
 def _tls_writer(sock: socket.socket) -> Any:
-    import ssl  # an SSLSocket exists, so ssl is imported already
-
-    def write(view: memoryview) -> int | None:
-        try:
-            return sock.send(view)
-        except (ssl.SSLWantWriteError, BlockingIOError):
-            # OpenSSL must be given the same bytes again: the next call
-            # re-reads them from the same position in the same chunk size
-            return None
-
-    return write
+    # OpenSSL must be given the same bytes again after a full socket: the
+    # next call re-reads them from the same position
+    return functools.partial(_tls.send_some, sock)
 
 
 def _wait_for_room(target: Target, fd: int, sent: int) -> None:
