@@ -14,6 +14,7 @@ import re
 import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -675,6 +676,45 @@ def test_recv_refuses_to_overwrite(tmp_path: Path) -> None:
     _one_clear_line(_run("recv", "0", "-o", str(tmp_path / "new")), "left by an earlier transfer")
     assert leftover.read_bytes() == b"earlier"
     _one_clear_line(_run("recv", "0", "-o", str(tmp_path)), "is a directory")
+
+
+def test_recv_never_replaces_a_device_or_fifo(tmp_path: Path) -> None:
+    """Regression: 'exists (use --force ...)' for -o /dev/null, and then --force put a
+    regular file with the data in the place of the device.  (A FIFO stands in for it.)"""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for extra in ([], ["--force"]):
+        result = _run("recv", "0", "-o", str(fifo), "--timeout", "1", *extra)
+        _one_clear_line(result, "is not a regular file")
+        assert f"-o - > {fifo}" in result.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert not Path(f"{fifo}.partial").exists()
+
+
+def test_force_never_writes_through_a_symlink_at_the_partial_name(
+    tmp_path: Path, receiver
+) -> None:
+    """Regression: with --force, FILE.partial was opened with O_TRUNC and followed a
+    symlink planted under that name: the data went into the file it pointed to, and FILE
+    became that symlink."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"not yours")
+    out = tmp_path / "got.bin"
+    os.symlink(victim, f"{out}.partial")
+    data = os.urandom(100_000)
+    recv, port = receiver("-o", str(out), "--force")
+    fake = FakeSender(port)
+    try:
+        fake.send(cli_framing.pack_header(len(data), sha256=False) + data
+                  + cli_framing.pack_end(len(data), None))
+        assert fake.reply() == f"ok {len(data)}\n".encode()
+    finally:
+        fake.close()
+    rest = _finish(recv)
+    assert recv.returncode == 0, rest
+    assert victim.read_bytes() == b"not yours"
+    assert not out.is_symlink() and out.read_bytes() == data
+    assert not os.path.lexists(f"{out}.partial")
 
 
 def test_recv_address_in_use(tmp_path: Path) -> None:
