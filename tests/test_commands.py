@@ -717,6 +717,26 @@ def test_force_never_writes_through_a_symlink_at_the_partial_name(
     assert not os.path.lexists(f"{out}.partial")
 
 
+def test_announced_digest_missing_from_the_end_mark_is_refused(tmp_path: Path, receiver) -> None:
+    """Regression: a header that announced a SHA-256 and an end mark without one were
+    accepted, and recv printed 'sha256 checked' and '(matches the sender's)'."""
+    out = tmp_path / "got.bin"
+    recv, port = receiver("-o", str(out))
+    data = b"the data" * 1000
+    fake = FakeSender(port)
+    try:
+        fake.send(cli_framing.pack_header(len(data), sha256=True) + data
+                  + cli_framing.pack_end(len(data), None))
+        reply = fake.reply()
+    finally:
+        fake.close()
+    rest = _finish(recv)
+    assert reply.startswith(b"error the header announced a SHA-256"), reply
+    assert recv.returncode == 1, rest
+    assert "matches" not in rest and not out.exists()
+    assert Path(f"{out}.partial").read_bytes() == data
+
+
 def test_recv_address_in_use(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]

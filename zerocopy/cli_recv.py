@@ -318,6 +318,8 @@ def _recv_framed(
             end = _recv_known(conn, out, header.length, hasher)
         else:
             end = _recv_unknown(conn, out, hasher)
+    if header.sha256 and end.sha256 is None:
+        raise _Refused("the header announced a SHA-256 but the end mark carries none")
     if end.sha256 is not None:
         if hasher is None:
             raise _Refused("the end mark carries a digest the header did not announce")
