@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import re
+import resource
 import select
 import signal
 import socket
@@ -735,6 +736,23 @@ def test_announced_digest_missing_from_the_end_mark_is_refused(tmp_path: Path, r
     assert recv.returncode == 1, rest
     assert "matches" not in rest and not out.exists()
     assert Path(f"{out}.partial").read_bytes() == data
+
+
+def test_receiver_failure_is_told_to_the_sender(tmp_path: Path, receiver, big_file: str) -> None:
+    """Regression: a receiver whose disk filled up closed without a word; the sender said
+    'Transport endpoint is not connected'.  (A file size limit stands in for the full disk.)"""
+    out = tmp_path / "got.bin"
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    recv, port = receiver("-o", str(out), preexec_fn=small_files)
+    result = _run("send", big_file, str(port))
+    rest = _finish(recv)
+    assert recv.returncode == 1, rest
+    assert "File too large" in rest
+    _one_clear_line(result, "the receiver")
+    assert "File too large" in result.stderr
 
 
 def test_recv_address_in_use(tmp_path: Path) -> None:

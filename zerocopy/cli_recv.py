@@ -12,9 +12,10 @@ a FIFO is refused, even with ``--force`` (``-o - > /dev/null`` writes into
 one).  ``FILE.partial`` is always created new, never opened through a
 symlink.
 
-A transfer that ends short, is refused or interrupted exits non-zero and
-says what happened to the data: kept in ``FILE.partial`` (never renamed),
-or removed when nothing arrived.  A ``FILE.partial`` left by an earlier
+A transfer that ends short, is refused, interrupted or fails here (a full
+disk: the sender is told why) exits non-zero and says what happened to the
+data: kept in ``FILE.partial`` (never renamed), or removed when nothing
+arrived.  A ``FILE.partial`` left by an earlier
 transfer is replaced only with ``--force``.  SIGTERM is handled like
 Ctrl-C (exit status 143); a process killed outright (SIGKILL) also leaves
 its data under the ``.partial`` name.
@@ -226,6 +227,8 @@ def _receive(
         _tell(conn, framing.reply_error(str(e)))
         return con.error(f"{e}; {out.fate()}")
     except OSError as e:
+        if not args.raw:  # a disk that filled up, say: the sender should know why
+            _tell(conn, framing.reply_error(f"storing the data failed: {error_text(e)}"))
         return con.error(f"receiving from {peer} failed after {_count(out, e)} bytes: "
                          f"{error_text(e)}; {out.fate()}")
     elapsed = time.monotonic() - start
