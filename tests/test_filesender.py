@@ -625,10 +625,12 @@ def test_header_only_response_without_a_file(pair, collect) -> None:
         zerocopy.FileSender(sender, None, 0, 10, headers=HEAD)
 
 
-@pytest.mark.parametrize("bad", ["text", 5, [1, 2], 3.0])
+@pytest.mark.parametrize("bad", ["text", 5, [1, 2], 3.0, 0, None, [], "", False])
 def test_headers_and_trailers_must_be_bytes_like(make_pair, small_file: str, bad) -> None:
     """Regression: a str header raised cffi's message; trailers=5 sent five NUL bytes on
-    the Python route and raised TypeError on the file route (issue 8.10)."""
+    the Python route and raised TypeError on the file route (issue 8.10).  Then the fast
+    path (an fd, an explicit range) took any false value (0, None, [], "") for "no
+    trailers", which every other path refused."""
     sender, _ = make_pair("tcp4")
     for file in (open(small_file, "rb"), io.BytesIO(b"abc")):
         with file:

@@ -358,6 +358,7 @@ class Response:
                 type(sock) is _SOCKET
                 and type(file) is int  # not a bool
                 and type(headers) is bytes
+                and type(trailers) is bytes  # not 0, None or []: the general path refuses those
                 and not trailers
                 and file | offset | count >= 0  # type: ignore[operator]
                 and raw_socket_type(sock) == _SOCK_STREAM
