@@ -257,3 +257,27 @@ def test_user_code_type_checks_bytes_sent(tmp_path, monkeypatch) -> None:
         ["--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"), str(code)]
     )
     assert status == 0, out + err
+
+
+def test_file_descriptors_past_a_c_int_get_our_message(make_pair, small_file: str) -> None:
+    """Regression: an fd of 2**31 or more raised cffi's "integer ... does not fit
+    '32-bit int'" (issue 7: error messages are ours)."""
+    sender, _ = make_pair("tcp4")
+    big = 2**40
+    fd = os.open(small_file, os.O_RDONLY)
+    try:
+        calls = [
+            lambda: zerocopy.sendfile_all(big, fd, 0, 10),  # the per-call fast path
+            lambda: zerocopy.sendfile_all(big, fd),
+            lambda: zerocopy.sendfile_all(sender.fileno(), big, 0, 10),
+            lambda: zerocopy.sendfile_all(sender, big),
+            lambda: zerocopy.FileSender(sender, big, 0, 10),
+            lambda: zerocopy.FileSender(sender, big),
+            lambda: zerocopy.FileSender(big, fd, 0, 10),
+            lambda: zerocopy.cork(big).__enter__(),
+        ]
+        for call in calls:
+            with pytest.raises(OverflowError, match="too large for a file descriptor"):
+                call()
+    finally:
+        os.close(fd)

@@ -69,7 +69,7 @@ class FileSender(_c.Response):
             if offset or count:
                 raise ValueError("file=None sends no file bytes: offset and count must be None")
             file_fd, start, file_len = -1, 0, 0
-        elif type(file) is int and file >= 0:
+        elif type(file) is int and 0 <= file <= _c.INT_MAX:
             file_fd = file
             start = FD_POSITION if offset is None else offset
             file_len = TO_EOF if count is None else count

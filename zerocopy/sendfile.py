@@ -11,7 +11,7 @@ from typing import Any
 from . import _lowlevel as _c
 from . import _tls
 from ._args import SocketLike, Source, Target, check_range, check_stream, file_source, socket_target
-from ._lowlevel import FD_POSITION, OFF_MAX, TO_EOF, WAIT_FOREVER
+from ._lowlevel import FD_POSITION, INT_MAX, OFF_MAX, TO_EOF, WAIT_FOREVER
 
 _CHUNK = 256 * 1024
 
@@ -50,11 +50,14 @@ def sendfile_all(
     ):
         # The per-call fast path (a server sending small files from a cache
         # of fds): one C call, which also checks the fd is a stream socket.
-        return _c.sendfile_range(sock, file, offset, count)
+        try:
+            return _c.sendfile_range(sock, file, offset, count)
+        except OverflowError:
+            pass  # an fd past a C int: the checks below say which
     target = socket_target(sock)
     check_range(offset, count)
     left = TO_EOF if count is None else count
-    if type(file) is int and file >= 0 and not target[4]:
+    if type(file) is int and 0 <= file <= INT_MAX and not target[4]:
         return send_fd(target, file, FD_POSITION if offset is None else offset, left)
     src = file_source(file, offset)
     if src.fd is None or target[4]:
