@@ -834,3 +834,23 @@ def test_tls_keyboard_interrupt_carries_the_bytes_the_client_got(
         assert f.tell() == sent - len(HEAD)
     server.shutdown(socket.SHUT_WR)
     assert tls_read_to_eof(client) == (HEAD + big_data)[:sent]
+
+
+@pytest.mark.parametrize("path", ["fast", "general"])
+def test_socket_mode_is_read_at_each_step(small_pair, big_file: str, path: str) -> None:
+    """Regression: the socket's timeout was read once, when the sender was made: a server
+    that made the socket non-blocking afterwards (to hand it to selectors) had send() block
+    its event loop until the client read, and a timeout set later was never applied."""
+    sender, receiver = small_pair
+    with open(big_file, "rb") as f:
+        fs = (zerocopy.FileSender(sender, f.fileno(), 0, 4 << 20, headers=HEAD)
+              if path == "fast" else zerocopy.FileSender(sender, f, headers=bytearray(HEAD)))
+        with fs:
+            sender.setblocking(False)
+            step = Call(fs.send)
+            assert step.join(5), "send() blocked on a non-blocking socket"
+            assert 0 < step.value() < fs.total
+            sender.settimeout(0.2)
+            with pytest.raises(TimeoutError) as ei:
+                fs.send_all()
+            assert ei.value.bytes_sent == fs.sent  # type: ignore[attr-defined]

@@ -330,13 +330,12 @@ class Response:
     """
 
     __slots__ = ("_c", "_closed", "_done", "_extra", "_fd", "_ident", "_keep", "_owner",
-                 "_slow", "_timeout_ms")
+                 "_slow")
 
     _c: Any  # struct zc_response *
     _closed: bool
     _done: bool
     _fd: int
-    _timeout_ms: int
     _extra: tuple[list[Any], Any] | None
     _owner: socket.socket | None
     _ident: Any  # for an int fd (no _owner): its struct zc_fd_id from _c_init
@@ -368,8 +367,6 @@ class Response:
         if common:
             fd = sock.fileno()
             if fd >= 0:
-                timeout = sock.gettimeout()
-                self._timeout_ms = WAIT_FOREVER if timeout is None else timeout_ms(timeout)
                 self._fd = fd
                 self._slow = None
                 self._owner = sock
@@ -407,16 +404,29 @@ class Response:
         Non-blocking socket: sends until the kernel would block (may return 0).
         Blocking socket or one with a timeout: finishes, or raises.
         """
+        wait = self._wait_ms()
         if self._slow is None and not self._closed:
-            return self._c_send(self._timeout_ms, self._timeout_ms == 0)
-        return self._drive(self._timeout_ms, True)
+            return self._c_send(wait, wait == 0)
+        return self._drive(wait, True)
 
     def send_all(self) -> int:
         """Finish the response on any socket (waiting for a non-blocking one); return bytes sent."""
-        wait = self._timeout_ms or WAIT_FOREVER  # a non-blocking socket waits too
+        wait = self._wait_ms() or WAIT_FOREVER  # a non-blocking socket waits too
         if self._slow is None and not self._closed:
             return self._c_send(wait, False)
         return self._drive(wait, False)
+
+    def _wait_ms(self) -> int:
+        """How long a step may wait for room: the socket's timeout as it is now (a server
+        may make it non-blocking after making the response); 0 for an int fd, which the
+        kernel blocks on or not."""
+        owner = self._owner
+        if owner is None:
+            return 0
+        timeout = owner.gettimeout()
+        if timeout is None:
+            return WAIT_FOREVER
+        return timeout_ms(timeout) if timeout else 0
 
     def close(self) -> None:
         """Restore the socket options the response changed; idempotent."""

@@ -58,12 +58,12 @@ class FileSender(_c.Response):
     def _setup(self, sock: SocketLike, file: Any, offset: int | None, count: int | None,
                headers: Any, trailers: Any) -> None:
         """Every other combination of arguments."""
-        fd, wait_ms, unchecked, owner, tls = socket_target(sock)
+        fd, _, unchecked, owner, tls = socket_target(sock)
         check_range(offset, count)
         if unchecked:
             check_stream(fd)
         self._fd = fd
-        self._timeout_ms = wait_ms
+        self._owner = owner  # its timeout is read at each step (Response._wait_ms)
         slow = self._slow = _Slow(sock, _header_len(headers))
         if file is None:  # headers and trailers only
             if offset or count:
