@@ -520,8 +520,8 @@ class Response:
     def _ours(self) -> bool:
         """The socket is still the one the response was made for (not closed, number not reused)."""
         owner = self._owner
-        if owner is not None:
-            return owner.fileno() == self._fd
+        if owner is not None:  # a close() deferred by the hold counts as closed
+            return not owner._closed and owner.fileno() == self._fd  # type: ignore[attr-defined]
         return lib.zc_fd_id_check(self._fd, self._ident) == 0  # type: ignore[no-any-return]
 
     def _c_end(self) -> None:
