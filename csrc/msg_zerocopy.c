@@ -12,7 +12,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 /* Fallbacks for old build images; values from the kernel's UAPI headers. */
@@ -290,14 +289,6 @@ static int zs_pin(const struct zs_priv *p, struct zc__hold *h)
 	return h->fd;
 }
 
-static long long zs_now_ms(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
-
 /* The next slice of a wait ending at deadline (-1: none); 0 when over. */
 static int zs_slice(long long deadline)
 {
@@ -305,7 +296,7 @@ static int zs_slice(long long deadline)
 
 	if (deadline < 0)
 		return ZS_SLICE_MS;
-	left = deadline - zs_now_ms();
+	left = deadline - zc__now_ms();
 	if (left <= 0)
 		return 0;
 	return left < ZS_SLICE_MS ? (int)left : ZS_SLICE_MS;
@@ -313,7 +304,7 @@ static int zs_slice(long long deadline)
 
 static long long zs_deadline(int timeout_ms)
 {
-	return timeout_ms < 0 ? -1 : zs_now_ms() + timeout_ms;
+	return timeout_ms < 0 ? -1 : zc__now_ms() + timeout_ms;
 }
 
 /* Pop done records off the head; free buffers' tokens go to the cache. */
@@ -547,8 +538,13 @@ static int zs_flush_held(struct zc_zsock *z, struct zs_priv *p,
 	return rc;
 }
 
-/* Wait for writability in slices, checking the socket after each. */
-static int zs_wait_out(const struct zs_priv *p, struct zc__hold *h, int timeout_ms)
+/*
+ * Wait for writability in slices, checking the socket after each.  Our
+ * completions arriving meanwhile raise POLLERR, which poll() reports at once
+ * until they are read: reap them, then wait on.
+ */
+static int zs_wait_out(struct zc_zsock *z, struct zs_priv *p, struct zc__hold *h,
+		       int timeout_ms)
 {
 	long long deadline = zs_deadline(timeout_ms);
 	int fd, rc, chk;
@@ -563,10 +559,17 @@ static int zs_wait_out(const struct zs_priv *p, struct zc__hold *h, int timeout_
 
 		if (slice == 0)
 			return -ETIMEDOUT;
-		rc = zc_wait_writable(fd, slice);
+		/* without SO_ZEROCOPY the queue is not ours: zc_wait_writable() naps */
+		rc = z->supported ? zc__poll_out(fd, slice) : zc_wait_writable(fd, slice);
 		chk = zc__hold_check(h);
 		if (chk < 0)
 			return chk;
+		if (rc == 1) {
+			rc = zs_reap_held(z, p, h); /* empties the error queue */
+			if (rc < 0)
+				return rc;
+			continue;
+		}
 		if (rc != -ETIMEDOUT)
 			return rc;
 	}
@@ -735,7 +738,7 @@ int zc_zsock_send(struct zc_zsock *z, const void *buf, size_t len,
 			z->active = 0; /* a layer that refuses the flag (kTLS) */
 			rc = 0;
 		} else if (rc == -EAGAIN) {
-			rc = zs_wait_out(p, &h, timeout_ms);
+			rc = zs_wait_out(z, p, &h, timeout_ms);
 		}
 	}
 	*sent += done;

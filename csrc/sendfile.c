@@ -85,6 +85,22 @@ int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
 	return rc;
 }
 
+int zc_sendfile_id(int sock, int file, int64_t offset, uint64_t count,
+		   int timeout_ms, unsigned flags, uint64_t *sent,
+		   struct zc_fd_id *id)
+{
+	int rc = 0;
+
+	if (flags & ZC_ID_CHECK)
+		rc = zc_fd_id_check(sock, id);
+	else if (flags & ZC_ID_TAKE)
+		rc = zc_fd_id_get(sock, id);
+	if (rc < 0)
+		return rc;
+	return zc_sendfile(sock, file, offset, count, timeout_ms,
+			   flags & ZC_CHECK_STREAM, sent);
+}
+
 int zc__sendfile_held(struct zc__hold *h, int file, int64_t offset,
 		      uint64_t count, int timeout_ms, unsigned flags,
 		      uint64_t *sent)

@@ -8,18 +8,72 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
-int zc_wait_writable(int sock, int timeout_ms)
+long long zc__now_ms(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+int zc__socket_error(int sock)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+
+	if (getsockopt(sock, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+		return -errno;
+	return -err;
+}
+
+int zc__poll_out(int sock, int timeout_ms)
 {
 	struct pollfd p = { .fd = sock, .events = POLLOUT };
-	int n = poll(&p, 1, timeout_ms < 0 ? -1 : timeout_ms);
+	int n = poll(&p, 1, timeout_ms < 0 ? -1 : timeout_ms), rc;
 
 	if (n < 0)
 		return -errno;
 	if (n == 0)
 		return timeout_ms == 0 ? -EAGAIN : -ETIMEDOUT;
-	return 0; /* POLLOUT, or POLLERR/POLLHUP: the next send reports it */
+	if (p.revents & (POLLOUT | POLLHUP | POLLNVAL))
+		return 0; /* writable, or the next send reports the hang-up */
+	/* POLLERR alone: an error on the connection (reading it clears it,
+	 * so it is returned here), or messages on the error queue */
+	rc = zc__socket_error(sock);
+	return rc < 0 ? rc : 1;
+}
+
+int zc_wait_writable(int sock, int timeout_ms)
+{
+	long long deadline;
+	int rc = zc__poll_out(sock, timeout_ms), pause = 1;
+
+	if (rc <= 0)
+		return rc;
+	if (timeout_ms == 0)
+		return -EAGAIN;
+	/* POLLERR stays up while the error queue holds messages (MSG_ZEROCOPY
+	 * completions, TX timestamps) that are not ours to read, so poll()
+	 * returns at once: nap between looks, at a growing pace, until the
+	 * socket is writable, the queue is read, or the time is up. */
+	deadline = timeout_ms < 0 ? -1 : zc__now_ms() + timeout_ms;
+	for (;;) {
+		long long left = deadline < 0 ? pause : deadline - zc__now_ms();
+
+		if (left <= 0)
+			return -ETIMEDOUT;
+		if (poll(NULL, 0, left < pause ? (int)left : pause) < 0)
+			return -errno;
+		if (pause < ZC__PACE_MAX_MS)
+			pause *= 2;
+		left = deadline < 0 ? -1 : deadline - zc__now_ms();
+		rc = zc__poll_out(sock, left < 0 ? (deadline < 0 ? -1 : 0) : (int)left);
+		if (rc != 1)
+			return rc == -EAGAIN ? -ETIMEDOUT : rc;
+	}
 }
 
 int zc__is_nonblocking(int fd, int *nonblock)
@@ -36,8 +90,17 @@ int zc__short_send_blocking(int sock)
 {
 	struct pollfd p = { .fd = sock, .events = 0 };
 
-	if (poll(&p, 1, 0) > 0 && (p.revents & (POLLERR | POLLHUP)))
-		return 0;
+	if (poll(&p, 1, 0) <= 0)
+		return -EINTR;
+	if (p.revents & (POLLHUP | POLLNVAL))
+		return 0; /* the next send reports it */
+	if (p.revents & POLLERR) {
+		/* an error on the connection, or only messages on the error
+		 * queue (MSG_ZEROCOPY completions): then it was a signal */
+		int rc = zc__socket_error(sock);
+
+		return rc < 0 ? rc : -EINTR;
+	}
 	return -EINTR;
 }
 
@@ -70,6 +133,31 @@ static int same_file(int fd, dev_t dev, ino_t ino)
 	struct stat st;
 
 	return fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
+}
+
+struct fd_id {
+	dev_t dev;
+	ino_t ino;
+};
+ZC__PRIV_FITS(struct fd_id, struct zc_fd_id);
+
+int zc_fd_id_get(int fd, struct zc_fd_id *id)
+{
+	struct fd_id *p = ZC__PRIV(struct fd_id, id);
+	struct stat st;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	p->dev = st.st_dev;
+	p->ino = st.st_ino;
+	return 0;
+}
+
+int zc_fd_id_check(int fd, const struct zc_fd_id *id)
+{
+	const struct fd_id *p = (const struct fd_id *)(const void *)id->_private.bytes;
+
+	return same_file(fd, p->dev, p->ino) ? 0 : -EBADF;
 }
 
 int zc__hold_pin(struct zc__hold *h)

@@ -44,6 +44,9 @@ extern "C" {
 
 /* zc_sendfile() flags. */
 #define ZC_CHECK_STREAM 0x1 /* fail with -EPROTOTYPE unless sock is SOCK_STREAM */
+/* zc_sendfile_id() flags, with the above. */
+#define ZC_ID_TAKE 0x2	    /* first record which socket sock names */
+#define ZC_ID_CHECK 0x4	    /* first check sock still names that socket */
 
 /* Largest count one sendfile(2) call accepts; the kernel caps it anyway. */
 #define ZC_SENDFILE_MAX 0x7ffff000
@@ -58,13 +61,55 @@ extern "C" {
 int zc_check_stream(int sock);
 
 /**
+ * struct zc_fd_id - which open file a descriptor named, for zc_fd_id_check()
+ *
+ * Caller-allocated; its contents are private.
+ */
+struct zc_fd_id {
+	ZC_PRIVATE(16);
+};
+
+/**
+ * zc_fd_id_get() - remember which open file @fd names now
+ * @fd: a file descriptor (a socket)
+ * @id: out: its identity (device and inode)
+ *
+ * A transfer resumed after -EINTR is given the descriptor's number again.
+ * If another thread closed it meanwhile and the number went to a new file
+ * (accept() hands it to the next client), the resumed call would send that
+ * client the rest of the data.  Within one call the library guards its own
+ * waits; across calls, take the identity before the first call and check
+ * it with zc_fd_id_check() before each resume (and before each step of a
+ * response kept across calls).
+ *
+ * Return: 0, or -errno from fstat (-EBADF when @fd is not open).
+ */
+int zc_fd_id_get(int fd, struct zc_fd_id *id);
+
+/**
+ * zc_fd_id_check() - does @fd still name the file zc_fd_id_get() saw?
+ * @fd: the descriptor given to zc_fd_id_get()
+ * @id: its identity from zc_fd_id_get()
+ *
+ * Return: 0 when it does; -EBADF when @fd is closed or names another file.
+ */
+int zc_fd_id_check(int fd, const struct zc_fd_id *id);
+
+/**
  * zc_wait_writable() - wait until a socket can take more bytes
  * @sock: the socket
  * @timeout_ms: ZC_WAIT_FOREVER, 0 (just look) or a bound in milliseconds
  *
- * Return: 0 when writable (or in error: the next send reports it),
- * -ETIMEDOUT when the bound passed, -EAGAIN when @timeout_ms is 0 and it is
- * not writable, -EINTR when a signal arrived.
+ * Messages on the socket's error queue (MSG_ZEROCOPY completions, TX
+ * timestamps) keep POLLERR up, so poll(2) cannot wait for writability while
+ * they are there; they belong to whoever asked for them and are left
+ * unread: the wait then looks again every few milliseconds (at most
+ * ZC__PACE_MAX_MS, 8) until the socket is writable or the time is up.
+ *
+ * Return: 0 when writable (or hung up: the next send reports it); the error
+ * pending on the connection as -errno (reading it clears it); -ETIMEDOUT
+ * when the bound passed, -EAGAIN when @timeout_ms is 0 and it is not
+ * writable, -EINTR when a signal arrived.
  */
 int zc_wait_writable(int sock, int timeout_ms);
 
@@ -110,6 +155,27 @@ int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
 		int timeout_ms, unsigned flags, uint64_t *sent);
 
 /* ---- TCP_CORK ------------------------------------------------------------ */
+
+/**
+ * zc_sendfile_id() - zc_sendfile() that knows which socket it resumes on
+ * @sock, @file, @offset, @count, @timeout_ms, @sent: as for zc_sendfile()
+ * @flags: ZC_CHECK_STREAM, and ZC_ID_TAKE on the first call (records in @id
+ *         which socket @sock names) or ZC_ID_CHECK on a resumed one (sends
+ *         nothing unless @sock still names the socket in @id)
+ * @id: caller-allocated, kept between the calls of one transfer
+ *
+ * A caller that resumes after -EINTR gives the same descriptor number; if
+ * another thread closed it meanwhile and accept() handed the number to a new
+ * client, zc_sendfile() would send that client the rest of the file.  This
+ * takes the socket's identity in the same call as the first send (one
+ * fstat) and checks it before a resumed one (see zc_fd_id_get()).
+ *
+ * Return: as zc_sendfile(); -EBADF also when ZC_ID_CHECK finds @sock closed
+ * or naming another file.
+ */
+int zc_sendfile_id(int sock, int file, int64_t offset, uint64_t count,
+		   int timeout_ms, unsigned flags, uint64_t *sent,
+		   struct zc_fd_id *id);
 
 /**
  * zc_tls_tx_offloaded() - does the kernel encrypt what is sent on @sock?

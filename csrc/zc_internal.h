@@ -139,6 +139,25 @@ void zc__hold_release(struct zc__hold *h);
  * -EAGAIN without pinning), then zc__hold_check(). */
 int zc__hold_wait_writable(struct zc__hold *h, int timeout_ms);
 
+/* CLOCK_MONOTONIC in milliseconds. */
+long long zc__now_ms(void);
+
+/* The socket's pending error as -errno (reading it clears it), or 0. */
+int zc__socket_error(int sock);
+
+/*
+ * One poll(2) for POLLOUT: 0 when writable (or hung up, or the fd is not
+ * open: the next send reports it); -ETIMEDOUT, or -EAGAIN for timeout_ms 0;
+ * -EINTR; -errno of an error pending on the connection; 1 when only
+ * POLLERR came and no error is pending: the error queue holds messages,
+ * which keep POLLERR up until they are read.
+ */
+int zc__poll_out(int sock, int timeout_ms);
+
+/* How long zc_wait_writable() sleeps at most between two looks while the
+ * error queue holds messages it must not read. */
+#define ZC__PACE_MAX_MS 8
+
 /* Set *nonblock from the socket's O_NONBLOCK flag; -errno on failure. */
 int zc__is_nonblocking(int fd, int *nonblock);
 
@@ -146,9 +165,9 @@ int zc__is_nonblocking(int fd, int *nonblock);
  * The socket took fewer bytes than it was offered (the source had them).
  * Non-blocking socket: its buffer filled; return 0 and let the next call
  * meet EAGAIN.  Blocking socket: an error on the connection or a signal cut
- * the send short; return 0 when poll shows POLLERR/POLLHUP (the next call
- * reports the error), else -EINTR so the caller runs its handlers and
- * resumes.
+ * the send short; return 0 on POLLHUP (the next call reports it), the
+ * pending error as -errno, else -EINTR so the caller runs its handlers and
+ * resumes (also when POLLERR only means messages on the error queue).
  */
 int zc__after_short_send(int sock);
 

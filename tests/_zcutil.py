@@ -477,6 +477,24 @@ def raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+class KeyboardInterruptOnce:
+    """A signal handler that acts like Ctrl-C the first time, then returns.
+
+    For a repeating timer where a single signal may go unseen: OpenSSL retries
+    a partial write inside SSL_write, so a signal that cuts a blocking write
+    short (rather than interrupting it before any byte) gets its Python
+    handler run only when a later signal makes the write fail with EINTR.
+    """
+
+    def __init__(self) -> None:
+        self.raised = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if not self.raised:
+            self.raised = True
+            raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def itimer(
     handler: Callable[[int, Any], object], first: float, interval: float = 0.0
@@ -581,3 +599,26 @@ def tls_pair(cert: tuple[str, str]) -> tuple[ssl.SSLSocket, ssl.SSLSocket]:
     server.settimeout(None)
     client.settimeout(None)
     return server, client
+
+
+def tls_read_to_eof(client: ssl.SSLSocket, deadline: float = DEADLINE) -> bytes:
+    """Every byte the TLS client can decrypt until the stream ends (a TCP FIN, or a
+    record cut short by it, which the ssl module reports as an error), bounded in time."""
+    buf = bytearray()
+    client.settimeout(deadline)
+    while True:
+        try:
+            chunk = client.recv(1 << 20)
+        except ssl.SSLError:  # EOF inside a record: what came before it is all there is
+            break
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
+def stall_tls_pair(server: ssl.SSLSocket, client: ssl.SSLSocket) -> None:
+    """Small buffers both ways, so a server that sends to a client that does not read
+    blocks after a few records."""
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)

@@ -178,6 +178,38 @@ def test_progress_exceptions_are_typed_and_stdlib(make_pair, small_file: str) ->
     assert again.errno == exc.errno
 
 
+def test_progress_exceptions_pickle_whole() -> None:
+    """Regression: pickled with protocol 0-2 a typed BrokenPipeError (TimeoutError, ...) came
+    back as a plain typed OSError; with every protocol a BlockingIOError lost
+    characters_written, an OSError its filename, and a TruncatedFileError from a receive
+    its bytes_sent."""
+    import copy
+    import errno
+    import pickle
+
+    from zerocopy import _errors
+
+    made = [
+        _errors.build(errno.EPIPE, 5),
+        _errors.build(errno.ETIMEDOUT, 6),
+        _errors.build(errno.EAGAIN, 7),
+        _errors.build(errno.ENODATA, 8),
+        _errors.build(errno.ENODATA, 9, "bytes_received", "the stream"),
+        _errors.build(errno.ECONNRESET, (1, 2), "bytes_relayed"),
+        _errors.with_progress(FileNotFoundError(errno.ENOENT, "No such file", "a.txt"), 10),
+        _errors.with_progress(BlockingIOError(errno.EAGAIN, "full", 3), 11),
+    ]
+    for exc in made:
+        attrs = ("bytes_sent", "bytes_received", "bytes_relayed", "characters_written",
+                 "errno", "strerror", "filename", "args")
+        want = {a: getattr(exc, a, None) for a in attrs}
+        copies = [pickle.loads(pickle.dumps(exc, p)) for p in range(pickle.HIGHEST_PROTOCOL + 1)]
+        for again in [*copies, copy.copy(exc), copy.deepcopy(exc)]:
+            assert type(again) is type(exc), (exc, again)
+            assert {a: getattr(again, a, None) for a in attrs} == want, (exc, again)
+            assert str(again) == str(exc)
+
+
 def test_truncated_file_error_from_recvfile_is_also_a_receive_error(make_pair, tmp_path) -> None:
     sender, receiver = make_pair("tcp4")
     sender.sendall(b"x" * 10)
@@ -225,3 +257,27 @@ def test_user_code_type_checks_bytes_sent(tmp_path, monkeypatch) -> None:
         ["--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"), str(code)]
     )
     assert status == 0, out + err
+
+
+def test_file_descriptors_past_a_c_int_get_our_message(make_pair, small_file: str) -> None:
+    """Regression: an fd of 2**31 or more raised cffi's "integer ... does not fit
+    '32-bit int'" (issue 7: error messages are ours)."""
+    sender, _ = make_pair("tcp4")
+    big = 2**40
+    fd = os.open(small_file, os.O_RDONLY)
+    try:
+        calls = [
+            lambda: zerocopy.sendfile_all(big, fd, 0, 10),  # the per-call fast path
+            lambda: zerocopy.sendfile_all(big, fd),
+            lambda: zerocopy.sendfile_all(sender.fileno(), big, 0, 10),
+            lambda: zerocopy.sendfile_all(sender, big),
+            lambda: zerocopy.FileSender(sender, big, 0, 10),
+            lambda: zerocopy.FileSender(sender, big),
+            lambda: zerocopy.FileSender(big, fd, 0, 10),
+            lambda: zerocopy.cork(big).__enter__(),
+        ]
+        for call in calls:
+            with pytest.raises(OverflowError, match="too large for a file descriptor"):
+                call()
+    finally:
+        os.close(fd)

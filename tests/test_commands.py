@@ -12,9 +12,11 @@ import hashlib
 import io
 import os
 import re
+import resource
 import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -678,6 +680,82 @@ def test_recv_refuses_to_overwrite(tmp_path: Path) -> None:
     _one_clear_line(_run("recv", "0", "-o", str(tmp_path / "new")), "left by an earlier transfer")
     assert leftover.read_bytes() == b"earlier"
     _one_clear_line(_run("recv", "0", "-o", str(tmp_path)), "is a directory")
+
+
+def test_recv_never_replaces_a_device_or_fifo(tmp_path: Path) -> None:
+    """Regression: 'exists (use --force ...)' for -o /dev/null, and then --force put a
+    regular file with the data in the place of the device.  (A FIFO stands in for it.)"""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for extra in ([], ["--force"]):
+        result = _run("recv", "0", "-o", str(fifo), "--timeout", "1", *extra)
+        _one_clear_line(result, "is not a regular file")
+        assert f"-o - > {fifo}" in result.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert not Path(f"{fifo}.partial").exists()
+
+
+def test_force_never_writes_through_a_symlink_at_the_partial_name(
+    tmp_path: Path, receiver
+) -> None:
+    """Regression: with --force, FILE.partial was opened with O_TRUNC and followed a
+    symlink planted under that name: the data went into the file it pointed to, and FILE
+    became that symlink."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"not yours")
+    out = tmp_path / "got.bin"
+    os.symlink(victim, f"{out}.partial")
+    data = os.urandom(100_000)
+    recv, port = receiver("-o", str(out), "--force")
+    fake = FakeSender(port)
+    try:
+        fake.send(cli_framing.pack_header(len(data), sha256=False) + data
+                  + cli_framing.pack_end(len(data), None))
+        assert fake.reply() == f"ok {len(data)}\n".encode()
+    finally:
+        fake.close()
+    rest = _finish(recv)
+    assert recv.returncode == 0, rest
+    assert victim.read_bytes() == b"not yours"
+    assert not out.is_symlink() and out.read_bytes() == data
+    assert not os.path.lexists(f"{out}.partial")
+
+
+def test_announced_digest_missing_from_the_end_mark_is_refused(tmp_path: Path, receiver) -> None:
+    """Regression: a header that announced a SHA-256 and an end mark without one were
+    accepted, and recv printed 'sha256 checked' and '(matches the sender's)'."""
+    out = tmp_path / "got.bin"
+    recv, port = receiver("-o", str(out))
+    data = b"the data" * 1000
+    fake = FakeSender(port)
+    try:
+        fake.send(cli_framing.pack_header(len(data), sha256=True) + data
+                  + cli_framing.pack_end(len(data), None))
+        reply = fake.reply()
+    finally:
+        fake.close()
+    rest = _finish(recv)
+    assert reply.startswith(b"error the header announced a SHA-256"), reply
+    assert recv.returncode == 1, rest
+    assert "matches" not in rest and not out.exists()
+    assert Path(f"{out}.partial").read_bytes() == data
+
+
+def test_receiver_failure_is_told_to_the_sender(tmp_path: Path, receiver, big_file: str) -> None:
+    """Regression: a receiver whose disk filled up closed without a word; the sender said
+    'Transport endpoint is not connected'.  (A file size limit stands in for the full disk.)"""
+    out = tmp_path / "got.bin"
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    recv, port = receiver("-o", str(out), preexec_fn=small_files)
+    result = _run("send", big_file, str(port))
+    rest = _finish(recv)
+    assert recv.returncode == 1, rest
+    assert "File too large" in rest
+    _one_clear_line(result, "the receiver")
+    assert "File too large" in result.stderr
 
 
 def test_recv_address_in_use(tmp_path: Path) -> None:

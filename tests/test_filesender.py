@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import errno
 import io
 import os
 import random
@@ -16,6 +17,7 @@ import pytest
 from _zcutil import (
     DEADLINE,
     Call,
+    KeyboardInterruptOnce,
     cork_of,
     eof,
     feed,
@@ -26,6 +28,8 @@ from _zcutil import (
     recv_exactly,
     recv_then_reset,
     recv_to_eof,
+    stall_tls_pair,
+    tls_read_to_eof,
 )
 
 import zerocopy
@@ -621,10 +625,12 @@ def test_header_only_response_without_a_file(pair, collect) -> None:
         zerocopy.FileSender(sender, None, 0, 10, headers=HEAD)
 
 
-@pytest.mark.parametrize("bad", ["text", 5, [1, 2], 3.0])
+@pytest.mark.parametrize("bad", ["text", 5, [1, 2], 3.0, 0, None, [], "", False])
 def test_headers_and_trailers_must_be_bytes_like(make_pair, small_file: str, bad) -> None:
     """Regression: a str header raised cffi's message; trailers=5 sent five NUL bytes on
-    the Python route and raised TypeError on the file route (issue 8.10)."""
+    the Python route and raised TypeError on the file route (issue 8.10).  Then the fast
+    path (an fd, an explicit range) took any false value (0, None, [], "") for "no
+    trailers", which every other path refused."""
     sender, _ = make_pair("tcp4")
     for file in (open(small_file, "rb"), io.BytesIO(b"abc")):
         with file:
@@ -725,3 +731,134 @@ def test_tls_nonblocking_steps(tls, collect, big_file: str, big_data: bytes) -> 
     server.setblocking(True)
     server.shutdown(socket.SHUT_WR)
     assert c.result() == HEAD + big_data
+
+
+# -- the socket closed and its number reused -------------------------------------
+
+
+@pytest.mark.parametrize("target", ["socket", "int fd"])
+@pytest.mark.parametrize("path", ["fast", "general"])
+def test_step_after_the_socket_was_closed_never_reaches_its_reuser(
+    big_file: str, target: str, path: str
+) -> None:
+    """Regression: a response made for a connection that was then closed (and whose fd
+    number accept() gave to a new client) sent its next step to the new client."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    old = socket.create_connection(listener.getsockname())
+    old_peer, _ = listener.accept()
+    fd = old.fileno()
+    with open(big_file, "rb") as f:
+        range_ = (0, 100_000) if path == "fast" else (None, None)
+        fs = zerocopy.FileSender(old if target == "socket" else fd, f.fileno(), *range_,
+                                 headers=HEAD if path == "fast" else bytearray(HEAD))
+        if target == "socket":
+            old.close()
+        else:
+            os.close(old.detach())
+        new = socket.create_connection(listener.getsockname())
+        new_peer, _ = listener.accept()
+        try:
+            assert new.fileno() == fd  # the number was free, and was reused
+            with pytest.raises(OSError) as ei:
+                fs.send_all()
+            assert ei.value.errno == errno.EBADF
+            assert ei.value.bytes_sent == 0  # type: ignore[attr-defined]
+            fs.close()
+            new_peer.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                new_peer.recv(1)  # not a byte reached the new client
+        finally:
+            for s in (new, new_peer, old_peer, listener):
+                s.close()
+
+
+@pytest.mark.timeout(60, method="thread")
+@pytest.mark.parametrize("target", ["int fd", "socket"])
+def test_closed_by_another_thread_during_send_all(
+    big_file: str, big_data: bytes, target: str
+) -> None:
+    """Regression (issue 8.1, int fds): the owner of an int fd closes it while send_all
+    blocks, accept() reuses the number, and a signal interrupts the send: the resumed step
+    sent the rest of the response to the new client.  It must stop with EBADF or finish
+    to the original peer (a socket object's close waits for the step to return)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sender = socket.create_connection(listener.getsockname())
+    receiver, _ = listener.accept()
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    fd = sender.fileno()
+    newcomers: list[tuple[socket.socket, socket.socket]] = []
+    got = bytearray()
+
+    def meddle() -> None:
+        time.sleep(0.2)  # send_all is stalled in the kernel by now
+        if target == "socket":
+            sender.close()
+        else:
+            os.close(sender.detach())
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        newcomers.append((client, server))
+        receiver.settimeout(5)
+        while chunk := receiver.recv(1 << 16):
+            got.extend(chunk)
+
+    reader = Call(meddle)
+    with itimer(lambda signum, frame: None, 0.005, 0.005), open(big_file, "rb") as f:
+        dest = sender if target == "socket" else fd
+        with zerocopy.FileSender(dest, f.fileno(), 0, len(big_data), headers=HEAD) as fs:
+            try:
+                fs.send_all()
+                sent = fs.sent
+            except OSError as exc:
+                assert exc.errno == errno.EBADF
+                sent = exc.bytes_sent  # type: ignore[attr-defined]
+    reader.value()
+    assert bytes(got) == (HEAD + big_data)[: len(got)] and len(got) == sent
+    client, server = newcomers[0]
+    try:
+        server.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            server.recv(1)
+    finally:
+        for s in (client, server, receiver, listener):
+            s.close()
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_tls_keyboard_interrupt_carries_the_bytes_the_client_got(
+    tls, big_file: str, big_data: bytes
+) -> None:
+    """Regression: the TLS route offered OpenSSL 64 KiB at a time, all or nothing; Ctrl-C in
+    the middle left bytes_sent short of what the client had decrypted."""
+    server, client = tls
+    stall_tls_pair(server, client)
+    with open(big_file, "rb") as f, zerocopy.FileSender(server, f, headers=HEAD) as fs:
+        with itimer(KeyboardInterruptOnce(), 0.3, 0.01), pytest.raises(KeyboardInterrupt) as ei:
+            fs.send_all()
+        sent = ei.value.bytes_sent  # type: ignore[attr-defined]
+        assert sent == fs.sent
+        assert len(HEAD) < sent < len(HEAD) + len(big_data)
+        assert f.tell() == sent - len(HEAD)
+    server.shutdown(socket.SHUT_WR)
+    assert tls_read_to_eof(client) == (HEAD + big_data)[:sent]
+
+
+@pytest.mark.parametrize("path", ["fast", "general"])
+def test_socket_mode_is_read_at_each_step(small_pair, big_file: str, path: str) -> None:
+    """Regression: the socket's timeout was read once, when the sender was made: a server
+    that made the socket non-blocking afterwards (to hand it to selectors) had send() block
+    its event loop until the client read, and a timeout set later was never applied."""
+    sender, _ = small_pair
+    with open(big_file, "rb") as f:
+        fs = (zerocopy.FileSender(sender, f.fileno(), 0, 4 << 20, headers=HEAD)
+              if path == "fast" else zerocopy.FileSender(sender, f, headers=bytearray(HEAD)))
+        with fs:
+            sender.setblocking(False)
+            step = Call(fs.send)
+            assert step.join(5), "send() blocked on a non-blocking socket"
+            assert 0 < step.value() < fs.total
+            sender.settimeout(0.2)
+            with pytest.raises(TimeoutError) as ei:
+                fs.send_all()
+            assert ei.value.bytes_sent == fs.sent  # type: ignore[attr-defined]

@@ -26,11 +26,13 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,6 +43,7 @@ from _zcutil import (
     Pair,
     eof,
     outq,
+    raise_keyboard_interrupt,
     rand_bytes,
     recv_exactly,
     recv_to_eof,
@@ -399,6 +402,41 @@ def test_sendall_buffer_larger_than_pin_bound_cut_short_by_a_signal(
     eof(sender)
     assert c.result() == big_data
     assert zs.stats.zerocopy_sends >= 2, "the send was not cut short: the test proved nothing"
+
+
+def test_sendall_to_a_stalled_peer_times_out(make_pair: Callable[..., Pair]) -> None:
+    """Regression: with a timeout, a sendall waiting for room on a peer that read a little
+    and stalled spun at full CPU and never timed out: the completions of the parts the
+    peer took kept POLLERR up, and each wake-up was taken for writability."""
+    s, r = make_pair("tcp4", sndbuf=64 * 1024, rcvbuf=32 * 1024)
+    s.settimeout(0.5)
+    z = zerocopy.Socket(s, adaptive=False)
+    data = rand_bytes(4 * 1024 * 1024, 21)
+    taken = bytearray()
+    returned = threading.Event()
+
+    def peer() -> None:
+        time.sleep(0.1)
+        r.settimeout(1)
+        while len(taken) < 128 * 1024:
+            taken.extend(r.recv(64 * 1024))
+        if not returned.wait(8):  # still in sendall: a reset ends it (and the test fails)
+            reset(r)
+
+    t = threading.Thread(target=peer, daemon=True)
+    t.start()
+    with pytest.raises(TimeoutError) as ei:
+        try:
+            z.sendall(data)
+        finally:
+            returned.set()
+    t.join(DEADLINE)
+    _need_zerocopy(z)
+    sent = ei.value.bytes_sent  # type: ignore[attr-defined]
+    assert len(taken) < sent < len(data)
+    assert bytes(taken) == data[: len(taken)]
+    z.close(timeout=0)  # resets the stalled connection: the buffers come back
+    assert z.pending == 0
 
 
 def test_max_sends_in_flight(
@@ -988,3 +1026,97 @@ def test_tls_socket_sends_through_the_tls_layer(tls_cert: tuple[str, str], mode:
         ls.close()
     assert not errors, errors
     assert bytes(got) == b"".join(data)
+
+
+@pytest.mark.timeout(60, method="thread")
+@pytest.mark.parametrize("how", ["keyboard interrupt", "nonblocking"])
+def test_tls_errors_carry_the_bytes_the_client_got(how: str) -> None:
+    """Regression: a TLS Socket sent through SSLSocket.sendall, whose errors carry no
+    count (and OpenSSL takes a buffer all or nothing): Ctrl-C gave no bytes_sent, and a
+    full non-blocking socket raised ssl.SSLWantWriteError instead of BlockingIOError."""
+    from _zcutil import (
+        KeyboardInterruptOnce,
+        make_tls_cert,
+        stall_tls_pair,
+        tls_pair,
+        tls_read_to_eof,
+    )
+
+    with tempfile.TemporaryDirectory() as d:
+        cert = make_tls_cert(Path(d))
+        if cert is None:
+            pytest.skip("the openssl command is not installed")
+        server, client = tls_pair(cert)
+    stall_tls_pair(server, client)
+    data = rand_bytes(2 * 1024 * 1024, 41)
+    with server, client:
+        z = zerocopy.Socket(server)
+        if how == "nonblocking":
+            server.setblocking(False)
+            with pytest.raises(BlockingIOError) as ei:
+                z.sendall(data)
+            sent = ei.value.bytes_sent  # type: ignore[attr-defined]
+            assert ei.value.characters_written == sent
+            assert isinstance(ei.value, zerocopy.TransferError)
+            # the rest of the same buffer continues the stream
+            got = bytearray()
+            client.settimeout(0.05)
+            end = time.monotonic() + DEADLINE
+            while sent < len(data) and time.monotonic() < end:
+                try:
+                    sent += z.send(data[sent:])
+                except BlockingIOError as e:
+                    assert e.bytes_sent == 0  # type: ignore[attr-defined]
+                    try:  # (a record cut short waits in OpenSSL for the next send)
+                        got += client.recv(1 << 20)
+                    except socket.timeout:  # TimeoutError from Python 3.10 on
+                        pass
+            assert sent == len(data)
+            server.setblocking(True)
+            server.shutdown(socket.SHUT_WR)
+            assert bytes(got) + tls_read_to_eof(client) == data
+        else:
+            old = signal.signal(signal.SIGALRM, KeyboardInterruptOnce())
+            signal.setitimer(signal.ITIMER_REAL, 0.3, 0.01)
+            try:
+                with pytest.raises(KeyboardInterrupt) as ki:
+                    z.sendall(data)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, old)
+            sent = ki.value.bytes_sent  # type: ignore[attr-defined]
+            assert 0 < sent < len(data)
+            server.shutdown(socket.SHUT_WR)
+            assert tls_read_to_eof(client) == data[:sent]
+
+
+@pytest.mark.timeout(60, method="thread")
+@pytest.mark.parametrize("how", ["keyboard interrupt", "peer closed"])
+def test_plain_blocking_send_errors_carry_the_count(how: str) -> None:
+    """Regression: a blocking socket without zero-copy (AF_UNIX) sent through
+    socket.sendall, whose errors carry no count: Ctrl-C gave no bytes_sent, a closed peer
+    a plain BrokenPipeError.  Every error must be a TransferError with bytes_sent."""
+    s, r = socket.socketpair()
+    with s, r:
+        z = zerocopy.Socket(s)
+        assert not z.zerocopy_supported
+        data = rand_bytes(8 * 1024 * 1024, 42)
+        if how == "peer closed":
+            r.close()
+            with pytest.raises(BrokenPipeError) as ei:
+                z.sendall(data)
+            assert isinstance(ei.value, zerocopy.TransferError)
+            assert ei.value.bytes_sent == 0  # type: ignore[attr-defined]
+            return
+        old = signal.signal(signal.SIGALRM, raise_keyboard_interrupt)
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        try:
+            with pytest.raises(KeyboardInterrupt) as ki:
+                z.sendall(data)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        sent = ki.value.bytes_sent  # type: ignore[attr-defined]
+        assert 0 < sent < len(data)
+        s.shutdown(socket.SHUT_WR)
+        assert recv_to_eof(r) == data[:sent]

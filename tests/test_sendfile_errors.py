@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import select
 import socket
+import threading
 import time
 
 import pytest
-from _zcutil import DEADLINE, Call, eof, recv_then_reset
+from _zcutil import DEADLINE, Call, eof, recv_then_reset, recv_to_eof
+from _zcutil import reset as reset_peer
 
 import zerocopy
 
@@ -220,3 +222,53 @@ def test_directory_as_source(make_pair, tmp_path) -> None:
         assert not isinstance(ei.value, zerocopy.TruncatedFileError)
     finally:
         os.close(fd)
+
+
+SO_ZEROCOPY = getattr(socket, "SO_ZEROCOPY", 60)
+MSG_ZEROCOPY = getattr(socket, "MSG_ZEROCOPY", 0x4000000)
+
+
+def _queue_completion(sock: socket.socket) -> None:
+    """Leave one MSG_ZEROCOPY completion unread on the socket's error queue (as a
+    zerocopy.Socket on the same connection would): POLLERR stays up until it is read."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
+        sock.send(b"z" * 4096, MSG_ZEROCOPY)
+    except OSError as e:
+        pytest.skip(f"no MSG_ZEROCOPY here: {e}")
+    p = select.poll()
+    p.register(sock, 0)
+    if not any(ev & select.POLLERR for _, ev in p.poll(5000)):
+        pytest.skip("the completion did not come")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("call", ["sendfile_all", "FileSender"])
+def test_timeout_with_messages_on_the_error_queue(
+    small_pair, big_file: str, big_data: bytes, call: str
+) -> None:
+    """Regression: a completion on the error queue keeps POLLERR up, so every wait for
+    room returned at once; the transfer spun at full CPU and the timeout never came."""
+    sender, receiver = small_pair
+    if sender.family == socket.AF_UNIX:
+        pytest.skip("AF_UNIX has no error queue")
+    _queue_completion(sender)
+    sender.settimeout(0.3)
+    # a hung transfer ends with a reset after 10 s (and fails) instead of hanging
+    rescue = threading.Timer(10, reset_peer, (receiver,))
+    rescue.start()
+    try:
+        with open(big_file, "rb") as f, pytest.raises(TimeoutError) as ei:
+            if call == "sendfile_all":
+                zerocopy.sendfile_all(sender, f.fileno(), 0, len(big_data))
+            else:
+                with zerocopy.FileSender(sender, f.fileno(), 0, len(big_data)) as fs:
+                    fs.send_all()
+    finally:
+        rescue.cancel()
+    sent = ei.value.bytes_sent
+    assert 0 < sent < len(big_data)
+    sender.settimeout(None)
+    eof(sender)
+    got = recv_to_eof(receiver)
+    assert got == b"z" * 4096 + big_data[:sent]

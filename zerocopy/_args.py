@@ -9,7 +9,14 @@ import socket
 import sys
 from typing import Any, NamedTuple, Optional, Union
 
-from ._lowlevel import FD_POSITION, OFF_MAX, raw_socket_type, timeout_ms, tls_tx_offloaded
+from ._lowlevel import (
+    FD_POSITION,
+    INT_MAX,
+    OFF_MAX,
+    raw_socket_type,
+    timeout_ms,
+    tls_tx_offloaded,
+)
 from ._lowlevel import check_stream as _check_stream
 
 SocketLike = Union[socket.socket, int]
@@ -25,7 +32,7 @@ __all__ = ["timeout_ms"]  # for the capability modules (defined with the C const
 
 def socket_target(sock: SocketLike) -> Target:
     """Check ``sock`` and say how to send to it."""
-    if type(sock) is int and sock >= 0:  # the per-call fast path
+    if type(sock) is int and 0 <= sock <= INT_MAX:  # the per-call fast path
         return (sock, 0, True, None, False)
     if isinstance(sock, socket.socket):
         fd = stream_socket_fd(sock)
@@ -74,10 +81,18 @@ def _fd_number(sock: Any, name: str) -> int:
     if isinstance(sock, int):
         if sock < 0:
             raise ValueError(f"{name} must be a file descriptor >= 0, got {sock}")
+        check_fd_size(sock, name)
         return sock
     raise TypeError(
         f"{name} must be a socket.socket or an int file descriptor, not {type(sock).__name__}"
     )
+
+
+def check_fd_size(fd: int, name: str) -> None:
+    """File descriptors are C ints: refuse a bigger number with our words, not cffi's."""
+    if fd > INT_MAX:
+        raise OverflowError(f"{name} is too large for a file descriptor (at most 2**31 - 1), "
+                            f"got {fd}")
 
 
 def check_stream(fd: int, name: str = "sock") -> None:
@@ -139,6 +154,7 @@ def file_source(file: Any, offset: int | None) -> Source:
             raise TypeError("file must be an int file descriptor or a binary file object, not bool")
         if file < 0:
             raise ValueError(f"file must be a file descriptor >= 0, got {file}")
+        check_fd_size(file, "file")
         return Source(file, FD_POSITION if offset is None else offset, None)
     check_binary(file)
     if isinstance(file, socket.socket):

@@ -18,12 +18,19 @@ CDEF_SENDFILE = """
 #define ZC_FD_POSITION ...
 #define ZC_WAIT_FOREVER ...
 #define ZC_CHECK_STREAM ...
+#define ZC_ID_TAKE ...
+#define ZC_ID_CHECK ...
 
 int zc_check_stream(int sock);
+struct zc_fd_id { ...; };
+int zc_fd_id_get(int fd, struct zc_fd_id *id);
+int zc_fd_id_check(int fd, const struct zc_fd_id *id);
 int zc_tls_tx_offloaded(int sock);
 int zc_wait_writable(int sock, int timeout_ms);
 int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
                 int timeout_ms, unsigned flags, uint64_t *sent);
+int zc_sendfile_id(int sock, int file, int64_t offset, uint64_t count,
+                   int timeout_ms, unsigned flags, uint64_t *sent, struct zc_fd_id *id);
 
 struct zc_cork_state { ...; };
 int zc_cork_begin(int sock, struct zc_cork_state *st);

@@ -29,9 +29,19 @@ class TransferError(OSError):
     bytes_sent: int
     progress_attr: ClassVar[str] = "bytes_sent"
 
-    def __reduce__(self) -> Any:  # the per-errno subclasses are made at run time
-        return _rebuild, (_base_of(type(self)), type(self).progress_attr, self.args,
-                          getattr(self, self.progress_attr, 0))
+    def __reduce__(self) -> Any:
+        # The per-errno subclasses are made at run time: rebuild one from its
+        # base.  OSError's own reduce gives the full arguments (with a
+        # filename) and the attributes (bytes_sent, and bytes_received with
+        # it); a BlockingIOError's characters_written is added to those.
+        reduced: tuple[Any, ...] = OSError.__reduce__(self)  # type: ignore[assignment]
+        state = dict(reduced[2]) if len(reduced) > 2 and reduced[2] else {}
+        if isinstance(self, BlockingIOError):  # a subclass keeps it out of args
+            try:
+                state["characters_written"] = self.characters_written
+            except AttributeError:
+                pass
+        return _rebuild, (_base_of(type(self)), type(self).progress_attr, reduced[1]), state
 
 
 class ReceiveError(OSError):
@@ -90,9 +100,15 @@ def typed_class(base: type[OSError], attr: str) -> type[OSError]:
     return cls
 
 
-def _rebuild(base: type[OSError], attr: str, args: tuple[Any, ...], done: Progress) -> OSError:
+def _rebuild(base: type[OSError], attr: str, args: tuple[Any, ...],
+             done: Progress | None = None) -> OSError:
+    if base is OSError and args and type(args[0]) is int:
+        # pickle protocols 0-2 store BrokenPipeError (and the other
+        # errno classes) as OSError, whose constructor maps the errno back
+        base = _stdlib_class(args[0])
     exc = typed_class(base, attr)(*args)
-    setattr(exc, attr, done)
+    if done is not None:  # pickled by an earlier version: the state is not there
+        setattr(exc, attr, done)
     return exc
 
 

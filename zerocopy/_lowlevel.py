@@ -18,10 +18,14 @@ be Python; everything that crosses into C goes through here, by these rules:
 - While C works on a socket object's fd, the object is held (its
   ``_io_refs``, the count ``socket.makefile`` uses): a ``close()`` from
   another thread is deferred until the call returns, so the fd number cannot
-  be reused under the transfer.  A transfer resumed after a signal stops with
-  ``EBADF`` if the socket was closed meanwhile.  The C core separately holds
-  a socket across its own waits (``struct zc__hold``), which protects int
-  fds and C callers.
+  be reused under the transfer.  A transfer resumed after a signal, or a
+  response sent in several steps, stops with ``EBADF`` if the socket was
+  closed meanwhile.  Nothing holds an int fd: its identity
+  (``struct zc_fd_id``) is taken before the first call and checked before
+  every later one, so a number that another thread closed and
+  ``accept()`` reused ends the transfer with ``EBADF`` instead of sending the
+  rest to the new connection.  The C core separately holds a socket across
+  its own waits (``struct zc__hold``).
 - Every C capability has its own banner below; a new capability adds its
   cdef to ``_build.py`` and a section here, and nothing else imports
   ``_native``.
@@ -150,6 +154,22 @@ def is_open(sock: socket.socket) -> bool:
     return not sock._closed  # type: ignore[attr-defined]
 
 
+_FD_ID_T = ffi.typeof("struct zc_fd_id *")
+_fd_ids: list[Any] = []  # reused, as the counters are
+
+
+def fd_id(fd: int) -> Any:
+    """A new ``struct zc_fd_id`` naming the file ``fd`` names now (all zeros if not open)."""
+    ident = ffi.new(_FD_ID_T)
+    lib.zc_fd_id_get(fd, ident)
+    return ident
+
+
+def same_fd(fd: int, ident: Any) -> bool:
+    """True while ``fd`` still names the file ``ident`` was taken from."""
+    return bool(lib.zc_fd_id_check(fd, ident) == 0)
+
+
 def check_stream(fd: int) -> int:
     """0 for a SOCK_STREAM socket; -EPROTOTYPE, -ENOTSOCK or another -errno otherwise."""
     rc: int = lib.zc_check_stream(fd)
@@ -170,6 +190,9 @@ def tls_tx_offloaded(fd: int) -> bool:
 # --------------------------------------------------------------------------- sendfile
 
 _CHECK_STREAM: int = lib.ZC_CHECK_STREAM
+_ID_TAKE: int = lib.ZC_ID_TAKE
+_ID_CHECK: int = lib.ZC_ID_CHECK
+_FAST_FLAGS = _CHECK_STREAM | _ID_TAKE
 
 
 def sendfile_range(sock: int, file: int, offset: int, count: int) -> int:
@@ -181,14 +204,16 @@ def sendfile_range(sock: int, file: int, offset: int, count: int) -> int:
     """
     sent = _counters.pop() if _counters else ffi.new(_U64)
     sent[0] = 0
-    try:
-        rc = lib.zc_sendfile(sock, file, offset, count, 0, _CHECK_STREAM, sent)
+    ident = _fd_ids.pop() if _fd_ids else ffi.new(_FD_ID_T)
+    try:  # the same call records which socket ``sock`` names, for a resume
+        rc = lib.zc_sendfile_id(sock, file, offset, count, 0, _FAST_FLAGS, sent, ident)
     except BaseException as exc:  # a signal handler raised as the call returned
         raise attach(exc, int(sent[0])) from None
     if rc == 0:
         _counters.append(sent)
+        _fd_ids.append(ident)
         return count
-    return _sendfile_rest(rc, sock, file, offset, count, 0, True, sent, None)
+    return _sendfile_rest(rc, sock, file, offset, count, 0, True, sent, None, ident)
 
 
 def sendfile(sock: int, file: int, start: int, count: int, timeout_ms: int,
@@ -209,33 +234,49 @@ def sendfile(sock: int, file: int, start: int, count: int, timeout_ms: int,
 def sendfile_into(sent: Any, sock: int, file: int, start: int, count: int, timeout_ms: int,
                   check: bool, owner: socket.socket | None = None) -> int:
     """:func:`sendfile` counting in the caller's ``sent`` (at 0 on entry; kept on errors)."""
+    ident = None
+    flags = _CHECK_STREAM if check else 0
     if owner is not None:
         hold(owner)
+    else:  # an int fd: nothing holds it, so C records which socket it names
+        ident = ffi.new(_FD_ID_T)
+        flags |= _ID_TAKE
     try:
         try:
-            rc = lib.zc_sendfile(sock, file, start, count, timeout_ms,
-                                 _CHECK_STREAM if check else 0, sent)
+            rc = lib.zc_sendfile_id(sock, file, start, count, timeout_ms, flags, sent,
+                                    ident if ident is not None else ffi.NULL)
         except BaseException as exc:
             raise attach(exc, int(sent[0])) from None
         if rc == 0:
             return int(sent[0])
-        return _sendfile_rest(rc, sock, file, start, count, timeout_ms, check, sent, owner)
+        return _sendfile_rest(rc, sock, file, start, count, timeout_ms, check, sent, owner,
+                              ident)
     finally:
         if owner is not None:
             release(owner)
 
 
 def _sendfile_rest(rc: int, sock: int, file: int, start: int, count: int, timeout_ms: int,
-                   check: bool, sent: Any, owner: socket.socket | None) -> int:
+                   check: bool, sent: Any, owner: socket.socket | None, ident: Any) -> int:
+    """After a first call that did not finish: resume, or raise.
+
+    A socket object ``owner`` is held by the caller, and the resume stops
+    when it was closed meanwhile; an int fd's resumed calls check ``ident``,
+    recorded by the first one (ZC_ID_CHECK: -EBADF when the number names
+    another socket now).
+    """
     if rc == EPROTOTYPE and check:
         raise ValueError("sock must be a SOCK_STREAM socket")
+    flags = 0 if owner is not None else _ID_CHECK
+    idp = ident if ident is not None else ffi.NULL
 
     def again() -> int:
         # resume where the interrupted call stopped (``sent`` counts from 0)
         done = int(sent[0])
         offset = start if start == FD_POSITION else start + done
         left = count if count == TO_EOF else count - done
-        result: int = lib.zc_sendfile(sock, file, offset, left, timeout_ms, 0, sent)
+        result: int = lib.zc_sendfile_id(sock, file, offset, left, timeout_ms, flags, sent,
+                                         idp)
         return result
 
     run(again, lambda: int(sent[0]), rc=rc,
@@ -290,16 +331,16 @@ class Response:
     forgets ``close()``; ``_extra`` (exports, finalizer) is None otherwise.
     """
 
-    __slots__ = ("_c", "_closed", "_done", "_extra", "_fd", "_keep", "_owner", "_slow",
-                 "_timeout_ms")
+    __slots__ = ("_c", "_closed", "_done", "_extra", "_fd", "_ident", "_keep", "_owner",
+                 "_slow")
 
     _c: Any  # struct zc_response *
     _closed: bool
     _done: bool
     _fd: int
-    _timeout_ms: int
     _extra: tuple[list[Any], Any] | None
     _owner: socket.socket | None
+    _ident: Any  # for an int fd (no _owner): its struct zc_fd_id from _c_init
     _keep: Any  # the header (bytes), or (header, trailer) as passed to C
     _slow: Any  # the subclass's state for uncommon responses, or None
 
@@ -318,6 +359,7 @@ class Response:
                 type(sock) is _SOCKET
                 and type(file) is int  # not a bool
                 and type(headers) is bytes
+                and type(trailers) is bytes  # not 0, None or []: the general path refuses those
                 and not trailers
                 and file | offset | count >= 0  # type: ignore[operator]
                 and raw_socket_type(sock) == _SOCK_STREAM
@@ -327,8 +369,6 @@ class Response:
         if common:
             fd = sock.fileno()
             if fd >= 0:
-                timeout = sock.gettimeout()
-                self._timeout_ms = WAIT_FOREVER if timeout is None else timeout_ms(timeout)
                 self._fd = fd
                 self._slow = None
                 self._owner = sock
@@ -366,16 +406,29 @@ class Response:
         Non-blocking socket: sends until the kernel would block (may return 0).
         Blocking socket or one with a timeout: finishes, or raises.
         """
+        wait = self._wait_ms()
         if self._slow is None and not self._closed:
-            return self._c_send(self._timeout_ms, self._timeout_ms == 0)
-        return self._drive(self._timeout_ms, True)
+            return self._c_send(wait, wait == 0)
+        return self._drive(wait, True)
 
     def send_all(self) -> int:
         """Finish the response on any socket (waiting for a non-blocking one); return bytes sent."""
-        wait = self._timeout_ms or WAIT_FOREVER  # a non-blocking socket waits too
+        wait = self._wait_ms() or WAIT_FOREVER  # a non-blocking socket waits too
         if self._slow is None and not self._closed:
             return self._c_send(wait, False)
         return self._drive(wait, False)
+
+    def _wait_ms(self) -> int:
+        """How long a step may wait for room: the socket's timeout as it is now (a server
+        may make it non-blocking after making the response); 0 for an int fd, which the
+        kernel blocks on or not."""
+        owner = self._owner
+        if owner is None:
+            return 0
+        timeout = owner.gettimeout()
+        if timeout is None:
+            return WAIT_FOREVER
+        return timeout_ms(timeout) if timeout else 0
 
     def close(self) -> None:
         """Restore the socket options the response changed; idempotent."""
@@ -393,6 +446,8 @@ class Response:
     def _c_init(self, sock: int, file: int, start: int, count: int,
                 header: Any, trailer: Any, owner: socket.socket | None) -> None:
         self._owner = owner
+        if owner is None:  # nothing holds an int fd: know whose it is at each step
+            self._ident = fd_id(sock)
         self._done = False
         self._extra = None
         exports: list[Any] = []
@@ -438,6 +493,8 @@ class Response:
         c = self._c
         before = c.sent
         owner = self._owner
+        if not self._ours():  # closed since the last step: its number may be another's now
+            raise error(EBADF, int(c.sent))
         if owner is not None:
             owner._io_refs += 1  # type: ignore[attr-defined]  # hold(), inlined
         try:
@@ -449,8 +506,7 @@ class Response:
             if rc != 0 and not (rc == EAGAIN and stop_on_again):
                 try:
                     run(lambda: int(lib.zc_response_send(c, timeout_ms, ffi.NULL)),
-                        lambda: int(c.sent), rc=rc,
-                        alive=None if owner is None else lambda: is_open(owner))
+                        lambda: int(c.sent), rc=rc, alive=self._ours)
                 except BaseException:
                     lib.zc_response_end(c)  # a failed step never leaves the cork set
                     raise
@@ -463,8 +519,20 @@ class Response:
                 if owner._closed:  # type: ignore[attr-defined]
                     owner.close()  # a close() from another thread came meanwhile
 
+    def _ours(self) -> bool:
+        """The socket is still the one the response was made for (not closed, number not reused)."""
+        owner = self._owner
+        if owner is not None:  # a close() deferred by the hold counts as closed
+            return not owner._closed and owner.fileno() == self._fd  # type: ignore[attr-defined]
+        return lib.zc_fd_id_check(self._fd, self._ident) == 0  # type: ignore[no-any-return]
+
     def _c_end(self) -> None:
-        """Restore what the response changed on the socket (the cork); idempotent."""
+        """Restore what the response changed on the socket (the cork); idempotent.
+
+        A socket closed meanwhile is left alone: its number may be another's now.
+        """
+        if not self._ours():
+            return
         rc = lib.zc_response_end(self._c)
         if rc < 0:
             raise error(rc, int(self._c.sent))
@@ -596,16 +664,6 @@ class ZSock:
         c = self._c
         if type(data) is bytes:
             size = len(data)
-            if timeout_ms < 0 and not c.on_loan and (size < self._threshold or not c.active):
-                # What C would do (one plain send, nothing to reap), through the
-                # socket's own send: a blocking socket resumes after signals itself.
-                if once:
-                    n = self._owner.send(data)
-                else:
-                    self._owner.sendall(data)
-                    n = size
-                c.stats.plain_sends += 1
-                return n, None
             buf: Any = data  # cffi hands C the object's own buffer, which never moves
         else:
             try:

@@ -6,11 +6,16 @@ by a rename once it is complete: the length and end mark ``zerocopy send``
 announces (see :mod:`zerocopy.cli_framing`) have arrived, the SHA-256 it
 sent matches, and the file is flushed to disk (``fsync``).  Only then does
 the sender hear ``ok``.  Without ``--force`` an existing FILE is never
-replaced; with it, FILE stays as it was until that rename.
+replaced; with it, FILE stays as it was until that rename.  FILE must be a
+regular file (or a symlink, which the rename replaces itself): a device or
+a FIFO is refused, even with ``--force`` (``-o - > /dev/null`` writes into
+one).  ``FILE.partial`` is always created new, never opened through a
+symlink.
 
-A transfer that ends short, is refused or interrupted exits non-zero and
-says what happened to the data: kept in ``FILE.partial`` (never renamed),
-or removed when nothing arrived.  A ``FILE.partial`` left by an earlier
+A transfer that ends short, is refused, interrupted or fails here (a full
+disk: the sender is told why) exits non-zero and says what happened to the
+data: kept in ``FILE.partial`` (never renamed), or removed when nothing
+arrived.  A ``FILE.partial`` left by an earlier
 transfer is replaced only with ``--force``.  SIGTERM is handled like
 Ctrl-C (exit status 143); a process killed outright (SIGKILL) also leaves
 its data under the ``.partial`` name.
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import stat
 import time
 from typing import Any
 
@@ -69,13 +75,30 @@ class Output:
         if os.path.isdir(self.path):
             raise CommandError(f"{self.path} is a directory: name the file to write, "
                                f"e.g. -o {os.path.join(self.path, 'FILE')}")
-        if os.path.lexists(self.path) and not self.force:
+        try:
+            mode = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            mode = None
+        except OSError as e:
+            raise CommandError(f"cannot look at {self.path}: {error_text(e)}") from None
+        if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            # --force would put a regular file in the place of /dev/null
+            raise CommandError(f"{self.path} is not a regular file: to write the data into "
+                               f"it, use -o - > {self.path}")
+        if mode is not None and not self.force:
             raise CommandError(f"{self.path} exists (use --force to replace it once the new "
                                "one is complete)")
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC  # read back for digests
-        flags |= os.O_TRUNC if self.force else os.O_EXCL
+        if self.force:  # a leftover FILE.partial goes, whatever it is (a symlink too)
+            try:
+                os.unlink(self.partial)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise CommandError(f"cannot replace {self.partial}: {error_text(e)}") from None
+        # a new file, never one reached through a symlink planted under the name
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            return os.open(self.partial, flags, 0o666)
+            return os.open(self.partial, flags, 0o666)  # read back for digests
         except FileExistsError:
             raise CommandError(f"{self.partial} exists, left by an earlier transfer: remove "
                                "it, or use --force to replace it") from None
@@ -204,6 +227,8 @@ def _receive(
         _tell(conn, framing.reply_error(str(e)))
         return con.error(f"{e}; {out.fate()}")
     except OSError as e:
+        if not args.raw:  # a disk that filled up, say: the sender should know why
+            _tell(conn, framing.reply_error(f"storing the data failed: {error_text(e)}"))
         return con.error(f"receiving from {peer} failed after {_count(out, e)} bytes: "
                          f"{error_text(e)}; {out.fate()}")
     elapsed = time.monotonic() - start
@@ -296,6 +321,8 @@ def _recv_framed(
             end = _recv_known(conn, out, header.length, hasher)
         else:
             end = _recv_unknown(conn, out, hasher)
+    if header.sha256 and end.sha256 is None:
+        raise _Refused("the header announced a SHA-256 but the end mark carries none")
     if end.sha256 is not None:
         if hasher is None:
             raise _Refused("the end mark carries a digest the header did not announce")

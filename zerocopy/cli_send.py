@@ -156,6 +156,10 @@ def _send(
         raise CommandError(f"{show(address)} answered {e}: is it 'zerocopy recv'? "
                            "(for netcat and other plain listeners, use --raw)") from None
     except OSError as e:
+        refusal = None if args.raw else _refusal(sock)
+        if refusal is not None:
+            raise CommandError(f"the receiver stopped the transfer after {tally.total(e)} "
+                               f"bytes: {refusal}") from None
         raise CommandError(f"sending to {show(address)} failed after {tally.total(e)} bytes: "
                            f"{error_text(e)}") from None
     elapsed = time.monotonic() - start
@@ -234,6 +238,21 @@ def _read_reply(sock: socket.socket) -> framing.Reply:
         raise CommandError("the receiver closed without answering: is it 'zerocopy recv' "
                            "without --raw? (for netcat and other plain listeners, use --raw)")
     return framing.parse_reply(data.partition(b"\n")[0])
+
+
+def _refusal(sock: socket.socket) -> str | None:
+    """After sending failed: the reason the receiver gave, if it sent an error line.
+
+    A receiver that fails (a full disk) says why and closes; the close resets
+    the connection under the sender, but the line it sent is still queued here.
+    """
+    try:
+        sock.settimeout(0.5)
+        data = sock.recv(framing.REPLY_MAX)
+        reply = framing.parse_reply(data.partition(b"\n")[0]) if data else None
+    except (OSError, framing.FramingError):
+        return None
+    return reply.text if reply is not None and not reply.ok else None
 
 
 def unacknowledged(sock: socket.socket) -> int:

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from . import _lowlevel as _c
+from . import _tls
 from ._args import stream_socket_fd, timeout_ms
 from .cork import cork as _cork
 from .sendfile import sendfile_all as _sendfile_all
@@ -235,8 +236,7 @@ class Socket:
         with self._lock:
             zs = self._zsock()
             if zs is None:
-                self._tls_plain_sends += 1
-                return self._sock.send(data)
+                return self._tls_send(data, True)
             return zs.send(data, True, timeout_ms(self._sock.gettimeout()))[0]
 
     def sendall(self, data: Any) -> SendHandle:
@@ -251,8 +251,7 @@ class Socket:
         with self._lock:
             zs = self._zsock()
             if zs is None:
-                self._tls_plain_sends += 1
-                self._sock.sendall(data)
+                self._tls_send(data, False)
                 return _ALREADY_FREE
             try:
                 loan = zs.send(data, False, timeout_ms(self._sock.gettimeout()))[1]
@@ -261,6 +260,32 @@ class Socket:
                 exc.handle = _ALREADY_FREE if loan is None else SendHandle(self, loan)  # type: ignore[attr-defined]
                 raise
             return _ALREADY_FREE if loan is None else SendHandle(self, loan)
+
+    def _tls_send(self, data: Any, once: bool) -> int:
+        """Through the TLS layer, a record at a time, so that errors carry exact counts.
+
+        A full non-blocking socket raises ``BlockingIOError`` (with
+        ``bytes_sent``), as it does without TLS; offering the rest of the
+        same buffer again continues the stream.
+        """
+        try:
+            view = memoryview(data).cast("B")
+        except TypeError:
+            raise TypeError(
+                f"a bytes-like object is required, not '{type(data).__name__}'") from None
+        self._tls_plain_sends += 1
+        sent = 0
+        try:
+            with view:
+                while True:
+                    n = _tls.send_some(self._sock, view[sent:])
+                    if n is None:
+                        raise _c.error(_c.EAGAIN, sent)
+                    sent += n
+                    if once or sent >= len(view):
+                        return sent
+        except BaseException as exc:
+            raise _c.attach(exc, sent) from None
 
     # -- completions ---------------------------------------------------------
 

@@ -9,6 +9,7 @@ import socket
 from typing import Any
 
 from . import _lowlevel as _c
+from . import _tls
 from ._args import SocketLike, check_range, check_stream, file_source, socket_target
 from ._lowlevel import FD_POSITION, TO_EOF
 
@@ -57,18 +58,18 @@ class FileSender(_c.Response):
     def _setup(self, sock: SocketLike, file: Any, offset: int | None, count: int | None,
                headers: Any, trailers: Any) -> None:
         """Every other combination of arguments."""
-        fd, wait_ms, unchecked, owner, tls = socket_target(sock)
+        fd, _, unchecked, owner, tls = socket_target(sock)
         check_range(offset, count)
         if unchecked:
             check_stream(fd)
         self._fd = fd
-        self._timeout_ms = wait_ms
+        self._owner = owner  # its timeout is read at each step (Response._wait_ms)
         slow = self._slow = _Slow(sock, _header_len(headers))
         if file is None:  # headers and trailers only
             if offset or count:
                 raise ValueError("file=None sends no file bytes: offset and count must be None")
             file_fd, start, file_len = -1, 0, 0
-        elif type(file) is int and file >= 0:
+        elif type(file) is int and 0 <= file <= _c.INT_MAX:
             file_fd = file
             start = FD_POSITION if offset is None else offset
             file_len = TO_EOF if count is None else count
@@ -282,17 +283,14 @@ class _TlsResponse:
         return self._trailer[at : at + _TLS_CHUNK]
 
     def send(self, timeout_ms: int, stop_on_again: bool) -> int:
-        import ssl  # an SSLSocket exists, so ssl is imported already
-
         try:
             while True:
                 data = self._next()
                 if not data:
                     self.done = True
                     return 0
-                try:
-                    n = self._sock.send(data)
-                except (ssl.SSLWantWriteError, BlockingIOError):
+                n = _tls.send_some(self._sock, data)
+                if n is None:  # the socket is full
                     if stop_on_again:
                         return _c.EAGAIN
                     rc = _c.wait_writable(self._sock.fileno(), timeout_ms)

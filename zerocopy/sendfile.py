@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import socket
 from typing import Any
 
 from . import _lowlevel as _c
+from . import _tls
 from ._args import SocketLike, Source, Target, check_range, check_stream, file_source, socket_target
-from ._lowlevel import FD_POSITION, OFF_MAX, TO_EOF, WAIT_FOREVER
+from ._lowlevel import FD_POSITION, INT_MAX, OFF_MAX, TO_EOF, WAIT_FOREVER
 
 _CHUNK = 256 * 1024
 
@@ -48,11 +50,14 @@ def sendfile_all(
     ):
         # The per-call fast path (a server sending small files from a cache
         # of fds): one C call, which also checks the fd is a stream socket.
-        return _c.sendfile_range(sock, file, offset, count)
+        try:
+            return _c.sendfile_range(sock, file, offset, count)
+        except OverflowError:
+            pass  # an fd past a C int: the checks below say which
     target = socket_target(sock)
     check_range(offset, count)
     left = TO_EOF if count is None else count
-    if type(file) is int and file >= 0 and not target[4]:
+    if type(file) is int and 0 <= file <= INT_MAX and not target[4]:
         return send_fd(target, file, FD_POSITION if offset is None else offset, left)
     src = file_source(file, offset)
     if src.fd is None or target[4]:
@@ -97,7 +102,27 @@ def _send_through_python(target: Target, src: Source, file: Any, count: int) -> 
         seekable = False
     read = _reader(src, file)
     sock = target[3]
-    write = _tls_writer(sock) if target[4] and sock is not None else _fd_writer(target[0])
+    # A socket object is held: its number cannot go to another connection
+    # while this runs.  An int fd is written through a duplicate (os.write
+    # retries after EINTR with the same number, which another thread may
+    # have closed and accept() reused by then).  Either way, a close()
+    # meanwhile ends the transfer before the next write.
+    wfd = target[0]
+    if sock is not None:
+        _c.hold(sock)
+        alive = functools.partial(_c.is_open, sock)
+    else:
+        ident = _c.fd_id(wfd)
+        alive = functools.partial(_c.same_fd, wfd, ident)
+        try:
+            wfd = os.dup(wfd)
+        except OSError:  # out of descriptors: checked writes to the number
+            pass
+        else:
+            if not _c.same_fd(wfd, ident):  # replaced before the dup
+                os.close(wfd)
+                raise _c.error(_c.EBADF, 0)
+    write = _tls_writer(sock) if target[4] and sock is not None else _fd_writer(wfd)
     sent = got = 0
     try:
         while count == TO_EOF or sent < count:
@@ -112,13 +137,15 @@ def _send_through_python(target: Target, src: Source, file: Any, count: int) -> 
             got += len(data)
             view = memoryview(data)
             while view:
+                if not alive():
+                    raise _c.error(_c.EBADF, sent)
                 n = write(view)
                 if n is None:  # the socket is full
                     if seekable and target[1] == 0:
                         raise BlockingIOError(
                             errno.EAGAIN, "the socket would block; call again to continue", sent
                         )
-                    _wait_for_room(target, sent)  # a timeout, or what was read cannot go back
+                    _wait_for_room(target, wfd, sent)  # a timeout, or what was read cannot go back
                     continue
                 view = view[n:]
                 sent += n
@@ -126,6 +153,10 @@ def _send_through_python(target: Target, src: Source, file: Any, count: int) -> 
     except BaseException as exc:
         raise _c.attach(exc, sent) from None
     finally:
+        if sock is not None:
+            _c.release(sock)
+        elif wfd != target[0]:
+            os.close(wfd)
         if src.fileobj is not None:
             src.fileobj.seek(src.start + sent)
         elif fd_position and seekable and got > sent:
@@ -169,21 +200,13 @@ def _fd_writer(fd: int) -> Any:
 
 
 def _tls_writer(sock: socket.socket) -> Any:
-    import ssl  # an SSLSocket exists, so ssl is imported already
-
-    def write(view: memoryview) -> int | None:
-        try:
-            return sock.send(view)
-        except (ssl.SSLWantWriteError, BlockingIOError):
-            # OpenSSL must be given the same bytes again: the next call
-            # re-reads them from the same position in the same chunk size
-            return None
-
-    return write
+    # OpenSSL must be given the same bytes again after a full socket: the
+    # next call re-reads them from the same position
+    return functools.partial(_tls.send_some, sock)
 
 
-def _wait_for_room(target: Target, sent: int) -> None:
+def _wait_for_room(target: Target, fd: int, sent: int) -> None:
     timeout = target[1]
-    rc = _c.wait_writable(target[0], WAIT_FOREVER if timeout == 0 else timeout)
+    rc = _c.wait_writable(fd, WAIT_FOREVER if timeout == 0 else timeout)
     if rc < 0 and rc != _c.EINTR:
         raise _c.error(rc, sent)

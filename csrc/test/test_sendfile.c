@@ -399,6 +399,184 @@ static void interrupted_often(int kind)
 	h_ran++;
 }
 
+/* ---- messages on the socket's error queue ------------------------------- */
+
+#ifndef SO_ZEROCOPY
+#define SO_ZEROCOPY 60 /* include/uapi/asm-generic/socket.h */
+#endif
+#ifndef MSG_ZEROCOPY
+#define MSG_ZEROCOPY 0x4000000 /* include/linux/socket.h */
+#endif
+
+/*
+ * Put one MSG_ZEROCOPY completion on s's error queue and leave it unread
+ * (another owner's, as zerocopy.Socket's would be): POLLERR stays up until
+ * it is read.  0, or -1 when the kernel cannot do MSG_ZEROCOPY here.
+ */
+static int queue_completion(int s)
+{
+	static unsigned char buf[4096];
+	struct pollfd p = { .fd = s, .events = 0 };
+
+	if (h_setopt_int(s, SOL_SOCKET, SO_ZEROCOPY, 1) < 0)
+		return -1;
+	if (send(s, buf, sizeof(buf), MSG_ZEROCOPY) != (ssize_t)sizeof(buf))
+		return -1;
+	return poll(&p, 1, 5000) == 1 && (p.revents & POLLERR) ? 0 : -1;
+}
+
+/* Regression: a completion on the error queue keeps POLLERR up, so poll()
+ * returned at once, zc_wait_writable() said "writable", sendfile said EAGAIN,
+ * and the transfer spun at full CPU forever: the timeout never came. */
+static void errqueue_timeout(void)
+{
+	const size_t size = 8 << 20;
+	struct h_rx_opts o = { .stall_ms = 10000 };
+	struct h_rx rx;
+	unsigned char *got, *want;
+	size_t got_len;
+	uint64_t sent = 0, done;
+	int s, r, f, rc;
+
+	REQUIRE(h_tcp_pair(&s, &r) == 0);
+	h_small_buffers(s, r);
+	if (queue_completion(s) < 0) {
+		H_SKIP_CASE("no MSG_ZEROCOPY completions here");
+		close(s);
+		close(r);
+		return;
+	}
+	REQUIRE((f = h_temp_file(size, SEED)) >= 0);
+	REQUIRE(h_set_nonblock(s, 1) == 0);
+	REQUIRE(h_rx_start(&rx, r, &o) == 0);
+	rc = zc_sendfile(s, f, 0, size, 300, 0, &sent);
+	CHECK_RC(rc, -ETIMEDOUT);
+	CHECK(sent < size);
+	CHECK_RC(zc_wait_writable(s, 0), -EAGAIN);
+	CHECK_RC(zc_wait_writable(s, 50), -ETIMEDOUT);
+	/* the completion is still there: it was not ours to read */
+	CHECK(h_wait_out(s, 0) == 1);
+	done = sent;
+	h_rx_go(&rx);
+	rc = zc_sendfile(s, f, (int64_t)done, size - done, 10000, 0, &sent);
+	CHECK_RC(rc, 0);
+	CHECK_EQ(sent, size);
+	close(s);
+	CHECK(h_rx_finish(&rx, &got, &got_len) == 0);
+	want = h_pattern(size, 0, SEED);
+	/* the 4096 zero bytes of the MSG_ZEROCOPY send came first */
+	CHECK(got_len == size + 4096);
+	if (got_len == size + 4096)
+		CHECK_MEM(got + 4096, got_len - 4096, want, size);
+	free(got);
+	free(want);
+	close(f);
+	h_ran++;
+}
+
+/* Regression: with a completion on the error queue, a blocking send cut
+ * short by a signal took POLLERR for an error on the connection, went on
+ * sending, and blocked again: the signal's handler never got to run. */
+static void errqueue_signal(void)
+{
+	const size_t size = 8 << 20;
+	struct h_rx_opts o = { .stall_ms = 10000 };
+	struct sigaction sa = { .sa_handler = on_alarm }, old;
+	struct itimerval it = { .it_value = { .tv_usec = 200000 } };
+	struct h_rx rx;
+	unsigned char *got;
+	size_t got_len;
+	uint64_t sent = 0;
+	unsigned watchdog;
+	int s, r, f, rc;
+
+	REQUIRE(h_tcp_pair(&s, &r) == 0);
+	h_small_buffers(s, r);
+	if (queue_completion(s) < 0) {
+		H_SKIP_CASE("no MSG_ZEROCOPY completions here");
+		close(s);
+		close(r);
+		return;
+	}
+	REQUIRE((f = h_temp_file(size, SEED)) >= 0);
+	REQUIRE(h_rx_start(&rx, r, &o) == 0);
+	watchdog = alarm(0);
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = 0; /* no SA_RESTART */
+	REQUIRE(sigaction(SIGALRM, &sa, &old) == 0);
+	alarms = 0;
+	REQUIRE(setitimer(ITIMER_REAL, &it, NULL) == 0);
+	rc = zc_sendfile(s, f, 0, size, ZC_WAIT_FOREVER, 0, &sent);
+	sigaction(SIGALRM, &old, NULL);
+	alarm(watchdog);
+	CHECK_RC(rc, -EINTR);
+	CHECK_EQ(alarms, 1);
+	CHECK(sent < size);
+	h_rx_go(&rx);
+	close(s);
+	CHECK(h_rx_finish(&rx, &got, &got_len) == 0);
+	CHECK_EQ(got_len, 4096 + sent);
+	free(got);
+	close(f);
+	h_ran++;
+}
+
+/* zc_fd_id: the check a caller makes before resuming after -EINTR. */
+static void test_fd_id(void)
+{
+	struct zc_fd_id id;
+	int s, r, b0, b1, spare;
+
+	REQUIRE(h_tcp_pair(&s, &r) == 0);
+	REQUIRE(h_tcp_pair(&b0, &b1) == 0);
+	CHECK_RC(zc_fd_id_get(s, &id), 0);
+	CHECK_RC(zc_fd_id_check(s, &id), 0);
+	REQUIRE((spare = dup(s)) >= 0);
+	CHECK_RC(zc_fd_id_check(spare, &id), 0); /* a duplicate names the same socket */
+	REQUIRE(dup2(b0, s) == s);		 /* s closed, its number reused */
+	CHECK_RC(zc_fd_id_check(s, &id), -EBADF);
+	close(s);
+	CHECK_RC(zc_fd_id_check(s, &id), -EBADF); /* not open at all */
+	CHECK_RC(zc_fd_id_get(s, &id), -EBADF);
+	close(spare);
+	close(r);
+	close(b0);
+	close(b1);
+	h_ran++;
+}
+
+/* zc_sendfile_id(): the first call records the socket, a resumed one sends
+ * nothing once the number names another socket. */
+static void test_sendfile_id(void)
+{
+	struct zc_fd_id id;
+	unsigned char got[256], *want;
+	uint64_t sent = 0;
+	int s, r, b0, b1, f;
+
+	REQUIRE(h_tcp_pair(&s, &r) == 0);
+	REQUIRE(h_tcp_pair(&b0, &b1) == 0);
+	REQUIRE((f = h_temp_file(200, SEED)) >= 0);
+	CHECK_RC(zc_sendfile_id(s, f, 0, 100, 0, ZC_CHECK_STREAM | ZC_ID_TAKE, &sent, &id), 0);
+	CHECK_EQ(sent, 100);
+	CHECK_RC(zc_sendfile_id(s, f, 100, 50, 0, ZC_ID_CHECK, &sent, &id), 0);
+	CHECK_EQ(sent, 150);
+	REQUIRE(dup2(b0, s) == s); /* closed by another thread, number reused */
+	CHECK_RC(zc_sendfile_id(s, f, 150, 50, 0, ZC_ID_CHECK, &sent, &id), -EBADF);
+	CHECK_EQ(sent, 150);
+	CHECK_EQ(recv(b1, got, sizeof(got), MSG_DONTWAIT), -1); /* nothing for it */
+	CHECK_EQ(h_recv_upto(r, got, sizeof(got), 200), 150);
+	want = h_pattern(150, 0, SEED);
+	CHECK_MEM(got, 150, want, 150);
+	free(want);
+	close(s);
+	close(r);
+	close(b0);
+	close(b1);
+	close(f);
+	h_ran++;
+}
+
 /* ---- the socket's fd replaced by another thread during a wait ---------- */
 
 struct replacer {
@@ -476,5 +654,9 @@ int main(void)
 		interrupted_often(kind);
 		fd_replaced_during_wait(kind);
 	}
+	test_fd_id();
+	test_sendfile_id();
+	errqueue_timeout();
+	errqueue_signal();
 	return h_result("test_sendfile");
 }

@@ -352,6 +352,98 @@ static void test_bound_nonblocking(void)
 	free(pat);
 }
 
+/* The peer of test_stall_timeout(): reads 128 KiB 100 ms in, then stalls; if
+ * the sender is still in its call 3 s later, resets the connection. */
+struct nudge {
+	int r;
+	volatile int done;
+	size_t got;
+};
+
+static void *nudge_once(void *arg)
+{
+	struct nudge *n = arg;
+	unsigned char buf[64 * KIB];
+	long long end;
+
+	usleep(100 * 1000);
+	end = h_now_ms() + 50;
+	while (h_now_ms() < end && n->got < 128 * KIB) {
+		ssize_t k = recv(n->r, buf, sizeof(buf), MSG_DONTWAIT);
+
+		if (k > 0)
+			n->got += (size_t)k;
+		else
+			usleep(1000);
+	}
+	end = h_now_ms() + 3000;
+	while (!n->done && h_now_ms() < end)
+		usleep(10 * 1000);
+	if (!n->done) { /* still in the call: reset the connection to end it */
+		struct sockaddr unspec = { .sa_family = AF_UNSPEC };
+
+		(void)connect(n->r, &unspec, sizeof(unspec));
+	}
+	return NULL;
+}
+
+/* Regression: a send waiting for room on a stalled peer spun at full CPU
+ * and never timed out: the completions of its first parts (acked once the
+ * peer read a little) kept POLLERR up, poll() reported it at once, and
+ * each wake-up was taken for writability. */
+static void test_stall_timeout(void)
+{
+	enum { SIZE = 4 * MIB };
+	struct zc_zsock z;
+	struct zc_zsock_opts o;
+	struct nudge n = { 0 };
+	pthread_t t;
+	unsigned char *pat, *got;
+	uint64_t sent = 0;
+	int s, r, rc;
+
+	pat = h_pattern(SIZE, 0, 31);
+	got = malloc(SIZE);
+	REQUIRE(pat != NULL && got != NULL);
+	REQUIRE(zpair(&s, &r, 32 * KIB, 64 * KIB) == 0);
+	REQUIRE(h_set_nonblock(s, 1) == 0);
+	zc_zsock_opts_init(&o);
+	o.adaptive = 0;
+	REQUIRE(zc_zsock_init(&z, s, recs, 4096, &o) == 0);
+	n.r = r;
+	REQUIRE(pthread_create(&t, NULL, nudge_once, &n) == 0);
+	rc = zc_zsock_send(&z, pat, SIZE, 1, 0, 300, &sent);
+	n.done = 1;
+	pthread_join(t, NULL);
+	if (z.stats.zerocopy_sends == 0) {
+		H_SKIP_CASE("the kernel refused MSG_ZEROCOPY");
+	} else {
+		CHECK_RC(rc, -ETIMEDOUT);
+		CHECK(sent > n.got && sent < SIZE);
+		h_ran++;
+	}
+	/* what the peer holds is the start of the buffer */
+	{
+		size_t have = n.got;
+
+		memcpy(got, pat, n.got < SIZE ? n.got : 0);
+		for (;;) {
+			ssize_t k = recv(r, got + have, SIZE - have, MSG_DONTWAIT);
+
+			if (k <= 0)
+				break;
+			have += (size_t)k;
+		}
+		CHECK(have <= sent);
+		CHECK_MEM(got + n.got, have - n.got, pat + n.got, have - n.got);
+	}
+	(void)zc_zsock_end(&z, 100);
+	close(s);
+	close(r);
+	free(got);
+	free(pat);
+}
+
 /* A socket that may wait: each buffer waits for the one before to complete. */
 static void test_bound_waits(void)
 {
@@ -1029,6 +1121,7 @@ int main(void)
 	test_adaptive();
 	test_bound_nonblocking();
 	test_bound_waits();
+	test_stall_timeout();
 	test_records();
 	test_one_record_many_parts();
 	test_enobufs_netns();
