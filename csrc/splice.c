@@ -263,8 +263,7 @@ static int fd_for(struct end *e)
  * name the files the transfer started with (-EBADF). */
 static int wait_on(struct move *m, struct end *e, short ev, int timeout_ms)
 {
-	struct pollfd p = { .events = ev };
-	int n, rc;
+	int rc;
 
 	if (timeout_ms == 0)
 		return -EAGAIN;
@@ -273,12 +272,10 @@ static int wait_on(struct move *m, struct end *e, short ev, int timeout_ms)
 		rc = pin(&m->dst);
 	if (rc < 0)
 		return rc;
-	p.fd = e->h->fd;
-	n = poll(&p, 1, timeout_ms < 0 ? -1 : timeout_ms);
-	if (n < 0)
-		return -errno;
-	if (n == 0)
-		return -ETIMEDOUT;
+	/* not a bare poll(): queued error-queue messages keep POLLERR up */
+	rc = zc__wait_event(e->h->fd, ev, timeout_ms);
+	if (rc < 0)
+		return rc == -EAGAIN ? -ETIMEDOUT : rc;
 	rc = zc__hold_check(m->src.h);
 	return rc < 0 ? rc : zc__hold_check(m->dst.h);
 }

@@ -29,27 +29,34 @@ int zc__socket_error(int sock)
 	return -err;
 }
 
-int zc__poll_out(int sock, int timeout_ms)
+int zc__poll_event(int fd, short ev, int timeout_ms)
 {
-	struct pollfd p = { .fd = sock, .events = POLLOUT };
+	struct pollfd p = { .fd = fd, .events = ev };
 	int n = poll(&p, 1, timeout_ms < 0 ? -1 : timeout_ms), rc;
 
 	if (n < 0)
 		return -errno;
 	if (n == 0)
 		return timeout_ms == 0 ? -EAGAIN : -ETIMEDOUT;
-	if (p.revents & (POLLOUT | POLLHUP | POLLNVAL))
-		return 0; /* writable, or the next send reports the hang-up */
+	if (p.revents & (ev | POLLHUP | POLLNVAL))
+		return 0; /* ready, or the next syscall reports the hang-up */
 	/* POLLERR alone: an error on the connection (reading it clears it,
 	 * so it is returned here), or messages on the error queue */
-	rc = zc__socket_error(sock);
+	rc = zc__socket_error(fd);
+	if (rc == -ENOTSOCK)
+		return 0; /* a pipe without readers: the next splice says EPIPE */
 	return rc < 0 ? rc : 1;
 }
 
-int zc_wait_writable(int sock, int timeout_ms)
+int zc__poll_out(int sock, int timeout_ms)
+{
+	return zc__poll_event(sock, POLLOUT, timeout_ms);
+}
+
+int zc__wait_event(int fd, short ev, int timeout_ms)
 {
 	long long deadline;
-	int rc = zc__poll_out(sock, timeout_ms), pause = 1;
+	int rc = zc__poll_event(fd, ev, timeout_ms), pause = 1;
 
 	if (rc <= 0)
 		return rc;
@@ -57,8 +64,8 @@ int zc_wait_writable(int sock, int timeout_ms)
 		return -EAGAIN;
 	/* POLLERR stays up while the error queue holds messages (MSG_ZEROCOPY
 	 * completions, TX timestamps) that are not ours to read, so poll()
-	 * returns at once: nap between looks, at a growing pace, until the
-	 * socket is writable, the queue is read, or the time is up. */
+	 * returns at once: nap between looks, at a growing pace, until the fd
+	 * is ready, the queue is read, or the time is up. */
 	deadline = timeout_ms < 0 ? -1 : zc__now_ms() + timeout_ms;
 	for (;;) {
 		long long left = deadline < 0 ? pause : deadline - zc__now_ms();
@@ -70,10 +77,15 @@ int zc_wait_writable(int sock, int timeout_ms)
 		if (pause < ZC__PACE_MAX_MS)
 			pause *= 2;
 		left = deadline < 0 ? -1 : deadline - zc__now_ms();
-		rc = zc__poll_out(sock, left < 0 ? (deadline < 0 ? -1 : 0) : (int)left);
+		rc = zc__poll_event(fd, ev, left < 0 ? (deadline < 0 ? -1 : 0) : (int)left);
 		if (rc != 1)
 			return rc == -EAGAIN ? -ETIMEDOUT : rc;
 	}
+}
+
+int zc_wait_writable(int sock, int timeout_ms)
+{
+	return zc__wait_event(sock, POLLOUT, timeout_ms);
 }
 
 int zc__is_nonblocking(int fd, int *nonblock)
@@ -214,13 +226,7 @@ int zc__hold_wait_writable(struct zc__hold *h, int timeout_ms)
 
 int zc__wait_source(int fd, int timeout_ms)
 {
-	struct pollfd p = { .fd = fd, .events = POLLIN };
-	int n;
-
 	if (timeout_ms <= 0)
 		return 0;
-	n = poll(&p, 1, timeout_ms);
-	if (n < 0)
-		return -errno;
-	return n == 0 ? -ETIMEDOUT : 0;
+	return zc__wait_event(fd, POLLIN, timeout_ms);
 }

@@ -154,6 +154,14 @@ int zc__socket_error(int sock);
  */
 int zc__poll_out(int sock, int timeout_ms);
 
+/* zc__poll_out() for any poll event; a non-socket's POLLERR counts as ready
+ * (a pipe without readers: the next syscall reports EPIPE). */
+int zc__poll_event(int fd, short ev, int timeout_ms);
+
+/* Wait for ev on fd as zc_wait_writable() waits for POLLOUT: messages on a
+ * socket's error queue make it nap between looks instead of spinning. */
+int zc__wait_event(int fd, short ev, int timeout_ms);
+
 /* How long zc_wait_writable() sleeps at most between two looks while the
  * error queue holds messages it must not read. */
 #define ZC__PACE_MAX_MS 8

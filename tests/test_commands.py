@@ -1348,3 +1348,26 @@ def test_proxy_timeout_options_are_checked(value: str) -> None:
     result = _run("proxy", "0", "127.0.0.1:9", "--stall-timeout", value)
     assert result.returncode == 2
     assert "--stall-timeout" in result.stderr
+
+
+def test_raw_send_success_when_the_last_ack_lands_between_two_probes(monkeypatch) -> None:
+    """Regression: wait_delivered read "1 byte unacknowledged" (our FIN), then the ACK
+    arrived and the state read CLOSE, and a complete transfer was reported as cut short."""
+    from zerocopy import cli_send
+
+    probes = [0]
+    acked_at = 1  # the ACK lands right after the first probe
+
+    def unacknowledged(sock: object) -> int:
+        probes[0] += 1
+        return 0 if probes[0] - 1 >= acked_at else 1
+
+    class Sock:
+        def getsockopt(self, level: int, name: int, size: int = 0) -> object:
+            if name == socket.SO_ERROR:
+                return 0
+            probes[0] += 1
+            return bytes([7 if probes[0] - 1 >= acked_at else 4])  # TCP_CLOSE / FIN_WAIT1
+
+    monkeypatch.setattr(cli_send, "unacknowledged", unacknowledged)
+    cli_send.wait_delivered(Sock(), 5.0)  # type: ignore[arg-type]

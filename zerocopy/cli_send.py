@@ -270,22 +270,25 @@ def wait_delivered(sock: socket.socket, timeout: float) -> None:
     """
     deadline = time.monotonic() + timeout
     pause = 0.001
-    left = unacknowledged(sock)
+    before: int | None = None
     while True:
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise OSError(err, os.strerror(err))
+        # the state first, then the count: an ACK that lands between the two
+        # must not make a finished transfer look cut short
+        closed = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE
+        left = unacknowledged(sock)
         if left == 0:
             return
-        if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE:
+        if closed:
             raise ConnectionResetError(errno.ECONNRESET,
                                        f"the connection closed with {left} bytes unacknowledged")
+        if before is not None and left < before:
+            deadline = time.monotonic() + timeout  # progress: the bound is for a stall
+        before = left
         if time.monotonic() >= deadline:
             raise TimeoutError(errno.ETIMEDOUT,
                                f"{left} bytes still unacknowledged after {timeout:g} s")
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
-        now = unacknowledged(sock)
-        if now < left:  # progress: the timeout bounds a stall, not the whole drain
-            deadline = time.monotonic() + timeout
-        left = now

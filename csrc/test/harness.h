@@ -568,4 +568,28 @@ static inline int h_reap(pid_t pid)
 	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
 }
 
+#ifndef SO_ZEROCOPY
+#define SO_ZEROCOPY 60
+#endif
+#ifndef MSG_ZEROCOPY
+#define MSG_ZEROCOPY 0x4000000
+#endif
+
+/*
+ * Put one MSG_ZEROCOPY completion on s's error queue and leave it unread
+ * (another owner's, as zerocopy.Socket's would be): POLLERR stays up until
+ * it is read.  0, or -1 when the kernel cannot do MSG_ZEROCOPY here.
+ */
+static inline int h_queue_completion(int s)
+{
+	static unsigned char buf[4096];
+	struct pollfd p = { .fd = s, .events = 0 };
+
+	if (h_setopt_int(s, SOL_SOCKET, SO_ZEROCOPY, 1) < 0)
+		return -1;
+	if (send(s, buf, sizeof(buf), MSG_ZEROCOPY) != (ssize_t)sizeof(buf))
+		return -1;
+	return poll(&p, 1, 5000) == 1 && (p.revents & POLLERR) ? 0 : -1;
+}
+
 #endif /* ZC_TEST_HARNESS_H */

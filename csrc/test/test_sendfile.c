@@ -408,23 +408,6 @@ static void interrupted_often(int kind)
 #define MSG_ZEROCOPY 0x4000000 /* include/linux/socket.h */
 #endif
 
-/*
- * Put one MSG_ZEROCOPY completion on s's error queue and leave it unread
- * (another owner's, as zerocopy.Socket's would be): POLLERR stays up until
- * it is read.  0, or -1 when the kernel cannot do MSG_ZEROCOPY here.
- */
-static int queue_completion(int s)
-{
-	static unsigned char buf[4096];
-	struct pollfd p = { .fd = s, .events = 0 };
-
-	if (h_setopt_int(s, SOL_SOCKET, SO_ZEROCOPY, 1) < 0)
-		return -1;
-	if (send(s, buf, sizeof(buf), MSG_ZEROCOPY) != (ssize_t)sizeof(buf))
-		return -1;
-	return poll(&p, 1, 5000) == 1 && (p.revents & POLLERR) ? 0 : -1;
-}
-
 /* Regression: a completion on the error queue keeps POLLERR up, so poll()
  * returned at once, zc_wait_writable() said "writable", sendfile said EAGAIN,
  * and the transfer spun at full CPU forever: the timeout never came. */
@@ -440,7 +423,7 @@ static void errqueue_timeout(void)
 
 	REQUIRE(h_tcp_pair(&s, &r) == 0);
 	h_small_buffers(s, r);
-	if (queue_completion(s) < 0) {
+	if (h_queue_completion(s) < 0) {
 		H_SKIP_CASE("no MSG_ZEROCOPY completions here");
 		close(s);
 		close(r);
@@ -492,7 +475,7 @@ static void errqueue_signal(void)
 
 	REQUIRE(h_tcp_pair(&s, &r) == 0);
 	h_small_buffers(s, r);
-	if (queue_completion(s) < 0) {
+	if (h_queue_completion(s) < 0) {
 		H_SKIP_CASE("no MSG_ZEROCOPY completions here");
 		close(s);
 		close(r);
@@ -545,31 +528,48 @@ static void test_fd_id(void)
 	h_ran++;
 }
 
-/* zc_sendfile_id(): the first call records the socket, a resumed one sends
- * nothing once the number names another socket. */
+/* zc_sendfile_id(): a call that returns unfinished records the socket; a
+ * resumed one sends nothing once the number names another socket. */
 static void test_sendfile_id(void)
 {
+	const size_t size = 4 << 20;
 	struct zc_fd_id id;
-	unsigned char got[256], *want;
-	uint64_t sent = 0;
-	int s, r, b0, b1, f;
+	unsigned char probe[16], *got, *want;
+	uint64_t sent = 0, before, first;
+	int s, r, b0, b1, f, rc;
 
 	REQUIRE(h_tcp_pair(&s, &r) == 0);
 	REQUIRE(h_tcp_pair(&b0, &b1) == 0);
-	REQUIRE((f = h_temp_file(200, SEED)) >= 0);
-	CHECK_RC(zc_sendfile_id(s, f, 0, 100, 0, ZC_CHECK_STREAM | ZC_ID_TAKE, &sent, &id), 0);
-	CHECK_EQ(sent, 100);
-	CHECK_RC(zc_sendfile_id(s, f, 100, 50, 0, ZC_ID_CHECK, &sent, &id), 0);
-	CHECK_EQ(sent, 150);
+	h_small_buffers(s, r);
+	REQUIRE(h_set_nonblock(s, 1) == 0);
+	REQUIRE((f = h_temp_file(size, SEED)) >= 0);
+	/* the peer does not read: the call stops unfinished, identity taken */
+	rc = zc_sendfile_id(s, f, 0, size, 0, ZC_CHECK_STREAM | ZC_ID_TAKE, &sent, &id);
+	CHECK_RC(rc, -EAGAIN);
+	CHECK(sent > 0 && sent < size);
+	/* resumed on the same socket: it goes on */
+	got = malloc(size);
+	REQUIRE(got != NULL);
+	before = sent;
+	CHECK_EQ(h_recv_upto(r, got, before, 5000), before);
+	rc = zc_sendfile_id(s, f, (int64_t)sent, size - sent, 0, ZC_ID_CHECK, &sent, &id);
+	CHECK(rc == 0 || rc == -EAGAIN);
+	CHECK(sent > before);
 	REQUIRE(dup2(b0, s) == s); /* closed by another thread, number reused */
-	CHECK_RC(zc_sendfile_id(s, f, 150, 50, 0, ZC_ID_CHECK, &sent, &id), -EBADF);
-	CHECK_EQ(sent, 150);
-	CHECK_EQ(recv(b1, got, sizeof(got), MSG_DONTWAIT), -1); /* nothing for it */
-	CHECK_EQ(h_recv_upto(r, got, sizeof(got), 200), 150);
-	want = h_pattern(150, 0, SEED);
-	CHECK_MEM(got, 150, want, 150);
+	first = before;
+	before = sent;
+	rc = zc_sendfile_id(s, f, (int64_t)sent, size - sent, 0, ZC_ID_CHECK, &sent, &id);
+	if (before < size)
+		CHECK_RC(rc, -EBADF);
+	CHECK_EQ(sent, before);
+	CHECK_EQ(recv(b1, probe, sizeof(probe), MSG_DONTWAIT), -1); /* nothing for it */
+	close(s); /* b0's socket now; dup2 closed the original, whose queue still drains */
+	/* the original peer gets exactly what was sent to it, in order */
+	CHECK_EQ(h_recv_upto(r, got + first, size - first, 5000), before - first);
+	want = h_pattern(size, 0, SEED);
+	CHECK_MEM(got, before, want, before);
+	free(got);
 	free(want);
-	close(s);
 	close(r);
 	close(b0);
 	close(b1);

@@ -1043,6 +1043,45 @@ static void test_no_fd_leak(void)
 	h_ran++;
 }
 
+/* Regression: a MSG_ZEROCOPY completion left on the destination socket's
+ * error queue keeps POLLERR up, so the wait for room returned at once and
+ * the splice loop spun at full CPU past its timeout. */
+static void test_errqueue_wait(void)
+{
+	struct h_rx_opts o = { .stall_ms = 10000 };
+	static unsigned char chunk[4 << 20]; /* more than the stalled socket takes */
+	struct h_rx rx;
+	unsigned char *got;
+	size_t got_len;
+	uint64_t moved = 0;
+	int s, r, pfd[2], rc;
+	pid_t w;
+
+	REQUIRE(h_tcp_pair(&s, &r) == 0);
+	h_small_buffers(s, r);
+	if (h_queue_completion(s) < 0) {
+		H_SKIP_CASE("no MSG_ZEROCOPY completions here");
+		close(s);
+		close(r);
+		return;
+	}
+	REQUIRE(pipe(pfd) == 0);
+	memset(chunk, 'z', sizeof(chunk));
+	w = h_writer_start(pfd[1], chunk, sizeof(chunk)); /* keeps the pipe full */
+	REQUIRE(h_set_nonblock(s, 1) == 0);
+	REQUIRE(h_rx_start(&rx, r, &o) == 0); /* stalls */
+	rc = zc_splice(pfd[0], NULL, s, NULL, 64 << 20, NULL, 300, &moved);
+	CHECK_RC(rc, -ETIMEDOUT);
+	CHECK(moved < (64u << 20));
+	close(pfd[0]); /* the writer meets EPIPE and ends */
+	close(s);
+	CHECK(h_rx_finish(&rx, &got, &got_len) == 0);
+	CHECK_EQ(got_len, 4096 + moved); /* the MSG_ZEROCOPY send, then ours */
+	free(got);
+	(void)h_reap(w);
+	h_ran++;
+}
+
 int main(void)
 {
 	h_init(120);
@@ -1058,6 +1097,7 @@ int main(void)
 	test_bytes_in_the_pipe();
 	test_fd_replaced_during_wait();
 	test_stalled_source_bounded();
+	test_errqueue_wait();
 	test_no_fd_leak();
 	return h_result("test_splice");
 }
