@@ -387,6 +387,19 @@ def main(
 
 
 @contextmanager
+def signal_handlers(
+    handler: Callable[[int, FrameType | None], None], signums: Sequence[int]
+) -> Iterator[None]:
+    """``handler`` for ``signums`` for the length of the block; the old ones after."""
+    old = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextmanager
 def _sigterm_interrupts(seen: list[int]) -> Iterator[None]:
     """SIGTERM raises KeyboardInterrupt, so a command stopped either way says what it did.
 

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import argparse
 import signal
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from types import FrameType
-from typing import Callable
 
 from .cli import (
     DEFAULT_HOST,
@@ -24,6 +21,7 @@ from .cli import (
     parse_address,
     resolve,
     show,
+    signal_handlers,
 )
 from .relay import Proxy, ProxyStats
 
@@ -62,7 +60,7 @@ def run(args: argparse.Namespace, con: Console) -> int:
 
     con.say(f"listening on {show(proxy.address)}, relaying to {show(target)} "
             f"(up to {proxy.max_connections} connections; open-files limit {proxy.fd_limit})")
-    with _handlers(stop, (signal.SIGINT, signal.SIGTERM)):
+    with signal_handlers(stop, (signal.SIGINT, signal.SIGTERM)):
         try:
             proxy.serve_forever(callback=summary if args.verbose else None, interval=1.0)
         except OSError as e:
@@ -76,15 +74,3 @@ def run(args: argparse.Namespace, con: Console) -> int:
         f"{st.bytes_down} bytes down"
     )
     return 0
-
-
-@contextmanager
-def _handlers(
-    handler: Callable[[int, FrameType | None], None], signums: Sequence[int]
-) -> Iterator[None]:
-    old = {s: signal.signal(s, handler) for s in signums}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)

@@ -14,11 +14,9 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from types import FrameType
 
-from .cli import CommandError, Console, MiB, error_text, resolve, show
+from .cli import CommandError, Console, MiB, error_text, resolve, show, signal_handlers
 from .server import FileServer
 
 
@@ -60,7 +58,7 @@ def run(args: argparse.Namespace, con: Console) -> int:
             server.shutdown(0)
 
     signums = (signal.SIGINT, signal.SIGTERM)
-    with server, _handlers(stop, signums):
+    with server, signal_handlers(stop, signums):
         where = url(server.server_address)
         workers = f", {server.workers} workers" if server.workers > 1 else ""
         # Ready once this line is out, so the handlers are in place first; a
@@ -84,15 +82,3 @@ def run(args: argparse.Namespace, con: Console) -> int:
 
 def _amount(nbytes: int) -> str:
     return f"{nbytes / MiB:.1f} MiB" if nbytes >= MiB else f"{nbytes} bytes"
-
-
-@contextmanager
-def _handlers(
-    handler: Callable[[int, FrameType | None], None], signums: Sequence[int]
-) -> Iterator[None]:
-    old = {s: signal.signal(s, handler) for s in signums}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
