@@ -1988,3 +1988,25 @@ def stop_process(relay: Running) -> float:
 
 
 # --------------------------------------------------------------------------- senders
+
+
+def fork_listening(body: Callable[[socket.socket], None], lifetime: float, ctx: Context,
+                   what: str) -> Running:
+    """A peer process on the measured CPU that serves ``body(listener)`` on a fresh
+    loopback listener; ``alarm`` ends it after ``lifetime`` seconds, SIGTERM at once."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=BACKLOG)
+    port = int(listener.getsockname()[1])
+    pid = fork_helper(ctx.measured_cpu)
+    if pid == 0:  # pragma: no cover - the peer process
+        code = 0
+        try:
+            signal.alarm(math.ceil(lifetime))  # SIGALRM's default action ends it
+            signal.signal(signal.SIGTERM, lambda s, f: os._exit(0))
+            body(listener)
+        except BaseException as error:
+            print(f"{what} process failed: {error!r}", file=sys.stderr)
+            code = 1
+        finally:
+            os._exit(code)
+    listener.close()  # the child's copy listens already: no need to wait for it
+    return Running(pid, port)

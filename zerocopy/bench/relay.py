@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -42,7 +40,7 @@ from ._harness import (
     Sample,
     bounded_process,
     describe_bytes,
-    fork_helper,
+    fork_listening,
     format_size,
     free_port,
     parse_size,
@@ -200,22 +198,7 @@ RelayStarter = Callable[[tuple[str, int], float, Context], Running]
 
 def _forked(body: Callable[[socket.socket, tuple[str, int]], None]) -> RelayStarter:
     def start(target: tuple[str, int], lifetime: float, ctx: Context) -> Running:
-        listener = socket.create_server(("127.0.0.1", 0), backlog=BACKLOG)
-        port = listener.getsockname()[1]
-        pid = fork_helper(ctx.measured_cpu)
-        if pid == 0:  # pragma: no cover - the relay process
-            code = 0
-            try:
-                signal.alarm(math.ceil(lifetime))  # SIGALRM's default action ends it
-                signal.signal(signal.SIGTERM, lambda s, f: os._exit(0))
-                body(listener, target)
-            except BaseException as error:
-                print(f"relay process failed: {error!r}", file=sys.stderr)
-                code = 1
-            finally:
-                os._exit(code)
-        listener.close()  # the child's copy listens already: no need to wait for it
-        return Running(pid, port)
+        return fork_listening(lambda listener: body(listener, target), lifetime, ctx, "relay")
 
     return start
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import math
 import os
 import re
 import resource
@@ -54,7 +53,7 @@ from ._harness import (
     Target,
     bounded_process,
     describe_calls,
-    fork_helper,
+    fork_listening,
     format_rate,
     format_size,
     free_port,
@@ -112,22 +111,7 @@ def _serve_aiohttp(root: str, listener: socket.socket) -> None:
 
 def _forked(body: Callable[[str, socket.socket], None]) -> Starter:
     def start(root: str, workdir: str, lifetime: float, ctx: Context) -> Running:
-        listener = socket.create_server(("127.0.0.1", 0), backlog=BACKLOG)
-        port = int(listener.getsockname()[1])
-        pid = fork_helper(ctx.measured_cpu)
-        if pid == 0:  # pragma: no cover - the server process
-            code = 0
-            try:
-                signal.alarm(math.ceil(lifetime))  # SIGALRM's default action ends it
-                signal.signal(signal.SIGTERM, lambda s, f: os._exit(0))
-                body(root, listener)
-            except BaseException as error:
-                print(f"server process failed: {error!r}", file=sys.stderr)
-                code = 1
-            finally:
-                os._exit(code)
-        listener.close()
-        return Running(pid, port)
+        return fork_listening(lambda listener: body(root, listener), lifetime, ctx, "server")
 
     return start
 
