@@ -155,9 +155,9 @@ static int from_socket(const struct route *r)
 		n = send_some(r, buf, (size_t)got);
 		if (n < 0)
 			return (int)n;
+		*r->sent += (uint64_t)n; /* they reached the peer, whatever follows */
 		if (recv(r->file, buf, (size_t)n, 0) != n)
 			return -EIO; /* another reader took the peeked bytes */
-		*r->sent += (uint64_t)n;
 		rc = after_progress(r, (size_t)n, (size_t)got);
 		if (rc < 0)
 			return rc;

@@ -89,25 +89,19 @@ int zc_sendfile_id(int sock, int file, int64_t offset, uint64_t count,
 		   int timeout_ms, unsigned flags, uint64_t *sent,
 		   struct zc_fd_id *id)
 {
-	struct zc__hold h;
 	int rc = 0;
 
-	if (flags & ZC_ID_CHECK) {
+	/* Before the first syscall, not after: a blocking socket sits inside
+	 * sendfile(2) for a whole stall, while another thread may close the
+	 * number and accept() hand it to a new client. */
+	if (flags & ZC_ID_CHECK)
 		rc = zc_fd_id_check(sock, id);
-		if (rc < 0)
-			return rc;
-	}
-	zc__hold_init(&h, sock);
-	rc = zc__sendfile_held(&h, file, offset, count, timeout_ms,
-			       flags & ZC_CHECK_STREAM, sent);
-	/* Only an unfinished transfer is resumed: take the identity now, from
-	 * the pin when the call waited (h.fd is then our duplicate), else right
-	 * after the last syscall -- the same few instructions of exposure as
-	 * taking it before the first one, and nothing on a finished call. */
-	if (rc != 0 && (flags & ZC_ID_TAKE) && zc_fd_id_get(h.fd, id) < 0)
-		rc = -EBADF;
-	zc__hold_release(&h);
-	return rc;
+	else if (flags & ZC_ID_TAKE)
+		rc = zc_fd_id_get(sock, id);
+	if (rc < 0)
+		return rc;
+	return zc_sendfile(sock, file, offset, count, timeout_ms,
+			   flags & ZC_CHECK_STREAM, sent);
 }
 
 int zc__sendfile_held(struct zc__hold *h, int file, int64_t offset,

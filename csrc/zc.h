@@ -166,10 +166,11 @@ int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
  *
  * A caller that resumes after -EINTR gives the same descriptor number; if
  * another thread closed it meanwhile and accept() handed the number to a new
- * client, zc_sendfile() would send that client the rest of the file.  With
- * ZC_ID_TAKE, a call that returns unfinished records the socket's identity
- * before returning (one fstat; nothing on a call that finishes), and
- * ZC_ID_CHECK checks it before a resumed call sends (see zc_fd_id_get()).
+ * client, zc_sendfile() would send that client the rest of the file.  This
+ * takes the socket's identity in the same call, before the first send (one
+ * fstat: a blocking socket may sit in the kernel for a whole stall while the
+ * number changes hands), and checks it before a resumed one (see
+ * zc_fd_id_get()).
  *
  * Return: as zc_sendfile(); -EBADF also when ZC_ID_CHECK finds @sock closed
  * or naming another file.

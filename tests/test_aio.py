@@ -660,6 +660,26 @@ def test_socket_flush_times_out_on_stalled_peer(loop_kind: str, make_pair: Any,
     run(loop_kind, main)
 
 
+def test_socket_close_does_not_reset_a_reading_peer(loop_kind: str, make_pair: Any,
+                                                    big_data: bytes) -> None:
+    """Regression (review): aio.Socket.close() defaulted to timeout 0, which resets the
+    connection whenever anything is on loan, so a peer still reading lost the tail."""
+    s, r = make_pair("tcp4", small=True)
+
+    async def main() -> None:
+        s.setblocking(False)
+        zs = aio.Socket(s, adaptive=False)
+        if not zs.zsocket.zerocopy_supported:
+            pytest.skip(zs.zsocket.zerocopy_unsupported_reason)
+        data = big_data[:2_000_000]
+        col = Collector(r, delay=0.002)  # reads, slowly: the tail is still in flight
+        await zs.sendall(data)
+        zs.close()  # the default waits for the completions before it closes
+        assert await in_thread(col.result) == data
+
+    run(loop_kind, main)
+
+
 def test_blockingioerror_carries_the_handle(make_pair: Any, big_data: bytes) -> None:
     """zerocopy.Socket.sendall on a full non-blocking socket: the exception's handle
     covers the part sent zero-copy."""

@@ -42,6 +42,7 @@ from _zcutil import (
     Collector,
     Pair,
     eof,
+    itimer,
     outq,
     raise_keyboard_interrupt,
     rand_bytes,
@@ -1120,3 +1121,26 @@ def test_plain_blocking_send_errors_carry_the_count(how: str) -> None:
         assert 0 < sent < len(data)
         s.shutdown(socket.SHUT_WR)
         assert recv_to_eof(r) == data[:sent]
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_close_cut_short_by_a_signal_keeps_the_loan(stalled: Callable[..., Pair]) -> None:
+    """Regression (review): a handler that raised while close() waited for completions
+    left the loans with the Socket object, which could be collected while the kernel
+    still read the buffer; they are kept for the life of the process instead."""
+    s, r = stalled()
+    s.setblocking(False)
+    z = zerocopy.Socket(s, adaptive=False)
+    buf = Buf(rand_bytes(256 * 1024, 901))
+    z.sendall(buf)
+    _need_zerocopy(z)
+    ref = weakref.ref(buf)
+    del buf
+    with itimer(raise_keyboard_interrupt, 0.2), pytest.raises(KeyboardInterrupt):
+        with pytest.warns(ResourceWarning):
+            z.close(timeout=5)
+    assert s.fileno() == -1  # closed all the same
+    del z
+    gc.collect()
+    assert ref() is not None
+    r.close()

@@ -677,8 +677,10 @@ class Socket:
         finally:
             self.close(0)
 
-    def close(self, timeout: float | None = 0) -> None:
-        """Close now: ``zerocopy.Socket.close(timeout)``, which may block (see :meth:`aclose`)."""
+    def close(self, timeout: float | None = 1.0) -> None:
+        """``zerocopy.Socket.close(timeout)``: it blocks while buffers are on loan (up to
+        ``timeout``, then a stalled peer's connection is reset); prefer :meth:`aclose`,
+        which waits on the loop."""
         queue, self._queue = self._queue, None
         if queue is not None:
             queue.close()

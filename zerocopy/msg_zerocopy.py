@@ -376,10 +376,16 @@ class Socket:
             return
         wait_ms = _wait_ms(timeout)
         with self._lock:
+            ended = False
             try:
                 if self._usable() and self._zs is not None:
                     self._keep_forever(self._zs.end(wait_ms), "closed")
+                ended = True
             finally:
+                if not ended and self._zs is not None and not self._closed:
+                    # end() was cut short (a signal handler raised): the
+                    # kernel may still read what is on loan, so it stays ours
+                    self._keep_forever(self._zs.abandon(), "closed")
                 self._closed = True
                 self._sock.close()
 

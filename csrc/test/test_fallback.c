@@ -786,6 +786,52 @@ static void test_stalled_source_bounded(void)
 	h_ran++;
 }
 
+/* ---- fault injection: another reader takes peeked bytes ------------------ */
+
+/* When steal_fd >= 0, the next consuming recv(2) on it (flags 0, the peek
+ * route's second step) takes one byte fewer than asked: as if another
+ * reader of the same socket had taken part of what was peeked. */
+static int steal_fd = -1;
+
+ssize_t recv(int fd, void *buf, size_t len, int flags)
+{
+	if (fd == steal_fd && flags == 0 && len > 1) {
+		steal_fd = -1;
+		len--;
+	}
+	return recvfrom(fd, buf, len, flags, NULL, NULL);
+}
+
+/* Regression (review): the peek route sent n bytes, then found that the
+ * consuming recv took fewer (another reader), and returned -EIO without
+ * counting the n bytes that had already reached the peer. */
+static void test_socket_source_stolen(void)
+{
+	const size_t size = 3000;
+	unsigned char *data = h_pattern(size, 0, SEED);
+	unsigned char buf[3000];
+	uint64_t sent = 0;
+	int a, b, s, r;
+
+	REQUIRE(data);
+	REQUIRE(h_unix_pair(&a, &b) == 0);
+	REQUIRE(h_tcp_pair(&s, &r) == 0);
+	REQUIRE(h_write_all(a, data, size) == 0);
+	steal_fd = b;
+	CHECK_RC(zc_sendfile(s, b, ZC_FD_POSITION, size, ZC_WAIT_FOREVER, 0,
+			     &sent), -EIO);
+	steal_fd = -1;
+	CHECK_EQ(sent, size); /* every byte peeked went out, and is counted */
+	CHECK_EQ(h_recv_upto(r, buf, size, 5000), size);
+	CHECK_MEM(buf, size, data, size);
+	close(a);
+	close(b);
+	close(s);
+	close(r);
+	free(data);
+	h_ran++;
+}
+
 int main(void)
 {
 	h_init(60);
@@ -812,5 +858,6 @@ int main(void)
 	pread_past_eof(1);
 	test_pread_again();
 	test_stalled_source_bounded();
+	test_socket_source_stolen();
 	return h_result("test_fallback");
 }

@@ -640,6 +640,80 @@ static void fd_replaced_during_wait(int kind)
 	h_ran++;
 }
 
+/* ---- one late signal after the number changed hands (blocking socket) ---- */
+
+static void on_usr1(int sig)
+{
+	(void)sig;
+}
+
+struct late_signal {
+	pthread_t target;
+	int sock, new_sock, old_peer;
+};
+
+static void *replace_then_signal(void *arg)
+{
+	struct late_signal *ls = arg;
+	unsigned char buf[65536];
+	long long end;
+
+	usleep(150 * 1000); /* sendfile is stuck in the kernel by now */
+	if (dup2(ls->new_sock, ls->sock) < 0)
+		return NULL;
+	usleep(50 * 1000);
+	pthread_kill(ls->target, SIGUSR1); /* one signal, after the switch */
+	end = h_now_ms() + 300;
+	while (h_now_ms() < end) { /* let the original connection drain a little */
+		struct pollfd p = { .fd = ls->old_peer, .events = POLLIN };
+
+		if (poll(&p, 1, 50) > 0 && read(ls->old_peer, buf, sizeof(buf)) <= 0)
+			break;
+	}
+	return NULL;
+}
+
+/* Regression (review of issue 8.1): the identity was taken after the first
+ * call returned; a blocking socket sits in sendfile(2) for the whole stall,
+ * so the number had already changed hands and the resume went to the new
+ * client.  It is taken before the first syscall. */
+static void late_signal_after_reuse(void)
+{
+	const size_t size = 8 << 20;
+	struct sigaction sa = { .sa_handler = on_usr1 }, old;
+	struct late_signal ls;
+	struct zc_fd_id id;
+	unsigned char probe[16];
+	uint64_t sent = 0;
+	pthread_t t;
+	int s, r, b0, b1, f, rc;
+
+	REQUIRE(h_tcp_pair(&s, &r) == 0);
+	REQUIRE(h_tcp_pair(&b0, &b1) == 0);
+	h_small_buffers(s, r);
+	REQUIRE((f = h_temp_file(size, SEED)) >= 0);
+	REQUIRE(sigaction(SIGUSR1, &sa, &old) == 0); /* no SA_RESTART */
+	ls = (struct late_signal){ .target = pthread_self(), .sock = s,
+				   .new_sock = b0, .old_peer = r };
+	REQUIRE(pthread_create(&t, NULL, replace_then_signal, &ls) == 0);
+	rc = zc_sendfile_id(s, f, 0, size, ZC_WAIT_FOREVER,
+			    ZC_CHECK_STREAM | ZC_ID_TAKE, &sent, &id);
+	CHECK_RC(rc, -EINTR);
+	pthread_join(t, NULL);
+	/* the caller's handler ran; it resumes on the same number */
+	rc = zc_sendfile_id(s, f, (int64_t)sent, size - sent, ZC_WAIT_FOREVER,
+			    ZC_ID_CHECK, &sent, &id);
+	CHECK_RC(rc, -EBADF);
+	CHECK_EQ(recv(b1, probe, sizeof(probe), MSG_DONTWAIT), -1); /* nothing */
+	sigaction(SIGUSR1, &old, NULL);
+	close(s);
+	close(r);
+	close(b0);
+	close(b1);
+	close(f);
+	h_ran++;
+}
+
 int main(void)
 {
 	h_init(60);
@@ -658,5 +732,6 @@ int main(void)
 	test_sendfile_id();
 	errqueue_timeout();
 	errqueue_signal();
+	late_signal_after_reuse();
 	return h_result("test_sendfile");
 }
