@@ -792,30 +792,41 @@ static void serve_file(struct loop_priv *L, struct zc_http_stats *stats,
 			   (int64_t)first, len, NULL, 0, &o, o.len);
 }
 
-/* A directory asked for without its final '/': send the client there. */
+/*
+ * A directory asked for without its final '/': send the client there.  The
+ * Location is built from the resolved path, never from the target as sent:
+ * "//evil.example/../dir" names "dir" here, but echoed back it would be a
+ * network-path reference that takes the browser to another host (the open
+ * redirect of CPython's http.server, CVE-2021-28861).  The query follows as
+ * sent (its bytes were checked: visible ASCII only).
+ */
 static void redirect_slash(struct loop_priv *L, struct zc_http_stats *stats,
-			   struct conn *c)
+			   struct conn *c, const char *path, size_t len)
 {
 	const char *t = c->req.target;
-	size_t n = c->req.target_len, a = 0, q;
+	const char *q = memchr(t, '?', c->req.target_len);
 	char extra[OUT_SIZE - 320];
 	struct out e = { extra, 0, sizeof(extra) - 1, 0 };
 
-	if (t[0] != '/') { /* absolute form: the path after the authority */
-		const char *s = memchr(t, ':', n);
+	O_LIT(&e, "Location: /");
+	for (size_t i = 0; i < len; i++) {
+		unsigned char ch = (unsigned char)path[i];
+		char pct[3];
 
-		a = s ? (size_t)(s - t) + 3 : n;
-		while (a < n && t[a] != '/' && t[a] != '?')
-			a++;
+		if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+		    (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' ||
+		    ch == '_' || ch == '~' || ch == '/') {
+			o_put(&e, path + i, 1);
+			continue;
+		}
+		pct[0] = '%';
+		pct[1] = "0123456789ABCDEF"[ch >> 4];
+		pct[2] = "0123456789ABCDEF"[ch & 15];
+		o_put(&e, pct, 3);
 	}
-	for (q = a; q < n && t[q] != '?'; q++)
-		;
-	O_LIT(&e, "Location: ");
-	if (q == a)
-		O_LIT(&e, "/");
-	o_put(&e, t + a, q - a);
 	O_LIT(&e, "/");
-	o_put(&e, t + q, n - q);
+	if (q)
+		o_put(&e, q, (size_t)(t + c->req.target_len - q));
 	O_LIT(&e, "\r\n");
 	if (e.over) {
 		send_page(L, stats, c, 414, NULL);
@@ -901,7 +912,7 @@ static void handle_request(struct loop_priv *L, struct zc_http_stats *stats,
 	}
 	if (!(pflags & ZC_HTTP_PATH_SLASH)) {
 		drop_file(L, c);
-		redirect_slash(L, stats, c);
+		redirect_slash(L, stats, c, path, len);
 		return;
 	}
 	{

@@ -459,6 +459,30 @@ def test_connection_close(port: int) -> None:
 # --------------------------------------------------------------------------- directories
 
 
+def test_directory_redirect_stays_on_this_host(site: Site, serve: Serve) -> None:
+    """The 301 to a directory's '/' names the resolved path, never the target as sent.
+
+    Echoed back, "//evil.example/../dir" would be a network-path reference: a
+    browser would follow it to evil.example (CPython's CVE-2021-28861)."""
+    _, port = serve(site.root)
+    with Client(port) as c:
+        for target, location in [
+            ("//evil.example/../dir", "/dir/"),
+            ("//evil.example/%2e%2e/dir?q=1", "/dir/?q=1"),
+            ("///dir", "/dir/"),
+            ("http://test//evil.example/../dir", "/dir/"),
+            ("/./list/../dir", "/dir/"),
+            ("/list/sub", "/list/sub/"),
+            ("/%25%32e%25%32e", "/%252e%252e/"),  # the directory named "%2e%2e"
+        ]:
+            c.send(request(target))
+            r = c.reply()
+            assert (r.status, r.header("location")) == (301, location), target
+            assert not r.header("location").startswith("//")
+    with Client(port) as c:  # and the Location leads to the directory
+        assert c.get("/%252e%252e/").status == 200
+
+
 def test_directories(site: Site, serve: Serve) -> None:
     _, port = serve(site.root)
     with Client(port) as c:

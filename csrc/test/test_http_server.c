@@ -519,6 +519,16 @@ static void basics(int port)
 	CHECK_EQ(r.status, 301);
 	CHECK(hdr(&r, "Location", v, sizeof(v)) && !strcmp(v, "/dir/?x=1"));
 	resp_free(&r);
+	/* the Location names the resolved path: a target starting "//" must
+	 * not come back as a network-path reference (another host) */
+	CHECK_EQ(get1(port, GET("//evil.example/../dir"), &r), 0);
+	CHECK_EQ(r.status, 301);
+	CHECK(hdr(&r, "Location", v, sizeof(v)) && !strcmp(v, "/dir/"));
+	resp_free(&r);
+	CHECK_EQ(get1(port, GET("//dir?a=%2F"), &r), 0);
+	CHECK_EQ(r.status, 301);
+	CHECK(hdr(&r, "Location", v, sizeof(v)) && !strcmp(v, "/dir/?a=%2F"));
+	resp_free(&r);
 	CHECK_EQ(get1(port, GET("/dir/"), &r), 0);
 	CHECK_EQ(r.status, 200);
 	CHECK_MEM(r.body, r.body_len, "<h1>index</h1>", 14);
