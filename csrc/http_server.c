@@ -80,6 +80,7 @@ struct loop_priv {
 	int listening;	/* the listener is in the epoll set */
 	int exclusive;	/* EPOLLEXCLUSIVE accepted by the kernel */
 	int stopping;
+	int intr;	/* a syscall met a signal: return -EINTR after the batch */
 	int mem_owned;
 	int64_t stop_deadline;
 	int64_t accept_resume; /* accepting paused until then (0: not) */
@@ -1033,6 +1034,15 @@ static void drive(struct loop_priv *L, struct zc_http_stats *stats,
 				c->writable = 0;
 				return;
 			}
+			if (rc == -EINTR) {
+				/* sendfile(2) meets a signal pending at the call
+				 * even on a non-blocking socket: no fault of the
+				 * client's; go on next turn, the caller runs its
+				 * handlers meanwhile */
+				L->intr = 1;
+				make_ready(L, c);
+				return;
+			}
 			if (rc < 0) {
 				if (rc == -ENODATA) {
 					/* the file shrank: reset, so queued
@@ -1066,6 +1076,11 @@ static void drive(struct loop_priv *L, struct zc_http_stats *stats,
 
 				if (n < 0 && errno == EAGAIN) {
 					c->readable = 0;
+					return;
+				}
+				if (n < 0 && errno == EINTR) {
+					L->intr = 1;
+					make_ready(L, c);
 					return;
 				}
 				if (n <= 0) { /* the client closed: done */
@@ -1102,6 +1117,11 @@ static void drive(struct loop_priv *L, struct zc_http_stats *stats,
 			if (n < 0 && errno == EAGAIN) {
 				c->readable = 0;
 				continue;
+			}
+			if (n < 0 && errno == EINTR) {
+				L->intr = 1;
+				make_ready(L, c);
+				return;
 			}
 			if (n <= 0) {
 				/* EOF between requests is the normal end */
@@ -1518,6 +1538,10 @@ int zc_http_loop_run(struct zc_http_loop *loop, int timeout_ms)
 		expire(L, stats, &L->q_idle, &stats->idle_timeouts);
 		expire(L, stats, &L->q_send, &stats->send_timeouts);
 		expire(L, stats, &L->q_linger, NULL);
+		if (L->intr) {
+			L->intr = 0;
+			rc = -EINTR;
+		}
 		if (rc == -EINTR) {
 			if (L->log_len)
 				log_flush(L, stats);
