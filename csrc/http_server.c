@@ -1174,11 +1174,11 @@ static void accept_some(struct loop_priv *L, struct zc_http_stats *stats)
 			if (err == EMFILE || err == ENFILE) {
 				if (zc__fcache_trim(&L->cache, TRIM_ON_EMFILE))
 					continue;
-				stats->fd_exhausted++;
 				if (L->spare_fd < 0)
 					L->spare_fd = open("/dev/null",
 							   O_RDONLY | O_CLOEXEC);
 				if (L->spare_fd < 0) {
+					stats->fd_exhausted++;
 					accept_pause(L, ACCEPT_PAUSE_MS);
 					return;
 				}
@@ -1187,11 +1187,23 @@ static void accept_some(struct loop_priv *L, struct zc_http_stats *stats)
 				close(L->spare_fd);
 				fd = accept4(L->listen_fd, NULL, NULL,
 					     SOCK_CLOEXEC);
+				err = fd < 0 ? errno : 0;
 				if (fd >= 0)
 					close(fd);
 				L->spare_fd = open("/dev/null",
 						   O_RDONLY | O_CLOEXEC);
-				continue;
+				/* accept(2) says EMFILE before it looks at the
+				 * queue: only a client taken off it counts */
+				if (err == EAGAIN)
+					return;
+				if (err == 0) {
+					stats->fd_exhausted++;
+					continue;
+				}
+				if (err == ECONNABORTED || err == EPROTO)
+					continue;
+				accept_pause(L, ACCEPT_PAUSE_MS);
+				return;
 			}
 			stats->accept_errors++;
 			if (err == ECONNABORTED || err == EINTR ||
