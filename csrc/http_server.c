@@ -80,6 +80,7 @@ struct loop_priv {
 	int listening;	/* the listener is in the epoll set */
 	int exclusive;	/* EPOLLEXCLUSIVE accepted by the kernel */
 	int stopping;
+	int intr;	/* a syscall met a signal: return -EINTR after the batch */
 	int mem_owned;
 	int64_t stop_deadline;
 	int64_t accept_resume; /* accepting paused until then (0: not) */
@@ -792,30 +793,41 @@ static void serve_file(struct loop_priv *L, struct zc_http_stats *stats,
 			   (int64_t)first, len, NULL, 0, &o, o.len);
 }
 
-/* A directory asked for without its final '/': send the client there. */
+/*
+ * A directory asked for without its final '/': send the client there.  The
+ * Location is built from the resolved path, never from the target as sent:
+ * "//evil.example/../dir" names "dir" here, but echoed back it would be a
+ * network-path reference that takes the browser to another host (the open
+ * redirect of CPython's http.server, CVE-2021-28861).  The query follows as
+ * sent (its bytes were checked: visible ASCII only).
+ */
 static void redirect_slash(struct loop_priv *L, struct zc_http_stats *stats,
-			   struct conn *c)
+			   struct conn *c, const char *path, size_t len)
 {
 	const char *t = c->req.target;
-	size_t n = c->req.target_len, a = 0, q;
+	const char *q = memchr(t, '?', c->req.target_len);
 	char extra[OUT_SIZE - 320];
 	struct out e = { extra, 0, sizeof(extra) - 1, 0 };
 
-	if (t[0] != '/') { /* absolute form: the path after the authority */
-		const char *s = memchr(t, ':', n);
+	O_LIT(&e, "Location: /");
+	for (size_t i = 0; i < len; i++) {
+		unsigned char ch = (unsigned char)path[i];
+		char pct[3];
 
-		a = s ? (size_t)(s - t) + 3 : n;
-		while (a < n && t[a] != '/' && t[a] != '?')
-			a++;
+		if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+		    (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' ||
+		    ch == '_' || ch == '~' || ch == '/') {
+			o_put(&e, path + i, 1);
+			continue;
+		}
+		pct[0] = '%';
+		pct[1] = "0123456789ABCDEF"[ch >> 4];
+		pct[2] = "0123456789ABCDEF"[ch & 15];
+		o_put(&e, pct, 3);
 	}
-	for (q = a; q < n && t[q] != '?'; q++)
-		;
-	O_LIT(&e, "Location: ");
-	if (q == a)
-		O_LIT(&e, "/");
-	o_put(&e, t + a, q - a);
 	O_LIT(&e, "/");
-	o_put(&e, t + q, n - q);
+	if (q)
+		o_put(&e, q, (size_t)(t + c->req.target_len - q));
 	O_LIT(&e, "\r\n");
 	if (e.over) {
 		send_page(L, stats, c, 414, NULL);
@@ -901,7 +913,7 @@ static void handle_request(struct loop_priv *L, struct zc_http_stats *stats,
 	}
 	if (!(pflags & ZC_HTTP_PATH_SLASH)) {
 		drop_file(L, c);
-		redirect_slash(L, stats, c);
+		redirect_slash(L, stats, c, path, len);
 		return;
 	}
 	{
@@ -1022,6 +1034,15 @@ static void drive(struct loop_priv *L, struct zc_http_stats *stats,
 				c->writable = 0;
 				return;
 			}
+			if (rc == -EINTR) {
+				/* sendfile(2) meets a signal pending at the call
+				 * even on a non-blocking socket: no fault of the
+				 * client's; go on next turn, the caller runs its
+				 * handlers meanwhile */
+				L->intr = 1;
+				make_ready(L, c);
+				return;
+			}
 			if (rc < 0) {
 				if (rc == -ENODATA) {
 					/* the file shrank: reset, so queued
@@ -1055,6 +1076,11 @@ static void drive(struct loop_priv *L, struct zc_http_stats *stats,
 
 				if (n < 0 && errno == EAGAIN) {
 					c->readable = 0;
+					return;
+				}
+				if (n < 0 && errno == EINTR) {
+					L->intr = 1;
+					make_ready(L, c);
 					return;
 				}
 				if (n <= 0) { /* the client closed: done */
@@ -1091,6 +1117,11 @@ static void drive(struct loop_priv *L, struct zc_http_stats *stats,
 			if (n < 0 && errno == EAGAIN) {
 				c->readable = 0;
 				continue;
+			}
+			if (n < 0 && errno == EINTR) {
+				L->intr = 1;
+				make_ready(L, c);
+				return;
 			}
 			if (n <= 0) {
 				/* EOF between requests is the normal end */
@@ -1143,11 +1174,11 @@ static void accept_some(struct loop_priv *L, struct zc_http_stats *stats)
 			if (err == EMFILE || err == ENFILE) {
 				if (zc__fcache_trim(&L->cache, TRIM_ON_EMFILE))
 					continue;
-				stats->fd_exhausted++;
 				if (L->spare_fd < 0)
 					L->spare_fd = open("/dev/null",
 							   O_RDONLY | O_CLOEXEC);
 				if (L->spare_fd < 0) {
+					stats->fd_exhausted++;
 					accept_pause(L, ACCEPT_PAUSE_MS);
 					return;
 				}
@@ -1156,11 +1187,23 @@ static void accept_some(struct loop_priv *L, struct zc_http_stats *stats)
 				close(L->spare_fd);
 				fd = accept4(L->listen_fd, NULL, NULL,
 					     SOCK_CLOEXEC);
+				err = fd < 0 ? errno : 0;
 				if (fd >= 0)
 					close(fd);
 				L->spare_fd = open("/dev/null",
 						   O_RDONLY | O_CLOEXEC);
-				continue;
+				/* accept(2) says EMFILE before it looks at the
+				 * queue: only a client taken off it counts */
+				if (err == EAGAIN)
+					return;
+				if (err == 0) {
+					stats->fd_exhausted++;
+					continue;
+				}
+				if (err == ECONNABORTED || err == EPROTO)
+					continue;
+				accept_pause(L, ACCEPT_PAUSE_MS);
+				return;
 			}
 			stats->accept_errors++;
 			if (err == ECONNABORTED || err == EINTR ||
@@ -1507,6 +1550,10 @@ int zc_http_loop_run(struct zc_http_loop *loop, int timeout_ms)
 		expire(L, stats, &L->q_idle, &stats->idle_timeouts);
 		expire(L, stats, &L->q_send, &stats->send_timeouts);
 		expire(L, stats, &L->q_linger, NULL);
+		if (L->intr) {
+			L->intr = 0;
+			rc = -EINTR;
+		}
 		if (rc == -EINTR) {
 			if (L->log_len)
 				log_flush(L, stats);

@@ -1279,8 +1279,10 @@ void zc_proxy_close(struct zc_proxy *px);
  * time between fast readers of large files.
  *
  * Return: 0 when the response is complete; ZC_RESPONSE_MORE when the budget
- * ran out first; -EAGAIN when the socket is full; -ENODATA when the file
- * ended early; other -errno as zc_response_send().
+ * ran out first; -EAGAIN when the socket is full; -EINTR when a signal
+ * arrived during a send (sendfile(2) says so even on a non-blocking socket:
+ * nothing is wrong, call again); -ENODATA when the file ended early; other
+ * -errno as zc_response_send().
  */
 int zc_response_send_some(struct zc_response *r, uint64_t budget,
 			  uint64_t *sent_now);

@@ -7,6 +7,7 @@ small receive buffers so that transfers must wait for the loop.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import os
 import socket
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 from _asyncutil import LOOPS, in_thread, run, small_client, tls_client, tls_contexts
-from _zcutil import Collector, feed, recv_exactly, recv_then_reset, reset
+from _zcutil import DEADLINE, Collector, feed, itimer, recv_exactly, recv_then_reset, reset
 
 import zerocopy
 from zerocopy import aio
@@ -107,6 +108,98 @@ def test_streamwriter_order(loop_kind: str, big_file: str, big_data: bytes) -> N
         assert got == BEFORE + b"HEAD" + body + b"TAIL" + AFTER
         assert n == 4 + len(body) + 4
         assert pos == len(big_data)
+
+    run(loop_kind, main)
+
+
+@pytest.mark.timeout(120, method="thread")
+def test_signals_during_transfers(loop_kind: str, big_file: str, big_data: bytes) -> None:
+    """A signal makes sendfile(2) return EINTR even on a non-blocking socket; the
+    resumed step then meets a full socket.  That is the end of a step, not an
+    error: it raised BlockingIOError out of aio.sendfile."""
+    rounds = 40  # 160 MiB: a few hundred steps, each a chance for a signal to land
+
+    def read_all(sock: socket.socket) -> tuple[int, str]:
+        digest, n = hashlib.sha256(), 0
+        while True:
+            data = sock.recv(1 << 20)
+            if not data:
+                return n, digest.hexdigest()
+            digest.update(data)
+            n += len(data)
+
+    async def main() -> None:
+        served = Served()
+
+        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> list[int]:
+            sent = []
+            with open(big_file, "rb") as f:
+                for _ in range(rounds):
+                    sent.append(await aio.sendfile(w, f, 0))
+            w.close()
+            return sent
+
+        server, port = await served.start(handler)
+        client = small_client(port, rcvbuf=64 * 1024)
+        client.settimeout(DEADLINE)
+        with itimer(lambda signum, frame: None, 0.0002, 0.0002):  # 5 kHz
+            reader = asyncio.ensure_future(in_thread(lambda: read_all(client)))
+            sent = await served.result
+            n, digest = await reader
+        client.close()
+        server.close()
+        assert sent == [len(big_data)] * rounds
+        assert (n, digest) == (len(big_data) * rounds,
+                               hashlib.sha256(big_data * rounds).hexdigest())
+
+    run(loop_kind, main)
+
+
+@pytest.mark.parametrize("via", ["writer", "transport"])
+def test_writes_from_another_task_are_refused(loop_kind: str, via: str, big_file: str,
+                                              big_data: bytes) -> None:
+    """A write from another task during the transfer landed in the middle of the
+    file; it raises RuntimeError instead, as loop.sendfile makes it.  uvloop's
+    transports cannot refuse it (only its StreamWriter is guarded)."""
+    if loop_kind == "uvloop" and via == "transport":
+        pytest.skip("uvloop's transports cannot refuse a write (documented)")
+
+    async def main() -> None:
+        served = Served()
+        outcome: list[BaseException | None] = []
+
+        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> int:
+            writes = w if via == "writer" else w.transport
+            target = w if via == "writer" else w.transport
+
+            async def other() -> None:
+                await asyncio.sleep(0.005)  # the transfer waits for the slow reader
+                try:
+                    writes.write(b"<<in the middle>>")
+                    outcome.append(None)
+                except RuntimeError as exc:
+                    outcome.append(exc)
+
+            task = asyncio.ensure_future(other())
+            with open(big_file, "rb") as f:
+                n = await aio.sendfile(target, f)
+            await task
+            w.write(AFTER)  # allowed again
+            await w.drain()
+            w.close()
+            return n
+
+        server, port = await served.start(handler)
+        client = small_client(port)
+        col = Collector(client, delay=0.0005)
+        n = await served.result
+        got = await in_thread(col.result)
+        client.close()
+        server.close()
+        assert len(outcome) == 1 and isinstance(outcome[0], RuntimeError)
+        assert "sendfile is in progress" in str(outcome[0])
+        assert n == len(big_data)
+        assert got == big_data + AFTER
 
     run(loop_kind, main)
 

@@ -201,6 +201,45 @@ def test_zerocopysend_too_long(loop_kind: str, big_file: str) -> None:
     run(loop_kind, main)
 
 
+@pytest.mark.timeout(60, method="thread")
+def test_pathsend_refuses_what_is_not_a_file(loop_kind: str, protocol: Any,
+                                             tmp_path: Any) -> None:
+    """pathsend of a FIFO opened it blocking, in the loop: every connection of the
+    server hung until a writer came.  A FIFO, a directory or a missing path is
+    now the application's error at once (its connection closed), never a hang."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    errors: list[BaseException] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/ok":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        target = {"/fifo": fifo, "/dir": tmp_path, "/gone": tmp_path / "gone"}[scope["path"]]
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"5")]})
+        try:
+            await send({"type": "http.response.pathsend", "path": str(target)})
+        except Exception as exc:
+            errors.append(exc)
+            raise
+
+    async def main() -> None:
+        async with serving(app, protocol) as port:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
+                                         timeout=10) as client:
+                for path in ("/fifo", "/dir", "/gone"):
+                    with pytest.raises(httpx.HTTPError):
+                        await client.get(path)
+                    assert (await client.get("/ok")).content == b"ok"
+
+    run(loop_kind, main)
+    assert [type(e) for e in errors] == [RuntimeError, RuntimeError, FileNotFoundError]
+    assert "not a regular file" in str(errors[0])
+
+
 def test_client_reset_mid_body(loop_kind: str, protocol: Any, big_file: str,
                                big_data: bytes) -> None:
     """A client that resets mid-body: the server goes on serving the next one."""

@@ -459,6 +459,30 @@ def test_connection_close(port: int) -> None:
 # --------------------------------------------------------------------------- directories
 
 
+def test_directory_redirect_stays_on_this_host(site: Site, serve: Serve) -> None:
+    """The 301 to a directory's '/' names the resolved path, never the target as sent.
+
+    Echoed back, "//evil.example/../dir" would be a network-path reference: a
+    browser would follow it to evil.example (CPython's CVE-2021-28861)."""
+    _, port = serve(site.root)
+    with Client(port) as c:
+        for target, location in [
+            ("//evil.example/../dir", "/dir/"),
+            ("//evil.example/%2e%2e/dir?q=1", "/dir/?q=1"),
+            ("///dir", "/dir/"),
+            ("http://test//evil.example/../dir", "/dir/"),
+            ("/./list/../dir", "/dir/"),
+            ("/list/sub", "/list/sub/"),
+            ("/%25%32e%25%32e", "/%252e%252e/"),  # the directory named "%2e%2e"
+        ]:
+            c.send(request(target))
+            r = c.reply()
+            assert (r.status, r.header("location")) == (301, location), target
+            assert not r.header("location").startswith("//")
+    with Client(port) as c:  # and the Location leads to the directory
+        assert c.get("/%252e%252e/").status == 200
+
+
 def test_directories(site: Site, serve: Serve) -> None:
     _, port = serve(site.root)
     with Client(port) as c:
@@ -831,6 +855,39 @@ def test_graceful_shutdown_lets_a_response_finish(site: Site) -> None:
     assert sha(body) == sha(site.big)
     with late:
         assert late.closed()  # the listener closed with it queued: reset, no response
+
+
+@pytest.mark.timeout(90, method="thread")
+def test_signals_during_transfers_never_cut_them_short(site: Site) -> None:
+    """sendfile(2) returns EINTR for a signal even on a non-blocking socket: the
+    engine must go on with the response, not close the connection (which cut
+    bodies short with a clean FIN: a client without Content-Length checking
+    takes a short file for whole)."""
+    server = FileServer(site.root, (HOST, 0))
+    port = server.server_address[1]
+    done = threading.Event()
+    ticks = [0]
+
+    def client() -> list[bytes]:
+        try:
+            with Client(port, rcvbuf=64 * 1024) as c:
+                return [c.get("/big.bin").body for _ in range(16)]
+        finally:
+            done.set()
+
+    def handler(signum: int, frame: Any) -> None:
+        ticks[0] += 1
+        if done.is_set():
+            server.shutdown()
+
+    with server, itimer(handler, 0.0002, 0.0002):  # 5 kHz
+        call = Call(client)
+        server.serve_forever()  # in the main thread: the signals interrupt its syscalls
+        st = server.stats
+    bodies = call.value()
+    assert [sha(b) for b in bodies] == [sha(site.big)] * 16
+    assert st.resets == 0 and st.truncated == 0 and st.responses_2xx == 16
+    assert ticks[0] > 10
 
 
 def test_shutdown_from_another_thread_and_serve_again(site: Site) -> None:

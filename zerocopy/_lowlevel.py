@@ -504,13 +504,19 @@ class Response:
                 lib.zc_response_end(c)
                 raise attach(exc, int(c.sent)) from None
             if rc != 0 and not (rc == EAGAIN and stop_on_again):
+                # -EINTR (sendfile(2) says so even on a non-blocking socket)
+                # or an error: resume after the handler; a full socket met on
+                # the way ends a step that stops there, as it would have
+                # without the signal
+                def again() -> int:
+                    r = int(lib.zc_response_send(c, timeout_ms, ffi.NULL))
+                    return 1 if r == EAGAIN and stop_on_again else r
+
                 try:
-                    run(lambda: int(lib.zc_response_send(c, timeout_ms, ffi.NULL)),
-                        lambda: int(c.sent), rc=rc, alive=self._ours)
+                    rc = run(again, lambda: int(c.sent), rc=rc, alive=self._ours)
                 except BaseException:
                     lib.zc_response_end(c)  # a failed step never leaves the cork set
                     raise
-                rc = 0
             self._done = rc == 0
             return int(c.sent - before)
         finally:

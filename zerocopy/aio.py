@@ -36,10 +36,12 @@ undone, protocol, reading and buffer limits restored, the duplicate closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from typing import Any, Union
 
 from . import _errors
@@ -96,15 +98,21 @@ async def sendfile(
     ``progress`` (a :class:`Progress`) is kept up to date as bytes go out.
 
     While the call runs, nothing else may write to the target (as for
-    ``loop.sendfile``).
+    ``loop.sendfile``): a ``write``, ``writelines`` or ``write_eof`` from
+    another task raises ``RuntimeError`` (as ``loop.sendfile`` makes it)
+    on the ``StreamWriter`` given and on the default loop's transports;
+    uvloop's transports cannot refuse it, and such a write would land in the
+    middle of the file.
     """
     if isinstance(target, asyncio.StreamWriter):
-        target = target.transport  # type: ignore[assignment]
+        with _refusing_writes(target):
+            return await _send_transport(target.transport,  # type: ignore[arg-type]
+                                         file, offset, count, headers, trailers, progress)
     if isinstance(target, socket.socket):
         return await _send_socket(target, file, offset, count, headers, trailers, progress)
     if isinstance(target, asyncio.BaseTransport) or _is_transport(target):
         # uvloop's transports implement the interface without subclassing it
-        return await _send_transport(target, file, offset, count,  # type: ignore[arg-type]
+        return await _send_transport(target, file, offset, count,
                                      headers, trailers, progress)
     raise TypeError(
         "target must be an asyncio.StreamWriter, an asyncio.Transport or a socket.socket, "
@@ -139,6 +147,36 @@ def _socket_fd(transport: asyncio.BaseTransport) -> int | None:
     return fd if isinstance(fd, int) and fd >= 0 else None
 
 
+_WRITES = ("write", "writelines", "write_eof")
+
+
+def _refuse_write(*args: Any, **kwargs: Any) -> None:
+    raise RuntimeError("unable to write; sendfile is in progress")  # loop.sendfile's words
+
+
+@contextlib.contextmanager
+def _refusing_writes(obj: Any) -> Iterator[None]:
+    """Make ``obj``'s writes raise while the transfer owns the socket, where its class
+    lets an instance override them (not uvloop's extension types)."""
+    done: list[str] = []
+    try:
+        for name in _WRITES:
+            if name in vars(obj):
+                break  # overridden already (a nested guard): leave it alone
+            try:
+                setattr(obj, name, _refuse_write)
+            except (AttributeError, TypeError):
+                break
+            done.append(name)
+    except TypeError:  # no __dict__
+        pass
+    try:
+        yield
+    finally:
+        for name in done:
+            vars(obj).pop(name, None)
+
+
 def _check_open(transport: asyncio.BaseTransport, sent: int) -> None:
     if transport.is_closing():
         raise _c.attach(ConnectionResetError(
@@ -170,6 +208,7 @@ async def _send_transport(transport: asyncio.Transport, file: Any, offset: int |
         loop = asyncio.get_running_loop()
         lease = _Lease(transport, loop)
         await lease.flush()
+        lease.refuse_writes()
         pump = _Pump(loop, fd, transport, sender, progress)
         if pump.step():
             return sender.sent
@@ -311,6 +350,7 @@ class _Lease(asyncio.Protocol):
         self._limits: tuple[int, int] | None = None
         self._high = 0
         self._restored = False
+        self._unguard: contextlib.ExitStack | None = None
         self._resume_reading = transport.is_reading()
         if self._resume_reading:
             transport.pause_reading()
@@ -394,6 +434,12 @@ class _Lease(asyncio.Protocol):
                 self.waiter = None
         self._check()
 
+    def refuse_writes(self) -> None:
+        """Writes to the transport raise RuntimeError until :meth:`restore`."""
+        if self._unguard is None:
+            self._unguard = contextlib.ExitStack()
+            self._unguard.enter_context(_refusing_writes(self.transport))
+
     def _check(self) -> None:
         if self.lost is not None:
             exc = self.lost[0]
@@ -405,6 +451,8 @@ class _Lease(asyncio.Protocol):
         if self._restored:
             return
         self._restored = True
+        if self._unguard is not None:
+            self._unguard.close()
         transport, proto = self.transport, self.proto
         if transport.get_protocol() is self:
             transport.set_protocol(proto)

@@ -43,6 +43,7 @@ the attributes it relies on, and refuses versions it was not tested with.
 from __future__ import annotations
 
 import os
+import stat
 from typing import Any
 
 from ._async import missing_extra
@@ -98,7 +99,16 @@ def _open(message: dict[str, Any]) -> tuple[Any, int | None, int | None, bool, i
         path = message.get("path")
         if not isinstance(path, str) or not os.path.isabs(path):
             raise RuntimeError("http.response.pathsend needs an absolute 'path'")
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO must not block the loop in open(2) waiting for a
+        # writer; only a regular file is sent (a directory opens too)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise RuntimeError(
+                    f"http.response.pathsend: {path!r} is not a regular file")
+        except BaseException:
+            os.close(fd)
+            raise
         return fd, 0, None, False, fd
     file = message.get("file")
     if file is None:
