@@ -20,6 +20,7 @@ struct priv {
 	int64_t offset;
 	uint64_t file_len;
 	struct zc_cork_state cork;
+	const struct zc_fd_id *id; /* zc_response_bind_id(), or NULL */
 	int corking;
 	int state;
 };
@@ -203,6 +204,13 @@ static int send_steps(struct zc_response *r, int timeout_ms, uint64_t budget,
 	if (p->state == ST_DONE)
 		return 0;
 	zc__hold_init(&h, r->sock);
+	if (p->id && p->state != ST_NEW) {
+		rc = zc__hold_pin_id(&h, p->id);
+		if (rc < 0) {
+			zc__hold_release(&h);
+			return rc;
+		}
+	}
 	if (p->state == ST_NEW) {
 		if (p->corking) {
 			rc = zc_cork_begin(r->sock, &p->cork);
@@ -250,6 +258,12 @@ int zc_response_send_some(struct zc_response *r, uint64_t budget,
 			  uint64_t *sent_now)
 {
 	return send_steps(r, 0, budget ? budget : 1, sent_now);
+}
+
+int zc_response_bind_id(struct zc_response *r, const struct zc_fd_id *id)
+{
+	priv_of(r)->id = id;
+	return 0;
 }
 
 int zc_response_end(struct zc_response *r)

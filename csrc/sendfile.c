@@ -89,19 +89,30 @@ int zc_sendfile_id(int sock, int file, int64_t offset, uint64_t count,
 		   int timeout_ms, unsigned flags, uint64_t *sent,
 		   struct zc_fd_id *id)
 {
+	struct zc__hold h;
 	int rc = 0;
 
-	/* Before the first syscall, not after: a blocking socket sits inside
-	 * sendfile(2) for a whole stall, while another thread may close the
-	 * number and accept() hand it to a new client. */
-	if (flags & ZC_ID_CHECK)
-		rc = zc_fd_id_check(sock, id);
-	else if (flags & ZC_ID_TAKE)
-		rc = zc_fd_id_get(sock, id);
-	if (rc < 0)
-		return rc;
-	return zc_sendfile(sock, file, offset, count, timeout_ms,
-			   flags & ZC_CHECK_STREAM, sent);
+	if (!(flags & ZC_ID_CHECK)) {
+		/* Before the first syscall, not after: a blocking socket sits
+		 * inside sendfile(2) for a whole stall, while another thread
+		 * may close the number and accept() hand it to a new client. */
+		if (flags & ZC_ID_TAKE)
+			rc = zc_fd_id_get(sock, id);
+		if (rc < 0)
+			return rc;
+		return zc_sendfile(sock, file, offset, count, timeout_ms,
+				   flags & ZC_CHECK_STREAM, sent);
+	}
+	/* A resume sends through a duplicate checked against @id: checking
+	 * the number and then sending to it would leave a window in which
+	 * the number changes hands. */
+	zc__hold_init(&h, sock);
+	rc = zc__hold_pin_id(&h, id);
+	if (rc == 0)
+		rc = zc__sendfile_held(&h, file, offset, count, timeout_ms,
+				       flags & ZC_CHECK_STREAM, sent);
+	zc__hold_release(&h);
+	return rc;
 }
 
 int zc__sendfile_held(struct zc__hold *h, int file, int64_t offset,

@@ -194,6 +194,25 @@ int zc__hold_pin(struct zc__hold *h)
 	return 0;
 }
 
+int zc__hold_pin_id(struct zc__hold *h, const struct zc_fd_id *id)
+{
+	const struct fd_id *p = (const struct fd_id *)(const void *)id->_private.bytes;
+
+	h->dev = p->dev;
+	h->ino = p->ino;
+	h->known = 1;
+	h->dup = fcntl(h->caller, F_DUPFD_CLOEXEC, 0);
+	if (h->dup < 0) /* EMFILE: go on with the number, checked once */
+		return same_file(h->caller, h->dev, h->ino) ? 0 : -EBADF;
+	if (!same_file(h->dup, h->dev, h->ino)) {
+		close(h->dup);
+		h->dup = -1;
+		return -EBADF;
+	}
+	h->fd = h->dup;
+	return 0;
+}
+
 int zc__hold_check(struct zc__hold *h)
 {
 	if (!h->known)

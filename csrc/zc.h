@@ -169,8 +169,9 @@ int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
  * client, zc_sendfile() would send that client the rest of the file.  This
  * takes the socket's identity in the same call, before the first send (one
  * fstat: a blocking socket may sit in the kernel for a whole stall while the
- * number changes hands), and checks it before a resumed one (see
- * zc_fd_id_get()).
+ * number changes hands).  A resumed call sends through a duplicate of @sock
+ * that it checked against @id, so every byte goes to that socket or none
+ * does (see zc_fd_id_get()).
  *
  * Return: as zc_sendfile(); -EBADF also when ZC_ID_CHECK finds @sock closed
  * or naming another file.
@@ -283,6 +284,23 @@ int zc_response_init(struct zc_response *r, int sock, int file, int64_t offset,
  * again to continue); -ENODATA when the file ended early; other -errno.
  */
 int zc_response_send(struct zc_response *r, int timeout_ms, uint64_t *sent_now);
+
+/**
+ * zc_response_bind_id() - make later sends check which socket they send to
+ * @r: from zc_response_init()
+ * @id: from zc_fd_id_get() on @r->sock, caller-allocated; it must stay
+ *      valid and unchanged while @r is used
+ *
+ * For a caller that holds only the descriptor number: if another thread
+ * closes it between two calls and accept() hands the number to a new
+ * client, the next call would send that client the rest of the response.
+ * Once bound, each call after the one that began the response sends through
+ * a duplicate of @r->sock checked against @id, and returns -EBADF (sending
+ * nothing) when the number names another file or none.
+ *
+ * Return: 0.
+ */
+int zc_response_bind_id(struct zc_response *r, const struct zc_fd_id *id);
 
 /**
  * zc_response_end() - restore the socket options a response changed

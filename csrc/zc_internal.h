@@ -129,6 +129,11 @@ static inline void zc__hold_init(struct zc__hold *h, int fd)
 /* Pin the socket before a wait (once); -errno (-EBADF when it is gone). */
 int zc__hold_pin(struct zc__hold *h);
 
+/* Pin the socket now, to the file @id names: the duplicate is checked, not
+ * the number, so no close and reuse between check and send can slip in.
+ * -EBADF when the caller's fd names another file (or none) now. */
+int zc__hold_pin_id(struct zc__hold *h, const struct zc_fd_id *id);
+
 /* After a wait: 0, or -EBADF when the caller's fd no longer names our socket. */
 int zc__hold_check(struct zc__hold *h);
 

@@ -41,6 +41,7 @@ int zc_response_init(struct zc_response *r, int sock, int file, int64_t offset,
                      uint64_t count, const void *header, size_t header_len,
                      const void *trailer, size_t trailer_len);
 int zc_response_send(struct zc_response *r, int timeout_ms, uint64_t *sent_now);
+int zc_response_bind_id(struct zc_response *r, const struct zc_fd_id *id);
 int zc_response_end(struct zc_response *r);
 """
 

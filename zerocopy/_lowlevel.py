@@ -462,6 +462,8 @@ class Response:
         if rc < 0:
             _release_exports(exports)
             raise error(rc, 0)
+        if owner is None:  # resumed steps send through a duplicate checked against it
+            lib.zc_response_bind_id(c, self._ident)
         if exports or len(trailer) or count == TO_EOF:
             # it may cork, or it pins buffers: undo that if close() never comes
             finalizer = weakref.finalize(self, _abandon_response, c, owner, sock, exports,

@@ -580,6 +580,62 @@ static void budget_pipe(void)
 	h_ran++;
 }
 
+/* zc_response_bind_id(): a step after the first sends nothing once the
+ * number names another socket, and goes on to the original one while it
+ * still names it. */
+static void bound_id(void)
+{
+	const size_t size = 4 << 20, hlen = 100;
+	unsigned char probe[16], *got, *want, *head, *body;
+	struct zc_response resp;
+	struct zc_fd_id id;
+	uint64_t now = 0, first;
+	int s, r, b0, b1, f, rc;
+
+	REQUIRE(h_tcp_pair(&s, &r) == 0);
+	REQUIRE(h_tcp_pair(&b0, &b1) == 0);
+	h_small_buffers(s, r);
+	REQUIRE(h_set_nonblock(s, 1) == 0);
+	REQUIRE((f = h_temp_file(size, SEED)) >= 0);
+	head = h_pattern(hlen, 0, HSEED);
+	REQUIRE(zc_fd_id_get(s, &id) == 0);
+	REQUIRE(zc_response_init(&resp, s, f, 0, size, head, hlen, NULL, 0) == 0);
+	CHECK_EQ(zc_response_bind_id(&resp, &id), 0);
+	CHECK_RC(zc_response_send(&resp, 0, &now), -EAGAIN);
+	CHECK(resp.sent > hlen && resp.sent < hlen + size);
+	got = malloc(hlen + size);
+	REQUIRE(got != NULL);
+	first = resp.sent;
+	CHECK_EQ(h_recv_upto(r, got, first, 5000), first);
+	/* the same socket under the number: it goes on */
+	rc = zc_response_send(&resp, 0, &now);
+	CHECK(rc == 0 || rc == -EAGAIN);
+	CHECK(resp.sent > first);
+	CHECK_EQ(now, resp.sent - first);
+	/* closed by another thread, the number reused: nothing is sent */
+	REQUIRE(dup2(b0, s) == s);
+	now = 1;
+	CHECK_RC(zc_response_send(&resp, 0, &now), -EBADF);
+	CHECK_EQ(now, 0);
+	CHECK_EQ(recv(b1, probe, sizeof(probe), MSG_DONTWAIT), -1);
+	close(s);
+	/* the original peer got exactly the bytes counted, in order */
+	CHECK_EQ(h_recv_upto(r, got + first, hlen + size - first, 5000),
+		 resp.sent - first);
+	want = h_pattern(size, 0, SEED);
+	body = got + hlen;
+	CHECK_MEM(got, hlen, head, hlen);
+	CHECK_MEM(body, resp.sent - hlen, want, resp.sent - hlen);
+	free(got);
+	free(want);
+	free(head);
+	close(r);
+	close(b0);
+	close(b1);
+	close(f);
+	h_ran++;
+}
+
 int main(void)
 {
 	h_init(60);
@@ -594,6 +650,7 @@ int main(void)
 	one_segment(0);
 	one_segment(30);
 	budget_pipe();
+	bound_id();
 	for (int kind = 0; kind < 2; kind++) {
 		budget(kind, 1 << 20);
 		budget(kind, 100000);
