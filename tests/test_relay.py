@@ -583,6 +583,32 @@ def test_relay_of_int_fds_stops_when_a_number_is_reused(chain, make_pair) -> Non
         os.close(fb)
 
 
+def test_einval_from_c_says_what_was_wrong(chain) -> None:
+    """Regression: every -EINVAL of zc_proxy_init/zc_proxy_set_timeouts was reported as a
+    bad listener, and relay(a, a) raised a bare "Invalid argument"."""
+    from zerocopy import _lowlevel as _c
+    from zerocopy.relay import sockaddr_bytes
+
+    _, target = sockaddr_bytes(("127.0.0.1", 9))
+    pool = _c.PipePool(max_idle=1)
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as lst:
+            with pytest.raises(ValueError, match="timeouts must be > 0 ms"):
+                _c.ProxyLoop(pool, lst.fileno(), target, 1, (0, 1000, 1000))
+        with socket.socket() as unbound:
+            with pytest.raises(ValueError, match="listen must be a listening SOCK_STREAM"):
+                _c.ProxyLoop(pool, unbound.fileno(), target, 1, (1000, 1000, 1000))
+    finally:
+        pool.close()
+    (x, a), _ = chain()
+    with pytest.raises(ValueError, match="two different sockets"):
+        relay(a, a)
+    with pytest.raises(ValueError, match="two different sockets"):
+        relay(a.fileno(), a.fileno())
+    x.sendall(b"ok")  # both still usable
+    assert recv_exactly(a, 2) == b"ok"
+
+
 def _answered(address: tuple[str, int], timeout: float = 5.0) -> bytes:
     """Connect, say hello, half-close; what came back before EOF (b"" when reset)."""
     with socket.create_connection(address, timeout=timeout) as c:
