@@ -1130,8 +1130,8 @@ _SLICE_MS = 250
 
 
 def _relay_add_error(rc: int) -> BaseException:
-    if rc == -errno.EINVAL:  # zc_relay_add: a == b
-        return ValueError("a and b must be two different sockets")
+    if rc == -errno.EINVAL:  # zc_relay_add: a == b (an OSError, as it always was)
+        return OSError(errno.EINVAL, "a and b must be two different sockets")
     return os_error(rc)
 
 
