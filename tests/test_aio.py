@@ -7,6 +7,7 @@ small receive buffers so that transfers must wait for the loop.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import io
 import os
@@ -992,6 +993,38 @@ def test_relay_reset_and_timeout(loop_kind: str, make_pair: Any) -> None:
         assert timed.value.bytes_relayed == (0, 0)  # type: ignore[attr-defined]
 
     run(loop_kind, main)
+
+
+def test_relay_of_int_fds_stops_when_a_number_is_reused(loop_kind: str, make_pair: Any) -> None:
+    """Regression: nothing holds an int fd.  Between two steps another task closes the
+    number and a new connection gets it (dup2 does both): the next step pumped the new
+    connection's bytes.  The relay ends with EBADF instead."""
+    client, a = make_pair("tcp4")
+    b, server = make_pair("tcp4")
+    new_a, new_b = make_pair("unix")
+    fa, fb = os.dup(a.fileno()), os.dup(b.fileno())  # a and b keep the originals open
+
+    async def main() -> None:
+        task = asyncio.ensure_future(aio.relay(fa, fb, timeout=2))
+        client.sendall(b"hello")
+        assert await in_thread(lambda: recv_exactly(server, 5)) == b"hello"
+        os.dup2(new_a.fileno(), fa)
+        new_b.sendall(b"EVIL")
+        client.sendall(b"late")  # an event on the original connection wakes the relay
+        with pytest.raises(OSError) as info:
+            await task
+        assert info.value.errno == errno.EBADF
+        assert info.value.bytes_relayed == (5, 0)  # type: ignore[attr-defined]
+        assert await in_thread(lambda: recv_exactly(new_a, 4)) == b"EVIL"  # untouched
+        server.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            server.recv(16)  # nothing more reached the target
+
+    try:
+        run(loop_kind, main)
+    finally:
+        os.close(fa)
+        os.close(fb)
 
 
 def test_relay_refuses_tls(loop_kind: str, tls: Any, make_pair: Any) -> None:

@@ -844,6 +844,27 @@ def test_tls_keyboard_interrupt_carries_the_bytes_the_client_got(
     assert tls_read_to_eof(client) == (HEAD + big_data)[:sent]
 
 
+@pytest.mark.timeout(60, method="thread")
+def test_tls_wait_for_room_ends_when_another_thread_closes_the_socket(
+    tls, big_file: str, big_data: bytes
+) -> None:
+    """Regression: send_all through TLS waited for room on ``sock.fileno()`` taken once,
+    unheld: a close() from another thread left it polling a closed (or reused) number
+    until the peer read.  It ends with EBADF now, and the close takes effect."""
+    server, client = tls
+    stall_tls_pair(server, client)
+    server.setblocking(False)  # send_all waits for room in Python's TLS route
+    with open(big_file, "rb") as f, zerocopy.FileSender(server, f, headers=HEAD) as fs:
+        call = Call(fs.send_all)
+        time.sleep(0.3)  # stalled by now: the client reads nothing
+        server.close()
+        assert call.join(DEADLINE), "send_all kept waiting on the closed socket"
+        assert isinstance(call.error, OSError) and call.error.errno == errno.EBADF
+        sent = call.error.bytes_sent  # type: ignore[attr-defined]
+        assert sent == fs.sent and len(HEAD) < sent < len(HEAD) + len(big_data)
+    assert server.fileno() == -1  # the close() deferred by the wait came
+
+
 @pytest.mark.parametrize("path", ["fast", "general"])
 def test_socket_mode_is_read_at_each_step(small_pair, big_file: str, path: str) -> None:
     """Regression: the socket's timeout was read once, when the sender was made: a server

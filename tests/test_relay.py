@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import gc
 import math
+import os
 import random
 import resource
 import selectors
@@ -547,6 +548,65 @@ def test_relay_ends_when_another_thread_closes_a_socket(chain) -> None:
     assert info.value.bytes_relayed == (3, 0)  # type: ignore[attr-defined]
     assert a.fileno() == -1
     assert recv_exactly(y, 3) == b"abc"
+
+
+@pytest.mark.timeout(30, method="thread")
+def test_relay_of_int_fds_stops_when_a_number_is_reused(chain, make_pair) -> None:
+    """Regression: nothing holds an int fd.  A signal's handler stands for another thread
+    that closed the number and whose accept() got it back (dup2 does both): the resumed
+    relay pumped the new connection's bytes.  It must end with EBADF instead."""
+    (x, a), (b, y) = chain()
+    new_a, new_b = make_pair("unix")
+    fa, fb = os.dup(a.fileno()), os.dup(b.fileno())  # a and b keep the originals open
+    fired = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not fired:
+            fired.append(True)
+            os.dup2(new_a.fileno(), fa)
+            new_b.sendall(b"EVIL")
+            x.sendall(b"late")  # wakes the relay on the original connection
+
+    x.sendall(b"hello")
+    try:
+        with itimer(handler, 0.3), pytest.raises(OSError) as info:
+            relay(fa, fb, timeout=2)
+        assert fired
+        assert info.value.errno == errno.EBADF
+        assert info.value.bytes_relayed[1] == 0  # type: ignore[attr-defined]
+        assert info.value.bytes_relayed[0] in (5, 9)  # type: ignore[attr-defined]
+        got = recv_exactly(y, info.value.bytes_relayed[0])  # type: ignore[attr-defined]
+        assert got == b"hellolate"[: len(got)]  # never a byte of the new connection
+        assert recv_exactly(new_a, 4) == b"EVIL"  # still there for its owner
+    finally:
+        os.close(fa)
+        os.close(fb)
+
+
+def test_einval_from_c_says_what_was_wrong(chain) -> None:
+    """Regression: every -EINVAL of zc_proxy_init/zc_proxy_set_timeouts was reported as a
+    bad listener, and relay(a, a) raised a bare "Invalid argument"."""
+    from zerocopy import _lowlevel as _c
+    from zerocopy.relay import sockaddr_bytes
+
+    _, target = sockaddr_bytes(("127.0.0.1", 9))
+    pool = _c.PipePool(max_idle=1)
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as lst:
+            with pytest.raises(ValueError, match="timeouts must be > 0 ms"):
+                _c.ProxyLoop(pool, lst.fileno(), target, 1, (0, 1000, 1000))
+        with socket.socket() as unbound:
+            with pytest.raises(ValueError, match="listen must be a listening SOCK_STREAM"):
+                _c.ProxyLoop(pool, unbound.fileno(), target, 1, (1000, 1000, 1000))
+    finally:
+        pool.close()
+    (x, a), _ = chain()
+    for one in (a, a.fileno()):
+        with pytest.raises(OSError, match="two different sockets") as info:
+            relay(one, one)
+        assert info.value.errno == errno.EINVAL
+    x.sendall(b"ok")  # both still usable
+    assert recv_exactly(a, 2) == b"ok"
 
 
 def _answered(address: tuple[str, int], timeout: float = 5.0) -> bytes:

@@ -1102,6 +1102,32 @@ def test_a_given_socket_stays_the_callers(site: Site) -> None:
         FileServer(site.root, sock=unbound)
 
 
+@pytest.mark.timeout(30, method="thread")
+def test_a_given_socket_closed_by_its_owner_is_held_until_the_server_closes(
+        site: Site) -> None:
+    """Regression: the server did not hold a given listening socket, so another thread's
+    close() freed its fd number while the C loops accepted on it (the next socket made
+    would get the number, and the loops would accept on whatever it was)."""
+    lst = socket.create_server((HOST, 0))
+    fd, port = lst.fileno(), lst.getsockname()[1]
+    server = FileServer(site.root, sock=lst)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    try:
+        thread.start()
+        lst.close()  # the owner closes it while the server runs: deferred
+        with socket.socket() as newcomer:
+            assert newcomer.fileno() != fd  # the number is not free
+        assert os.fstat(fd)  # still the listener
+        assert fetch(port, "/a.txt").body == b"hello\n"
+    finally:
+        server.close()
+        thread.join(DEADLINE)
+    assert lst.fileno() == -1
+    with pytest.raises(OSError) as info:  # the deferred close() came with the server's
+        os.fstat(fd)
+    assert info.value.errno == errno.EBADF
+
+
 def test_close_is_idempotent_and_repr(site: Site) -> None:
     server = FileServer(site.root, (HOST, 0))
     assert "1 worker" in repr(server)

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from _zcutil import (
@@ -745,6 +746,66 @@ def test_splice_all_fd_replaced_during_a_wait(tmp_path, make_pair, direction: st
             os.close(fd)
         else:
             target.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(30, method="thread")
+@pytest.mark.parametrize(("call", "into"), [
+    ("recvfile", "int fd"), ("recvfile", "file object"), ("recvfile", "BytesIO"),
+    ("splice_all", "int fd"), ("splice_all", "file object"),
+])
+def test_int_fd_reused_before_a_resume_is_never_read(tmp_path, make_pair, call: str,
+                                                     into: str) -> None:
+    """Regression: an int fd has no owner to hold it.  A signal interrupts the transfer,
+    and its handler stands for another thread that closed the number and whose accept()
+    got it back (dup2 does both).  The resumed call spliced from the new connection; it
+    must stop with EBADF (or, reading through Python, finish from the original one)."""
+    s, r = make_pair("tcp4")
+    new_a, new_b = make_pair("unix")
+    fd = os.dup(r.fileno())  # r keeps the original connection open
+    out = tmp_path / "out.bin"
+    sink: Any = io.BytesIO()
+    fired = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not fired:
+            fired.append(True)
+            os.dup2(new_a.fileno(), fd)
+            new_b.sendall(b"EVIL")
+            new_b.shutdown(socket.SHUT_WR)
+            s.sendall(b"late")
+            s.shutdown(socket.SHUT_WR)
+
+    s.sendall(b"original")
+    out_fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        if into == "file object":
+            sink = open(out_fd, "wb", closefd=False)
+        elif into == "int fd":
+            sink = out_fd
+        with itimer(handler, 0.2):
+            if into == "BytesIO":  # read through Python, from a duplicate of the number
+                assert recvfile(fd, sink) == len(b"originallate")
+                assert sink.getvalue() == b"originallate"
+            else:
+                with pytest.raises(OSError) as info:
+                    if call == "recvfile":
+                        recvfile(fd, sink)
+                    else:
+                        splice_all(fd, sink)
+                assert fired
+                assert info.value.errno == errno.EBADF
+                attr = "bytes_received" if call == "recvfile" else "bytes_sent"
+                assert getattr(info.value, attr) == len(b"original")
+                if into == "file object":
+                    sink.close()
+                    assert os.lseek(out_fd, 0, os.SEEK_CUR) == len(b"original")
+                assert out.read_bytes() == b"original"
+        assert recv_exactly(new_a, 4) == b"EVIL"  # still there for its owner
+    finally:
+        if into == "file object":
+            sink.close()
+        os.close(out_fd)
+        os.close(fd)
 
 
 # TLS: a socket with a TLS session carries records, never our bytes.

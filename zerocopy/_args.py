@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import io
-import os
 import socket
 import sys
 from typing import Any, NamedTuple, Optional, Union
@@ -13,6 +12,7 @@ from ._lowlevel import (
     FD_POSITION,
     INT_MAX,
     OFF_MAX,
+    os_error,
     raw_socket_type,
     timeout_ms,
     tls_tx_offloaded,
@@ -101,7 +101,7 @@ def check_stream(fd: int, name: str = "sock") -> None:
     if rc == -errno.EPROTOTYPE:
         raise ValueError(f"{name} must be a SOCK_STREAM socket")
     if rc < 0:
-        raise OSError(-rc, os.strerror(-rc))
+        raise os_error(rc)
 
 
 def check_range(offset: int | None, count: int | None) -> None:

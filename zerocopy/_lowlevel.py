@@ -1048,9 +1048,10 @@ class Splice:
     position moves back), so :attr:`src_pos` matches :attr:`moved`.
     """
 
-    __slots__ = ("_dst_off", "_moved", "_src_off")
+    __slots__ = ("_dst_off", "_ids", "_moved", "_src_off")
 
     def __init__(self, src_pos: int | None = None, dst_pos: int | None = None) -> None:
+        self._ids: list[tuple[int, Any]] | None = None  # the watched fds, from the first run
         self._moved = ffi.new(_U64)
         self._src_off = ffi.NULL if src_pos is None else ffi.new(_I64, [src_pos])
         self._dst_off = ffi.NULL if dst_pos is None else ffi.new(_I64, [dst_pos])
@@ -1071,18 +1072,32 @@ class Splice:
 
     def run(self, src: int, dst: int, count: int, timeout_ms: int, pool: PipePool | None, *,
             attr: str, what: str, owners: tuple[socket.socket, ...] = (),
-            preload: Any = b"") -> int:
+            watch: tuple[int, ...] = (), preload: Any = b"") -> int:
         """Deliver bytes until :attr:`moved` reaches ``count`` (TO_EOF: until ``src`` ends).
 
         ``pool`` gives the pipe between two fds that are not pipes (None when
         one of them is a pipe).  ``owners``: socket objects of ``src`` and
-        ``dst``, held for the call (see :func:`hold`).  ``preload``: bytes
-        delivered before anything is read from ``src`` (a Python buffer's):
-        they are written into the pipe and this call delivers what fitted,
-        ignoring ``count``.  Resumes after signals; raises with ``attr``.
+        ``dst``, held for the call (see :func:`hold`).  ``watch``: the ends
+        nothing holds (int fds, a file object's fd): the first run of the
+        transfer takes their identity (:func:`fd_id`), and every later call,
+        a resume after a signal or the next run, first checks it (``EBADF``
+        when a number was closed and now names another file).  ``preload``:
+        bytes delivered before anything is read from ``src`` (a Python
+        buffer's): they are written into the pipe and this call delivers what
+        fitted, ignoring ``count``.  Resumes after signals; raises with ``attr``.
         """
-        via = ffi.NULL if pool is None else pool.take()
+        ids = self._ids
+        later = ids is not None
+        if ids is None:
+            ids = self._ids = [(fd, fd_id(fd)) for fd in watch]
+
+        def alive() -> bool:
+            return all(map(is_open, owners)) and all(same_fd(fd, i) for fd, i in ids)
+
         moved, src_off, dst_off = self._moved, self._src_off, self._dst_off
+        if later and not alive():  # a step of the same transfer: nothing resumes elsewhere
+            raise error(EBADF, int(moved[0]), attr, what)
+        via = ffi.NULL if pool is None else pool.take()
         for owner in owners:
             hold(owner)
         try:
@@ -1096,7 +1111,7 @@ class Splice:
                 return rc
 
             run(call, lambda: int(moved[0]), attr=attr, what=what,
-                alive=(lambda: all(map(is_open, owners))) if owners else None)
+                alive=alive if owners or ids else None)
             return int(moved[0])
         finally:
             for owner in owners:
@@ -1116,18 +1131,29 @@ PROXY_STALL_MS: int = lib.ZC_PROXY_STALL_MS
 _SLICE_MS = 250
 
 
+def _relay_add_error(rc: int) -> BaseException:
+    if rc == -errno.EINVAL:  # zc_relay_add: a == b (an OSError, as it always was)
+        return OSError(errno.EINVAL, "a and b must be two different sockets")
+    return os_error(rc)
+
+
 def relay(a: int, b: int, pool: PipePool, idle_ms: int,
-          owners: tuple[socket.socket, ...] = ()) -> tuple[int, int]:
+          owners: tuple[socket.socket, ...] = (), watch: tuple[int, ...] = ()) -> tuple[int, int]:
     """Relay two stream sockets both ways to the end; return (a->b, b->a) bytes.
 
     ``idle_ms``: the relay's idle timeout in C (WAIT_FOREVER: none).
     ``owners`` are held while it runs; closing one from another thread ends
-    the relay with ``EBADF`` within a slice.  Raises with ``bytes_relayed``.
+    the relay with ``EBADF`` within a slice.  ``watch``: the int fds among
+    ``a`` and ``b`` (nothing holds them): their identity is taken now and
+    checked each time the C loop returns (a slice, a signal), so a number
+    closed and reused by another connection ends the relay with ``EBADF``.
+    Raises with ``bytes_relayed``.
     """
+    ids = [(fd, fd_id(fd)) for fd in watch]
     loop = ffi.new("struct zc_relay_loop *")
     rc = lib.zc_relay_loop_init(loop, pool.cdata)
     if rc < 0:
-        raise OSError(-rc, os.strerror(-rc))
+        raise os_error(rc)
     r = ffi.new("struct zc_relay *")
     done = ffi.new("struct zc_relay *[1]")
     for owner in owners:
@@ -1137,7 +1163,7 @@ def relay(a: int, b: int, pool: PipePool, idle_ms: int,
         if rc == 0 and idle_ms != WAIT_FOREVER:
             rc = lib.zc_relay_set_timeout(r, idle_ms)
         if rc < 0:
-            raise OSError(-rc, os.strerror(-rc))
+            raise _relay_add_error(rc)
 
         def progress() -> tuple[int, int]:
             return int(r.bytes[0]), int(r.bytes[1])
@@ -1150,7 +1176,7 @@ def relay(a: int, b: int, pool: PipePool, idle_ms: int,
                 if rc < 0 and rc != EINTR:
                     raise error(rc, progress(), "bytes_relayed")
                 # after -EINTR the signal's handler has run (it would have raised)
-                if owners and not all(map(is_open, owners)):
+                if not (all(map(is_open, owners)) and all(same_fd(fd, i) for fd, i in ids)):
                     raise error(EBADF, progress(), "bytes_relayed")
         except BaseException as exc:
             raise attach(exc, progress(), "bytes_relayed") from None
@@ -1179,14 +1205,15 @@ class LoopRelay:
     elsewhere takes effect then, and the next step raises ``EBADF``.
     """
 
-    __slots__ = ("_done", "_idle_ms", "_loop", "_next", "_owners", "_r", "closed")
+    __slots__ = ("_done", "_idle_ms", "_ids", "_loop", "_next", "_owners", "_r", "closed")
 
     def __init__(self, a: int, b: int, pool: PipePool, idle_ms: int,
-                 owners: tuple[socket.socket, ...] = ()) -> None:
+                 owners: tuple[socket.socket, ...] = (), watch: tuple[int, ...] = ()) -> None:
+        self._ids = [(fd, fd_id(fd)) for fd in watch]  # int fds: checked before each step
         self._loop = ffi.new("struct zc_relay_loop *")
         rc = lib.zc_relay_loop_init(self._loop, pool.cdata)
         if rc < 0:
-            raise OSError(-rc, os.strerror(-rc))
+            raise os_error(rc)
         self.closed = False
         self._r = r = ffi.new("struct zc_relay *")
         self._done = ffi.new("struct zc_relay *[1]")
@@ -1199,7 +1226,7 @@ class LoopRelay:
             lib.zc_relay_remove(r)
             lib.zc_relay_loop_close(self._loop)
             self.closed = True
-            raise OSError(-rc, os.strerror(-rc))
+            raise _relay_add_error(rc)
         self._owners = owners
         for owner in owners:
             hold(owner)
@@ -1218,7 +1245,8 @@ class LoopRelay:
 
     def step(self) -> bool:
         """Move what can move now; True once the relay ended (then :meth:`result`)."""
-        if self._owners and not all(map(is_open, self._owners)):
+        if not (all(map(is_open, self._owners))
+                and all(same_fd(fd, i) for fd, i in self._ids)):
             raise error(EBADF, self.moved, "bytes_relayed")
         rc = lib.zc_relay_run(self._loop, 0, self._done, 1)
         if rc < 0 and rc != EINTR:  # after -EINTR a handler ran: the caller steps again
@@ -1264,7 +1292,7 @@ class ProxyLoop:
         self._loop = ffi.new("struct zc_relay_loop *")
         rc = lib.zc_relay_loop_init(self._loop, pool.cdata)
         if rc < 0:
-            raise OSError(-rc, os.strerror(-rc))
+            raise os_error(rc)
         self.closed = False
         self._slots = ffi.new("struct zc_relay[]", slots)
         self._px = ffi.new("struct zc_proxy *")
@@ -1272,13 +1300,20 @@ class ProxyLoop:
         rc = lib.zc_proxy_init(self._px, self._loop, listen_fd,
                                ffi.cast("struct sockaddr *", self._target), len(target),
                                self._slots, slots)
+        if rc == -errno.EINVAL:
+            # zc_proxy_init: the caller checked the target and the slots, so the
+            # listener is what is wrong (no longer listening, or not a stream socket)
+            self.close()
+            raise ValueError("listen must be a listening SOCK_STREAM socket")
         if rc == 0:
             rc = lib.zc_proxy_set_timeouts(self._px, *timeouts_ms)
+            if rc == -errno.EINVAL:
+                self.close()
+                raise ValueError("connect, idle and stall timeouts must be > 0 ms or "
+                                 f"{WAIT_FOREVER} (none), got {timeouts_ms}")
         if rc < 0:
             self.close()
-            if rc == -errno.EINVAL:
-                raise ValueError("listen must be a listening SOCK_STREAM socket")
-            raise OSError(-rc, os.strerror(-rc))
+            raise os_error(rc)
         self._done = ffi.new("struct zc_relay *[1]")
 
     def stats(self) -> tuple[int, int, int, int, int, int, int, int]:
@@ -1292,7 +1327,7 @@ class ProxyLoop:
         """Serve for up to ``timeout_ms`` (less after a wake-up or a signal)."""
         rc = lib.zc_relay_run(self._loop, timeout_ms, self._done, 1)
         if rc < 0 and rc != EINTR:
-            raise OSError(-rc, os.strerror(-rc))
+            raise os_error(rc)
 
     def wake(self) -> None:
         """Make :meth:`run` in another thread return soon; async-signal-safe in C."""

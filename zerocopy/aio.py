@@ -913,8 +913,9 @@ async def relay(a: socket.socket | int, b: socket.socket | int, *,
     idle_ms = WAIT_FOREVER if timeout is None or timeout == float("inf") else max(
         1, timeout_ms(timeout))
     owners = tuple(s for s in (a, b) if isinstance(s, socket.socket))
+    watch = tuple(fd for s, fd in ((a, fa), (b, fb)) if not isinstance(s, socket.socket))
     loop = asyncio.get_running_loop()
-    step = _c.LoopRelay(fa, fb, default_pool(), idle_ms, owners)
+    step = _c.LoopRelay(fa, fb, default_pool(), idle_ms, owners, watch)
     fut: asyncio.Future[None] = loop.create_future()
     timer: list[asyncio.Handle | None] = [None]
 

@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 from . import cli_framing as framing
 from ._errors import TruncatedFileError
+from ._lowlevel import os_error
 from .cli import (
     CHUNK,
     DEFAULT_HOST,
@@ -274,7 +275,7 @@ def wait_delivered(sock: socket.socket, timeout: float) -> None:
     while True:
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            raise OSError(err, os.strerror(err))
+            raise os_error(-err)
         # the state first, then the count: an ACK that lands between the two
         # must not make a finished transfer look cut short
         closed = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE

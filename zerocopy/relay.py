@@ -62,8 +62,11 @@ def relay(
     bytes in flight in the pipes are dropped).  A signal handler runs during
     the relay, which resumes unless it raises.  The socket objects are held
     while the relay runs: a ``close()`` from another thread ends it with
-    ``EBADF`` (within a quarter of a second) and takes effect then.  The
-    sockets stay open (close them) and keep their blocking mode.
+    ``EBADF`` (within a quarter of a second) and takes effect then.  Nothing
+    holds an int fd: its identity is taken at the start and checked each
+    time the relay resumes, so a number that another thread closed and a new
+    connection reused ends the relay with ``EBADF``.  The sockets stay open
+    (close them) and keep their blocking mode.
 
     An ``ssl.SSLSocket`` raises ``ValueError``: splicing its fd would move
     TLS records, not the data; relay the plain sockets (TLS passes through).
@@ -84,7 +87,8 @@ def relay(
     else:
         idle_ms = max(1, timeout_ms(timeout))  # raises ValueError for < 0
     owners = tuple(s for s in (a, b) if isinstance(s, socket.socket))
-    return _c.relay(fa, fb, default_pool(), idle_ms, owners)
+    watch = tuple(fd for s, fd in ((a, fa), (b, fb)) if not isinstance(s, socket.socket))
+    return _c.relay(fa, fb, default_pool(), idle_ms, owners, watch)
 
 
 # --------------------------------------------------------------------------- Proxy

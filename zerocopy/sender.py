@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import select
 import socket
+import time
 from typing import Any
 
 from . import _lowlevel as _c
@@ -14,6 +16,8 @@ from ._args import SocketLike, check_range, check_stream, file_source, socket_ta
 from ._lowlevel import FD_POSITION, TO_EOF
 
 _TLS_CHUNK = 64 * 1024
+# The longest a TLS response's wait for room holds its socket (a close() waits that long).
+_WAIT_SLICE_MS = 100
 
 
 class FileSender(_c.Response):
@@ -64,7 +68,7 @@ class FileSender(_c.Response):
             check_stream(fd)
         self._fd = fd
         self._owner = owner  # its timeout is read at each step (Response._wait_ms)
-        slow = self._slow = _Slow(sock, _header_len(headers))
+        slow = self._slow = _Slow(_header_len(headers))
         if file is None:  # headers and trailers only
             if offset or count:
                 raise ValueError("file=None sends no file bytes: offset and count must be None")
@@ -174,10 +178,9 @@ class FileSender(_c.Response):
 class _Slow:
     """What a FileSender needs beyond the fast path: a file position to follow, TLS."""
 
-    __slots__ = ("file_at", "file_len", "fileobj", "sock", "start", "tls")
+    __slots__ = ("file_at", "file_len", "fileobj", "start", "tls")
 
-    def __init__(self, sock: SocketLike, file_at: int) -> None:
-        self.sock = sock
+    def __init__(self, file_at: int) -> None:
         self.file_at = file_at  # where the file's bytes start in the response
         self.file_len: int | None = None  # None: ask C (a pipe's length is known at its end)
         self.fileobj: Any = None
@@ -293,9 +296,7 @@ class _TlsResponse:
                 if n is None:  # the socket is full
                     if stop_on_again:
                         return _c.EAGAIN
-                    rc = _c.wait_writable(self._sock.fileno(), timeout_ms)
-                    if rc < 0 and rc != _c.EINTR:
-                        raise _c.error(rc, self.sent) from None
+                    self._wait(timeout_ms)
                     continue
                 in_file = self.header_len <= self.sent < self.header_len + self._file_len
                 self.sent += n
@@ -306,8 +307,39 @@ class _TlsResponse:
         except BaseException as exc:
             raise _c.attach(exc, self.sent) from None
 
-    def end(self) -> None:
-        pass  # nothing was changed on the socket
+    def _wait(self, timeout_ms: int) -> None:
+        """Wait until the socket takes bytes again, for up to ``timeout_ms`` (WAIT_FOREVER).
+
+        The socket is held for each slice of the wait, so its number cannot
+        go to another file under the wait, and the wait ends with ``EBADF``
+        within a slice when another thread closes it (a close() waits for
+        the slice, never for the peer to read).
+        """
+        sock = self._sock
+        deadline = None if timeout_ms == _c.WAIT_FOREVER else (
+            time.monotonic() + timeout_ms / 1000)
+        while True:
+            if not _c.is_open(sock):  # closed, perhaps while a hold deferred it
+                raise _c.error(_c.EBADF, self.sent)
+            if deadline is None:
+                wait = _WAIT_SLICE_MS
+            else:
+                left = max(math.ceil((deadline - time.monotonic()) * 1000), 0)
+                if left == 0 and timeout_ms > 0:  # 0 would mean "just look": -EAGAIN
+                    raise _c.error(_c.ETIMEDOUT, self.sent)
+                wait = min(left, _WAIT_SLICE_MS)
+            _c.hold(sock)
+            try:
+                rc = _c.wait_writable(sock.fileno(), wait)
+            finally:
+                _c.release(sock)
+            if rc == 0:
+                return
+            if rc == _c.ETIMEDOUT and wait == _WAIT_SLICE_MS and (
+                    deadline is None or time.monotonic() < deadline):
+                continue  # a slice ended, not the wait
+            if rc != _c.EINTR:  # after -EINTR the signal's handler ran: wait on
+                raise _c.error(rc, self.sent) from None
 
     def close(self) -> None:
         if self._at == FD_POSITION and self._pending:

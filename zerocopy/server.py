@@ -205,8 +205,10 @@ class FileServer:
     ``""`` means every IPv4 interface, ``"::"`` every interface, IPv4
     included); ``sock``, a listening ``SOCK_STREAM`` socket, is served
     instead when given (it stays the caller's: closing the server leaves it
-    open and restores its blocking mode).  ``server_address`` is the address
-    actually bound, as in :mod:`socketserver`.
+    open and restores its blocking mode; it is held while the server is
+    open, so a ``close()`` of it from another thread takes effect when the
+    server closes).  ``server_address`` is the address actually bound, as
+    in :mod:`socketserver`.
 
     What is answered (see the "HTTP file server" section of ``csrc/zc.h``):
     a regular file with ``Content-Length``, ``Content-Type`` (from the
@@ -316,12 +318,18 @@ class FileServer:
         self._root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._loops: list[_c.HttpLoop] = []
         self._own_sock = sock is None
+        self._held = False
         self._blocking = True
         try:
             if sock is None:
                 sock = _listener(address, backlog)
             self._blocking = sock.getblocking()
             self.socket = sock
+            if not self._own_sock:
+                # a close() of the caller's socket from another thread waits for
+                # ours: its fd number stays the listener while the C loops accept on it
+                _c.hold(sock)
+                self._held = True
             self.server_address: Any = sock.getsockname()
             config["root_fd"] = self._root_fd
             self._srv = _c.HttpServer(config)
@@ -505,8 +513,11 @@ class FileServer:
         if sock is not None:
             if self._own_sock:
                 sock.close()
-            elif sock.fileno() >= 0:
+            elif _c.is_open(sock):
                 sock.setblocking(self._blocking)
+            if self._held:
+                self._held = False
+                _c.release(sock)  # a close() the caller made meanwhile happens now
 
     # -- context manager, finalizer, repr --------------------------------------------
 

@@ -123,14 +123,22 @@ def recvfile(
     A socket's timeout applies to each wait for data (``TimeoutError``); a
     non-blocking socket with nothing to read raises ``BlockingIOError``; a
     signal handler runs during the transfer, which resumes unless it raises.
-    Every exception raised once the transfer started, ``KeyboardInterrupt``
-    included, has ``bytes_received``: the bytes written to the file.
+    A socket object is held during the transfer (another thread's ``close()``
+    takes effect when it returns); an int fd cannot be: if another thread
+    closes it and the number goes to another connection, the transfer stops
+    with ``EBADF`` or finishes from the original one, never reading a byte
+    of the new one.  Every exception raised once the transfer started,
+    ``KeyboardInterrupt`` included, has ``bytes_received``: the bytes
+    written to the file.
     """
     sock_fd = stream_socket_fd(sock)
     check_range(offset, count)
     wait_ms = _wait_ms(sock, sock_fd)
     left = TO_EOF if count is None else count
     owners = (sock,) if isinstance(sock, socket.socket) else ()
+    # nothing holds an int fd: the transfer checks that its number still names
+    # the same file before each resumed call (EBADF otherwise)
+    watch = () if owners else (sock_fd,)
     tls = _is_tls(sock)
 
     if isinstance(file, int):
@@ -143,7 +151,8 @@ def recvfile(
             return _recv_through_python(sock, sock_fd, _fd_writer(file, offset), left, [0])
         job = _c.Splice(None, offset)
         return job.run(sock_fd, file, left, wait_ms, None if _is_pipe(file) else default_pool(),
-                       attr="bytes_received", what="the stream", owners=owners)
+                       attr="bytes_received", what="the stream", owners=owners,
+                       watch=(*watch, file))
 
     check_binary(file)
     if getattr(file, "closed", False):
@@ -176,12 +185,12 @@ def recvfile(
     if not can_seek:
         pool = None if _is_pipe(fd) else default_pool()
         return _c.Splice().run(sock_fd, fd, left, wait_ms, pool, attr="bytes_received",
-                               what="the stream", owners=owners)
+                               what="the stream", owners=owners, watch=(*watch, fd))
     start = file.tell() if offset is None else offset
     job = _c.Splice(None, start)
     try:
         return job.run(sock_fd, fd, left, wait_ms, default_pool(), attr="bytes_received",
-                       what="the stream", owners=owners)
+                       what="the stream", owners=owners, watch=(*watch, fd))
     finally:
         file.seek(start + job.moved)
 
@@ -206,11 +215,19 @@ def _recv_through_python(
     done: list[int],
 ) -> int:
     """recv + write: for objects without a file descriptor (``io.BytesIO``) and TLS
-    sockets, whose bytes must be decrypted in user space.  ``done[0]`` counts."""
+    sockets, whose bytes must be decrypted in user space.  ``done[0]`` counts.
+
+    An int fd is read through a duplicate made now: if another thread closes
+    the number and a new connection gets it, the reads go on from the
+    original connection, never from the new one.
+    """
     ssl = sys.modules.get("ssl")
     want_read: Any = ssl.SSLWantReadError if ssl is not None else ()
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
+    dup = -1
+    if not isinstance(sock, socket.socket):
+        dup = sock_fd = os.dup(sock_fd)
     try:
         while count == TO_EOF or done[0] < count:
             want = _CHUNK if count == TO_EOF else min(_CHUNK, count - done[0])
@@ -230,6 +247,9 @@ def _recv_through_python(
         return done[0]
     except BaseException as exc:
         raise _c.attach(exc, done[0], "bytes_received") from None
+    finally:
+        if dup >= 0:
+            os.close(dup)
 
 
 # --------------------------------------------------------------------------- splice_all
@@ -264,6 +284,9 @@ def splice_all(src: FdLike, dst: FdLike, count: int | None = None) -> int:
     non-blocking fd raises ``BlockingIOError`` when it would block before
     any byte was read into the pipe; bytes already read are always written
     out.  ``TruncatedFileError`` when ``src`` ends before ``count`` bytes.
+    An int fd (or a file object's) closed by another thread, its number
+    reused, ends the transfer with ``EBADF``: no byte goes to or comes from
+    the file that got the number.
     Every exception raised once the transfer started has ``bytes_sent``: the
     bytes written to ``dst``.
     """
@@ -279,6 +302,9 @@ def splice_all(src: FdLike, dst: FdLike, count: int | None = None) -> int:
     wait_ms = _combine(waits)
     pool = None if s_pipe or d_pipe else default_pool()
     owners = tuple(obj for obj in (src, dst) if isinstance(obj, socket.socket))
+    # the ends nothing holds: their identity is checked before each resumed call
+    watch = tuple(fd for obj, fd in ((src, s_fd), (dst, d_fd))
+                  if not isinstance(obj, socket.socket))
     starts: list[int | None] = []  # explicit offsets of seekable file objects
     for obj in (src, dst):
         if isinstance(obj, (int, socket.socket)):
@@ -294,10 +320,10 @@ def splice_all(src: FdLike, dst: FdLike, count: int | None = None) -> int:
         view = memoryview(head)
         while job.moved < len(head):  # each round delivers bytes or raises
             job.run(s_fd, d_fd, 0, wait_ms, default_pool(), attr="bytes_sent",
-                    what="the source", owners=owners, preload=view[job.moved:])
+                    what="the source", owners=owners, watch=watch, preload=view[job.moved:])
         if total == TO_EOF or job.moved < total:
             job.run(s_fd, d_fd, total, wait_ms, pool, attr="bytes_sent", what="the source",
-                    owners=owners)
+                    owners=owners, watch=watch)
         return job.moved
     finally:
         if head:
