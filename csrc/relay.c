@@ -770,10 +770,10 @@ int zc_relay_run(struct zc_relay_loop *loop, int timeout_ms,
 				return (int)take_done(loop, done, max_done);
 			return -EINTR;
 		}
-		if (woke)
+		/* at the deadline return whatever max_done allows: ended relays
+		 * that max_done 0 cannot take must not keep the loop spinning */
+		if (woke || (deadline >= 0 && l->now >= deadline))
 			return (int)take_done(loop, done, max_done);
-		if (deadline >= 0 && zc__queue_empty(&l->done) && l->now >= deadline)
-			return 0;
 	}
 }
 
