@@ -953,11 +953,13 @@ static int check_listener(int fd)
 	int type = 0, listening = 0;
 	socklen_t len = sizeof(type);
 
+	/* a closed fd or a non-socket is no listener either: -EINVAL, as
+	 * zc.h says, whichever check finds out */
 	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
-		return errno == ENOTSOCK ? -EINVAL : -errno;
+		return errno == ENOTSOCK || errno == EBADF ? -EINVAL : -errno;
 	len = sizeof(listening);
 	if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0)
-		return -errno;
+		return errno == ENOTSOCK || errno == EBADF ? -EINVAL : -errno;
 	/* not listening: accept(2) fails at once, and a level-triggered
 	 * listener would spin */
 	return type == SOCK_STREAM && listening ? 0 : -EINVAL;
@@ -1009,12 +1011,15 @@ int zc_proxy_init(struct zc_proxy *px, struct zc_relay_loop *loop,
 		zc__queue_insert_tail(&x->free, &p->link);
 	}
 	fl = fcntl(listen_fd, F_GETFL);
-	if (fl < 0 || fcntl(listen_fd, F_SETFL, fl | O_NONBLOCK) < 0)
-		return -errno;
-	if (epoll_ctl(lp(loop)->epfd, EPOLL_CTL_ADD, listen_fd, &ev) < 0) {
+	if (fl < 0 || fcntl(listen_fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
+	    epoll_ctl(lp(loop)->epfd, EPOLL_CTL_ADD, listen_fd, &ev) < 0) {
 		rc = -errno;
-		(void)fcntl(listen_fd, F_SETFL, fl);
+		if (fl >= 0)
+			(void)fcntl(listen_fd, F_SETFL, fl); /* the caller's flags */
+		/* nothing else was taken yet (the spare fd comes last); a
+		 * proxy without a loop is one zc_proxy_close() ignores */
 		x->loop = NULL;
+		x->listen_fd = -1;
 		return rc;
 	}
 	x->listening = 1;

@@ -1142,8 +1142,10 @@ struct sockaddr;
  * zc_proxy_set_timeouts() changes them.
  *
  * Return: 0; -EINVAL for a bad address, no slots, or a @listen_fd that is
- * not a listening stream socket (unbound, connected, closed); -errno from
- * fcntl()/epoll_ctl().
+ * not a listening stream socket (unbound, connected, closed, not a socket);
+ * -errno from fcntl()/epoll_ctl() (-EEXIST when @listen_fd is in the loop
+ * already).  On failure nothing is kept: @listen_fd has its flags back and
+ * zc_proxy_close(@px) does nothing.
  */
 int zc_proxy_init(struct zc_proxy *px, struct zc_relay_loop *loop,
 		  int listen_fd, const struct sockaddr *target,

@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
@@ -1209,7 +1210,28 @@ static void test_proxy_bad_listener(void)
 	}
 	close(pp[0]);
 	CHECK_RC(zc_proxy_init(&px, &loop, pp[0], (struct sockaddr *)&t,
-			       sizeof(t), slots, 1), -EBADF);
+			       sizeof(t), slots, 1), -EINVAL); /* closed */
+	CHECK_RC(zc_proxy_init(&px, &loop, -1, (struct sockaddr *)&t,
+			       sizeof(t), slots, 1), -EINVAL);
+	{
+		/* epoll_ctl() fails (the fd is in the set already): the
+		 * listener gets its flags back and nothing is left open */
+		struct epoll_event ev = { .events = EPOLLIN };
+		int fds, fl = fcntl(l, F_GETFL);
+
+		REQUIRE(fl >= 0 && !(fl & O_NONBLOCK));
+		REQUIRE(epoll_ctl(zc_relay_loop_fd(&loop, NULL), EPOLL_CTL_ADD,
+				  l, &ev) == 0);
+		fds = count_fds();
+		CHECK_RC(zc_proxy_init(&px, &loop, l, (struct sockaddr *)&t,
+				       sizeof(t), slots, 1), -EEXIST);
+		CHECK_EQ(count_fds(), fds);
+		CHECK_EQ(fcntl(l, F_GETFL), fl);
+		zc_proxy_close(&px); /* a no-op, not a second removal */
+		CHECK_EQ(count_fds(), fds);
+		REQUIRE(epoll_ctl(zc_relay_loop_fd(&loop, NULL), EPOLL_CTL_DEL,
+				  l, NULL) == 0);
+	}
 	REQUIRE(zc_proxy_init(&px, &loop, l, (struct sockaddr *)&t, sizeof(t),
 			      slots, 1) == 0);
 	CHECK_RC(zc_proxy_set_timeouts(&px, 0, 1, 1), -EINVAL);
