@@ -162,13 +162,6 @@ int zc__after_short_send(int sock)
 	return nonblock ? 0 : zc__short_send_blocking(sock);
 }
 
-int zc__wait_or_again(int sock, int timeout_ms)
-{
-	if (timeout_ms == 0)
-		return -EAGAIN;
-	return zc_wait_writable(sock, timeout_ms);
-}
-
 ssize_t zc__send(int sock, const void *buf, size_t len, int more)
 {
 	ssize_t n = send(sock, buf, len, MSG_NOSIGNAL | (more ? MSG_MORE : 0));

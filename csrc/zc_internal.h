@@ -205,9 +205,6 @@ int zc__after_short_send(int sock);
 /* zc__after_short_send() for a socket already known to be blocking. */
 int zc__short_send_blocking(int sock);
 
-/* EAGAIN policy: wait as timeout_ms says (0 means return -EAGAIN). */
-int zc__wait_or_again(int sock, int timeout_ms);
-
 /* Send one memory range; like send(2) with MSG_NOSIGNAL, -errno on failure. */
 ssize_t zc__send(int sock, const void *buf, size_t len, int more);
 
