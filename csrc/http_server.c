@@ -113,14 +113,6 @@ ZC__PRIV_FITS(struct loop_priv, struct zc_http_loop);
 
 #define L_OF(loop) ZC__PRIV(struct loop_priv, loop)
 
-static int64_t mono_ms(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
-
 /* ---- configuration --------------------------------------------------------- */
 
 void zc_http_config_init(struct zc_http_config *cfg)
@@ -1048,11 +1040,8 @@ static void drive(struct loop_priv *L, struct zc_http_stats *stats,
 					/* the file shrank: reset, so queued
 					 * bytes are dropped and no client
 					 * takes the short body for whole */
-					struct linger lg = { 1, 0 };
-
 					stats->truncated++;
-					setsockopt(c->fd, SOL_SOCKET, SO_LINGER,
-						   &lg, sizeof(lg));
+					zc__reset_on_close(c->fd);
 				} else {
 					stats->resets++;
 				}
@@ -1175,8 +1164,7 @@ static void accept_some(struct loop_priv *L, struct zc_http_stats *stats)
 				if (zc__fcache_trim(&L->cache, TRIM_ON_EMFILE))
 					continue;
 				if (L->spare_fd < 0)
-					L->spare_fd = open("/dev/null",
-							   O_RDONLY | O_CLOEXEC);
+					L->spare_fd = zc__spare_open();
 				if (L->spare_fd < 0) {
 					stats->fd_exhausted++;
 					accept_pause(L, ACCEPT_PAUSE_MS);
@@ -1184,14 +1172,8 @@ static void accept_some(struct loop_priv *L, struct zc_http_stats *stats)
 				}
 				/* the spare makes room to take the client
 				 * off the queue and close it: no busy loop */
-				close(L->spare_fd);
-				fd = accept4(L->listen_fd, NULL, NULL,
-					     SOCK_CLOEXEC);
-				err = fd < 0 ? errno : 0;
-				if (fd >= 0)
-					close(fd);
-				L->spare_fd = open("/dev/null",
-						   O_RDONLY | O_CLOEXEC);
+				err = -zc__refuse_with_spare(L->listen_fd,
+							     &L->spare_fd, 0);
 				/* accept(2) says EMFILE before it looks at the
 				 * queue: only a client taken off it counts */
 				if (err == EAGAIN)
@@ -1333,10 +1315,10 @@ int zc_http_loop_init(struct zc_http_loop *loop, struct zc_http_server *srv,
 	p += ALIGN64(zc__fcache_mem(cache_entries(cfg), cfg->small_file_max));
 	if (cfg->log_fd >= 0)
 		L->log = p;
-	L->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	L->spare_fd = zc__spare_open();
 	L->exclusive = 1;
 	L->date_sec = -1;
-	L->now = mono_ms();
+	L->now = zc__now_ms();
 	listener_on(L);
 	if (!L->listening) {
 		rc = -errno;
@@ -1422,7 +1404,7 @@ static void tick(struct loop_priv *L)
 {
 	struct timespec t;
 
-	L->now = mono_ms();
+	L->now = zc__now_ms();
 	clock_gettime(CLOCK_REALTIME_COARSE, &t);
 	if (t.tv_sec != L->date_sec) { /* Date: formatted once a second */
 		L->date_sec = t.tv_sec;

@@ -13,7 +13,6 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 /* state[d] of direction d (fd[d] -> fd[!d]) */
@@ -118,24 +117,6 @@ static struct zc_proxy *proxy_of(struct proxy_priv *p)
 #define RELAY(node, field) relay_of(zc__queue_data(node, struct relay_priv, field))
 #define PROXY(node) proxy_of(zc__queue_data(node, struct proxy_priv, link))
 
-static int64_t clock_ms(void)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
-
-static int socket_error(int fd)
-{
-	int err = 0;
-	socklen_t len = sizeof(err);
-
-	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-		return -errno;
-	return -err;
-}
-
 /*
  * End a socket abnormally so that its peer learns the stream broke: a TCP
  * socket is disconnected (connect to AF_UNSPEC sends RST); others (AF_UNIX)
@@ -149,15 +130,6 @@ static void reset_socket(int fd)
 	sa.sa_family = AF_UNSPEC;
 	if (connect(fd, &sa, sizeof(sa)) < 0)
 		(void)shutdown(fd, SHUT_RDWR);
-}
-
-/* Close a socket so that its peer gets RST at once, not a polite FIN. */
-static void reset_close(int fd)
-{
-	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
-
-	(void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-	close(fd);
 }
 
 /* ---- timers --------------------------------------------------------------- */
@@ -329,7 +301,7 @@ static int pump(struct zc_relay *r, int d, int *again, int *starved)
 			if (p->state[!d] & S_PENDING)
 				return 0; /* shutdown() would abort the connect */
 			if (shutdown(dst, SHUT_WR) < 0) {
-				int rc = -errno, err = socket_error(dst);
+				int rc = -errno, err = zc__socket_error(dst);
 
 				return err < 0 ? err : rc; /* ECONNRESET > ENOTCONN */
 			}
@@ -412,7 +384,7 @@ static void on_event(struct zc_relay *r, int side, uint32_t ev)
 	if (r->done)
 		return; /* a stale event from the same batch */
 	if ((p->state[side] & S_PENDING) && out) {
-		rc = socket_error(r->fd[side]);
+		rc = zc__socket_error(r->fd[side]);
 		if (rc < 0) {
 			fail(r, rc); /* the connect failed */
 			return;
@@ -430,7 +402,7 @@ static void on_event(struct zc_relay *r, int side, uint32_t ev)
 		pump_dirs(r, !side, !side);
 	if (!r->done && (ev & EPOLLERR)) {
 		/* an error no pump met: a reset while both directions idle */
-		rc = socket_error(r->fd[side]);
+		rc = zc__socket_error(r->fd[side]);
 		if (rc < 0)
 			fail(r, rc);
 	}
@@ -571,7 +543,7 @@ static int add(struct zc_relay_loop *loop, struct zc_relay *r, int a, int b,
 	/* bytes may be waiting already, and edge-triggered epoll reports
 	 * only changes from now on */
 	zc__queue_insert_tail(&l->ready, &p->work);
-	l->now = clock_ms();
+	l->now = zc__now_ms();
 	retime(r);
 	return 0;
 }
@@ -605,7 +577,7 @@ int zc_relay_set_timeout(struct zc_relay *r, int idle_ms)
 		tq->ms = idle_ms;
 	}
 	p->idle = tq;
-	l->now = clock_ms();
+	l->now = zc__now_ms();
 	retime(r);
 	return 0;
 }
@@ -716,7 +688,7 @@ int zc_relay_run(struct zc_relay_loop *loop, int timeout_ms,
 
 	if (l->epfd < 0)
 		return -EBADF;
-	l->now = clock_ms();
+	l->now = zc__now_ms();
 	deadline = timeout_ms >= 0 ? l->now + timeout_ms : -1;
 	run_due(loop);
 	for (;;) {
@@ -734,7 +706,7 @@ int zc_relay_run(struct zc_relay_loop *loop, int timeout_ms,
 		n = epoll_wait(l->epfd, ev, ZC_RELAY_EVENTS, wait);
 		if (n < 0)
 			return -errno; /* -EINTR: a signal; the caller resumes */
-		l->now = clock_ms();
+		l->now = zc__now_ms();
 		for (int i = 0; i < n; i++) {
 			uint64_t u = ev[i].data.u64;
 			unsigned tag = (unsigned)(u & TAG_MASK);
@@ -770,10 +742,10 @@ int zc_relay_run(struct zc_relay_loop *loop, int timeout_ms,
 				return (int)take_done(loop, done, max_done);
 			return -EINTR;
 		}
-		if (woke)
+		/* at the deadline return whatever max_done allows: ended relays
+		 * that max_done 0 cannot take must not keep the loop spinning */
+		if (woke || (deadline >= 0 && l->now >= deadline))
 			return (int)take_done(loop, done, max_done);
-		if (deadline >= 0 && zc__queue_empty(&l->done) && l->now >= deadline)
-			return 0;
 	}
 }
 
@@ -784,7 +756,7 @@ int zc_relay_loop_fd(struct zc_relay_loop *loop, int *next_ms)
 	if (l->epfd < 0)
 		return -EBADF;
 	if (next_ms) {
-		int64_t now = clock_ms(), next = next_due(loop);
+		int64_t now = zc__now_ms(), next = next_due(loop);
 
 		if (!zc__queue_empty(&l->ready) || !zc__queue_empty(&l->done))
 			*next_ms = 0; /* work that no descriptor event announces */
@@ -836,37 +808,13 @@ static int out_of_fds(int err)
 	return err == EMFILE || err == ENFILE;
 }
 
-/*
- * accept(2) failed for want of a descriptor: give up the one kept in
- * reserve, accept and reset the client, and take the reserve back (the
- * spare-fd trick of libev and libuv), so the client hears at once instead
- * of waiting in the backlog.  Returns 0 when a client was answered.
- */
-static int refuse_without_fd(struct zc_proxy *px)
-{
-	struct proxy_priv *x = pp(px);
-	int c;
-
-	if (x->spare_fd < 0)
-		return -1;
-	close(x->spare_fd);
-	c = accept4(x->listen_fd, NULL, NULL, SOCK_CLOEXEC);
-	if (c >= 0) {
-		reset_close(c);
-		px->accepted++;
-		px->refused++;
-	}
-	x->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	return c >= 0 ? 0 : -1;
-}
-
 static void proxy_accept(struct zc_proxy *px)
 {
 	struct proxy_priv *x = pp(px);
 	const struct sockaddr *to = (const struct sockaddr *)&x->target;
 
 	if (x->spare_fd < 0)
-		x->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		x->spare_fd = zc__spare_open();
 	for (int i = 0; i < ACCEPT_BURST && x->listen_fd >= 0; i++) {
 		struct zc_relay *r;
 		int c, s;
@@ -874,12 +822,25 @@ static void proxy_accept(struct zc_proxy *px)
 		c = accept4(x->listen_fd, NULL, NULL,
 			    SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (c < 0) {
-			if (errno == EAGAIN || errno == EINTR)
+			int err = errno;
+
+			if (err == EAGAIN || err == EINTR)
 				return;
-			if (out_of_fds(errno) && refuse_without_fd(px) == 0)
-				continue;
-			if (out_of_fds(errno) || errno == ENOBUFS ||
-			    errno == ENOMEM) {
+			if (out_of_fds(err)) {
+				/* reset the client rather than leave it in
+				 * the backlog */
+				err = -zc__refuse_with_spare(x->listen_fd,
+							     &x->spare_fd, 1);
+				if (err == 0) {
+					px->accepted++;
+					px->refused++;
+					continue;
+				}
+				if (err == EAGAIN)
+					return; /* nobody was waiting */
+				/* -EMFILE: no spare; the listener rests */
+			}
+			if (out_of_fds(err) || err == ENOBUFS || err == ENOMEM) {
 				proxy_pause(px);
 				return;
 			}
@@ -887,13 +848,13 @@ static void proxy_accept(struct zc_proxy *px)
 		}
 		px->accepted++;
 		if (zc__queue_empty(&x->free)) {
-			reset_close(c); /* full: say so now, not after a timeout */
+			zc__reset_close(c); /* full: say so now, not after a timeout */
 			px->refused++;
 			continue;
 		}
 		s = socket(to->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		if (s < 0) {
-			reset_close(c);
+			zc__reset_close(c);
 			if (out_of_fds(errno))
 				px->refused++;
 			else
@@ -905,7 +866,7 @@ static void proxy_accept(struct zc_proxy *px)
 			no_delay(s);
 		}
 		if (connect(s, to, x->target_len) < 0 && errno != EINPROGRESS) {
-			reset_close(c);
+			zc__reset_close(c);
 			close(s);
 			px->failed++;
 			continue;
@@ -915,7 +876,7 @@ static void proxy_accept(struct zc_proxy *px)
 		r->data = NULL;
 		if (add(x->loop, r, c, s, px) < 0) {
 			zc__queue_insert_head(&x->free, &rp(r)->link);
-			reset_close(c);
+			zc__reset_close(c);
 			close(s);
 			px->failed++;
 			continue;
@@ -953,11 +914,13 @@ static int check_listener(int fd)
 	int type = 0, listening = 0;
 	socklen_t len = sizeof(type);
 
+	/* a closed fd or a non-socket is no listener either: -EINVAL, as
+	 * zc.h says, whichever check finds out */
 	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
-		return errno == ENOTSOCK ? -EINVAL : -errno;
+		return errno == ENOTSOCK || errno == EBADF ? -EINVAL : -errno;
 	len = sizeof(listening);
 	if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0)
-		return -errno;
+		return errno == ENOTSOCK || errno == EBADF ? -EINVAL : -errno;
 	/* not listening: accept(2) fails at once, and a level-triggered
 	 * listener would spin */
 	return type == SOCK_STREAM && listening ? 0 : -EINVAL;
@@ -1009,16 +972,19 @@ int zc_proxy_init(struct zc_proxy *px, struct zc_relay_loop *loop,
 		zc__queue_insert_tail(&x->free, &p->link);
 	}
 	fl = fcntl(listen_fd, F_GETFL);
-	if (fl < 0 || fcntl(listen_fd, F_SETFL, fl | O_NONBLOCK) < 0)
-		return -errno;
-	if (epoll_ctl(lp(loop)->epfd, EPOLL_CTL_ADD, listen_fd, &ev) < 0) {
+	if (fl < 0 || fcntl(listen_fd, F_SETFL, fl | O_NONBLOCK) < 0 ||
+	    epoll_ctl(lp(loop)->epfd, EPOLL_CTL_ADD, listen_fd, &ev) < 0) {
 		rc = -errno;
-		(void)fcntl(listen_fd, F_SETFL, fl);
+		if (fl >= 0)
+			(void)fcntl(listen_fd, F_SETFL, fl); /* the caller's flags */
+		/* nothing else was taken yet (the spare fd comes last); a
+		 * proxy without a loop is one zc_proxy_close() ignores */
 		x->loop = NULL;
+		x->listen_fd = -1;
 		return rc;
 	}
 	x->listening = 1;
-	x->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	x->spare_fd = zc__spare_open();
 	zc__queue_insert_tail(&lp(loop)->proxies, &x->link);
 	return 0;
 }

@@ -39,6 +39,8 @@ int zc_tls_tx_offloaded(int sock)
 	len = sizeof(info);
 	if (getsockopt(sock, SOL_TLS, TLS_TX, info, &len) < 0)
 		return 0; /* the ULP is attached but TX keys are not set (yet) */
+	if (len < 4)
+		return 0; /* too short to hold a cipher_type */
 	memcpy(&cipher, info + 2, sizeof(cipher));
-	return len >= 4 && cipher != 0;
+	return cipher != 0;
 }

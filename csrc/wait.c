@@ -29,6 +29,42 @@ int zc__socket_error(int sock)
 	return -err;
 }
 
+void zc__reset_on_close(int fd)
+{
+	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+
+	(void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
+void zc__reset_close(int fd)
+{
+	zc__reset_on_close(fd);
+	close(fd);
+}
+
+int zc__spare_open(void)
+{
+	return open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+int zc__refuse_with_spare(int listen_fd, int *spare, int reset)
+{
+	int c, rc = 0;
+
+	if (*spare < 0)
+		return -EMFILE;
+	close(*spare);
+	c = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+	if (c < 0)
+		rc = -errno;
+	else if (reset)
+		zc__reset_close(c);
+	else
+		close(c);
+	*spare = zc__spare_open();
+	return rc;
+}
+
 int zc__poll_event(int fd, short ev, int timeout_ms)
 {
 	struct pollfd p = { .fd = fd, .events = ev };
@@ -124,13 +160,6 @@ int zc__after_short_send(int sock)
 	if (rc < 0)
 		return rc;
 	return nonblock ? 0 : zc__short_send_blocking(sock);
-}
-
-int zc__wait_or_again(int sock, int timeout_ms)
-{
-	if (timeout_ms == 0)
-		return -EAGAIN;
-	return zc_wait_writable(sock, timeout_ms);
 }
 
 ssize_t zc__send(int sock, const void *buf, size_t len, int more)

@@ -20,7 +20,7 @@
 extern "C" {
 #endif
 
-/* ---- conventions shared by every capability --------------------------- */
+/* ---- conventions and helpers shared by every capability ---------------- */
 
 /*
  * State that only the library reads, of a fixed size so that callers can
@@ -41,15 +41,6 @@ extern "C" {
 
 /* Wait forever for writability (timeout_ms argument). */
 #define ZC_WAIT_FOREVER (-1)
-
-/* zc_sendfile() flags. */
-#define ZC_CHECK_STREAM 0x1 /* fail with -EPROTOTYPE unless sock is SOCK_STREAM */
-/* zc_sendfile_id() flags, with the above. */
-#define ZC_ID_TAKE 0x2	    /* first record which socket sock names */
-#define ZC_ID_CHECK 0x4	    /* first check sock still names that socket */
-
-/* Largest count one sendfile(2) call accepts; the kernel caps it anyway. */
-#define ZC_SENDFILE_MAX 0x7ffff000
 
 /**
  * zc_check_stream() - is this fd a SOCK_STREAM socket?
@@ -115,6 +106,15 @@ int zc_wait_writable(int sock, int timeout_ms);
 
 /* ---- sendfile: a file range to a socket --------------------------------- */
 
+/* zc_sendfile() flags. */
+#define ZC_CHECK_STREAM 0x1 /* fail with -EPROTOTYPE unless sock is SOCK_STREAM */
+/* zc_sendfile_id() flags, with the above. */
+#define ZC_ID_TAKE 0x2	    /* first record which socket sock names */
+#define ZC_ID_CHECK 0x4	    /* first check sock still names that socket */
+
+/* Largest count one sendfile(2) call accepts; the kernel caps it anyway. */
+#define ZC_SENDFILE_MAX 0x7ffff000
+
 /**
  * zc_sendfile() - send a file range to a stream socket
  * @sock: connected stream socket (blocking or not)
@@ -154,8 +154,6 @@ int zc_wait_writable(int sock, int timeout_ms);
 int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
 		int timeout_ms, unsigned flags, uint64_t *sent);
 
-/* ---- TCP_CORK ------------------------------------------------------------ */
-
 /**
  * zc_sendfile_id() - zc_sendfile() that knows which socket it resumes on
  * @sock, @file, @offset, @count, @timeout_ms, @sent: as for zc_sendfile()
@@ -180,6 +178,8 @@ int zc_sendfile_id(int sock, int file, int64_t offset, uint64_t count,
 		   int timeout_ms, unsigned flags, uint64_t *sent,
 		   struct zc_fd_id *id);
 
+/* ---- kernel TLS: may file bytes go out on this socket? ------------------ */
+
 /**
  * zc_tls_tx_offloaded() - does the kernel encrypt what is sent on @sock?
  * @sock: a socket
@@ -194,6 +194,8 @@ int zc_sendfile_id(int sock, int file, int64_t offset, uint64_t count,
  * sockets and kernels without TLS); -errno from getsockopt (-EBADF, ...).
  */
 int zc_tls_tx_offloaded(int sock);
+
+/* ---- TCP_CORK: a small header and the file after it in full segments ---- */
 
 /**
  * struct zc_cork_state - what zc_cork_begin() changed, for zc_cork_end()
@@ -309,6 +311,33 @@ int zc_response_bind_id(struct zc_response *r, const struct zc_fd_id *id);
  * Return: 0, or -errno from setsockopt.
  */
 int zc_response_end(struct zc_response *r);
+
+/*
+ * zc_response_send_some() returns this when @budget bytes went out and more
+ * remain (the socket may still be writable).
+ */
+#define ZC_RESPONSE_MORE 1
+
+/**
+ * zc_response_send_some() - zc_response_send() for an event loop, bounded
+ * @r: from zc_response_init(), on a non-blocking socket
+ * @budget: stop once about this many bytes went out in this call (at least
+ *          one send is made); UINT64_MAX for no bound
+ * @sent_now: out, bytes sent by this call (always set)
+ *
+ * Never waits (as zc_response_send() with @timeout_ms 0).  A response
+ * without file bytes whose header and trailer are both non-empty goes out
+ * in one sendmsg(2) with two iovecs.  The budget lets one loop share its
+ * time between fast readers of large files.
+ *
+ * Return: 0 when the response is complete; ZC_RESPONSE_MORE when the budget
+ * ran out first; -EAGAIN when the socket is full; -EINTR when a signal
+ * arrived during a send (sendfile(2) says so even on a non-blocking socket:
+ * nothing is wrong, call again); -ENODATA when the file ended early; other
+ * -errno as zc_response_send().
+ */
+int zc_response_send_some(struct zc_response *r, uint64_t budget,
+			  uint64_t *sent_now);
 
 /* ---- MSG_ZEROCOPY sends and completion tracking ---------------------- */
 
@@ -1160,8 +1189,10 @@ struct sockaddr;
  * zc_proxy_set_timeouts() changes them.
  *
  * Return: 0; -EINVAL for a bad address, no slots, or a @listen_fd that is
- * not a listening stream socket (unbound, connected, closed); -errno from
- * fcntl()/epoll_ctl().
+ * not a listening stream socket (unbound, connected, closed, not a socket);
+ * -errno from fcntl()/epoll_ctl() (-EEXIST when @listen_fd is in the loop
+ * already).  On failure nothing is kept: @listen_fd has its flags back and
+ * zc_proxy_close(@px) does nothing.
  */
 int zc_proxy_init(struct zc_proxy *px, struct zc_relay_loop *loop,
 		  int listen_fd, const struct sockaddr *target,
@@ -1278,33 +1309,6 @@ void zc_proxy_close(struct zc_proxy *px);
 #define ZC_HTTP_REQ_RANGE_DUP 0x4 /* Range or If-Range repeated: ignore the range */
 #define ZC_HTTP_REQ_COND_DUP 0x8  /* If-None-Match or If-Modified-Since repeated */
 
-/*
- * zc_response_send_some() returns this when @budget bytes went out and more
- * remain (the socket may still be writable).
- */
-#define ZC_RESPONSE_MORE 1
-
-/**
- * zc_response_send_some() - zc_response_send() for an event loop, bounded
- * @r: from zc_response_init(), on a non-blocking socket
- * @budget: stop once about this many bytes went out in this call (at least
- *          one send is made); UINT64_MAX for no bound
- * @sent_now: out, bytes sent by this call (always set)
- *
- * Never waits (as zc_response_send() with @timeout_ms 0).  A response
- * without file bytes whose header and trailer are both non-empty goes out
- * in one sendmsg(2) with two iovecs.  The budget lets one loop share its
- * time between fast readers of large files.
- *
- * Return: 0 when the response is complete; ZC_RESPONSE_MORE when the budget
- * ran out first; -EAGAIN when the socket is full; -EINTR when a signal
- * arrived during a send (sendfile(2) says so even on a non-blocking socket:
- * nothing is wrong, call again); -ENODATA when the file ended early; other
- * -errno as zc_response_send().
- */
-int zc_response_send_some(struct zc_response *r, uint64_t budget,
-			  uint64_t *sent_now);
-
 /**
  * struct zc_http_header - one header line of a parsed request
  * @name: the field name as sent (not NUL-terminated)
@@ -1344,8 +1348,8 @@ struct zc_http_header {
  * @if_modified_since: the If-Modified-Since value or NULL; its length
  * @if_range: the If-Range value or NULL; @if_range_len its length
  *
- * The pointers point into the caller's buffer.  Fields starting with '_'
- * are private: they let a head that arrives in pieces be scanned once.
+ * The pointers point into the caller's buffer.  The private area lets a
+ * head that arrives in pieces be scanned once.
  */
 struct zc_http_request {
 	struct zc_http_header *headers;
@@ -1585,8 +1589,6 @@ struct zc_http_stats {
 /**
  * struct zc_http_server - configuration and stop switch shared by loops
  * @config: a copy of the configuration given to zc_http_server_init()
- *
- * Fields starting with '_' are private.
  */
 struct zc_http_server {
 	struct zc_http_config config;
@@ -1596,8 +1598,6 @@ struct zc_http_server {
 /**
  * struct zc_http_loop - one event loop of a server; one thread runs it
  * @stats: its counters
- *
- * Fields starting with '_' are private.
  */
 struct zc_http_loop {
 	struct zc_http_stats stats;

@@ -150,6 +150,29 @@ long long zc__now_ms(void);
 /* The socket's pending error as -errno (reading it clears it), or 0. */
 int zc__socket_error(int sock);
 
+/* Make close(2) of a socket send RST at once, dropping unsent bytes, so the
+ * peer learns the stream broke instead of taking a FIN for a clean end. */
+void zc__reset_on_close(int fd);
+
+/* zc__reset_on_close() then close(2). */
+void zc__reset_close(int fd);
+
+/* A descriptor kept in reserve for EMFILE (on /dev/null), or -1. */
+int zc__spare_open(void);
+
+/*
+ * The spare-fd trick of libev, libuv and nginx, after accept(2) failed with
+ * EMFILE or ENFILE: close *spare, take one client off listen_fd's queue and
+ * close it (with RST when reset), open the spare again (-1 if it cannot
+ * be), so the client hears at once instead of waiting in the backlog and
+ * the listener does not stay readable for ever.
+ * Return: 0 when a client was taken off the queue and closed; -errno of
+ * that accept(2) (-EAGAIN: the queue was empty, since accept(2) reports
+ * EMFILE before it looks at the queue); -EMFILE without a spare (nothing
+ * done).
+ */
+int zc__refuse_with_spare(int listen_fd, int *spare, int reset);
+
 /*
  * One poll(2) for POLLOUT: 0 when writable (or hung up, or the fd is not
  * open: the next send reports it); -ETIMEDOUT, or -EAGAIN for timeout_ms 0;
@@ -186,9 +209,6 @@ int zc__after_short_send(int sock);
 
 /* zc__after_short_send() for a socket already known to be blocking. */
 int zc__short_send_blocking(int sock);
-
-/* EAGAIN policy: wait as timeout_ms says (0 means return -EAGAIN). */
-int zc__wait_or_again(int sock, int timeout_ms);
 
 /* Send one memory range; like send(2) with MSG_NOSIGNAL, -errno on failure. */
 ssize_t zc__send(int sock, const void *buf, size_t len, int more);

@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
@@ -600,6 +601,53 @@ static void test_relay_timeouts(void)
 }
 
 /*
+ * A call with a timeout returns at its deadline even when a relay ended and
+ * max_done is 0 (the caller only wants the loop run): the ended relay stays
+ * for the next call instead of keeping the call spinning past its
+ * deadline.  In a child: a spin is ended by its alarm, not by a check.
+ */
+static void test_relay_deadline_max_done_0(void)
+{
+	pid_t pid = fork();
+	int status = 0;
+
+	REQUIRE(pid >= 0);
+	if (pid == 0) {
+		struct zc_pipe_pool pool;
+		struct zc_relay_loop loop;
+		struct zc_relay r, *done[1] = { NULL };
+		int x, a, b, y, rc;
+
+		h_child_setup();
+		alarm(10);
+		zc_pipe_pool_init(&pool, NULL, 0, ZC_PIPE_SIZE);
+		if (zc_relay_loop_init(&loop, &pool) < 0 ||
+		    h_unix_pair(&x, &a) < 0 || h_unix_pair(&b, &y) < 0 ||
+		    zc_relay_add(&loop, &r, a, b) < 0 ||
+		    zc_relay_set_timeout(&r, 20) < 0)
+			_exit(3);
+		/* nobody sends: the relay times out within the first call */
+		rc = zc_relay_run(&loop, 300, done, 0);
+		if (rc != 0)
+			_exit(4);
+		if (!r.done || r.error != -ETIMEDOUT || done[0])
+			_exit(5);
+		/* a deadline already due, nothing to take: still returns */
+		if (zc_relay_run(&loop, 0, done, 0) != 0)
+			_exit(6);
+		if (zc_relay_run(&loop, 0, done, 1) != 1 || done[0] != &r)
+			_exit(7);
+		zc_relay_loop_close(&loop);
+		_exit(0);
+	}
+	waitpid(pid, &status, 0);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	if (!WIFEXITED(status) || WEXITSTATUS(status))
+		fprintf(stderr, "  deadline child status %#x\n", status);
+	h_ran++;
+}
+
+/*
  * No pipe to be had (EMFILE): relays wait for one instead of failing.  In
  * a child whose descriptor table leaves room for one pipe at a time, two
  * relays moving bytes both ways take turns and deliver everything.
@@ -1162,7 +1210,28 @@ static void test_proxy_bad_listener(void)
 	}
 	close(pp[0]);
 	CHECK_RC(zc_proxy_init(&px, &loop, pp[0], (struct sockaddr *)&t,
-			       sizeof(t), slots, 1), -EBADF);
+			       sizeof(t), slots, 1), -EINVAL); /* closed */
+	CHECK_RC(zc_proxy_init(&px, &loop, -1, (struct sockaddr *)&t,
+			       sizeof(t), slots, 1), -EINVAL);
+	{
+		/* epoll_ctl() fails (the fd is in the set already): the
+		 * listener gets its flags back and nothing is left open */
+		struct epoll_event ev = { .events = EPOLLIN };
+		int fds, fl = fcntl(l, F_GETFL);
+
+		REQUIRE(fl >= 0 && !(fl & O_NONBLOCK));
+		REQUIRE(epoll_ctl(zc_relay_loop_fd(&loop, NULL), EPOLL_CTL_ADD,
+				  l, &ev) == 0);
+		fds = count_fds();
+		CHECK_RC(zc_proxy_init(&px, &loop, l, (struct sockaddr *)&t,
+				       sizeof(t), slots, 1), -EEXIST);
+		CHECK_EQ(count_fds(), fds);
+		CHECK_EQ(fcntl(l, F_GETFL), fl);
+		zc_proxy_close(&px); /* a no-op, not a second removal */
+		CHECK_EQ(count_fds(), fds);
+		REQUIRE(epoll_ctl(zc_relay_loop_fd(&loop, NULL), EPOLL_CTL_DEL,
+				  l, NULL) == 0);
+	}
 	REQUIRE(zc_proxy_init(&px, &loop, l, (struct sockaddr *)&t, sizeof(t),
 			      slots, 1) == 0);
 	CHECK_RC(zc_proxy_set_timeouts(&px, 0, 1, 1), -EINVAL);
@@ -1244,6 +1313,7 @@ int main(void)
 	test_loop_fd();
 	test_signal_storm();
 	test_relay_timeouts();
+	test_relay_deadline_max_done_0();
 	test_starved_of_pipes();
 	test_proxy();
 	test_proxy_full();
