@@ -1071,6 +1071,32 @@ def test_relay_of_int_fds_stops_when_a_number_is_reused(loop_kind: str, make_pai
         os.close(fb)
 
 
+def test_relay_of_int_fds_notices_a_close_without_traffic(loop_kind: str,
+                                                         make_pair: Any) -> None:
+    """Regression: the C loop relays duplicates of int fds, so closing a number no
+    longer closes the connection under it, and only a socket object's close was
+    looked for between events: an idle relay whose number was closed elsewhere
+    waited for ever, holding the connection open.  It ends with EBADF."""
+    client, a = make_pair("tcp4")
+    b, server = make_pair("tcp4")
+    fa, fb = os.dup(a.fileno()), os.dup(b.fileno())  # a and b keep the originals open
+
+    async def main() -> None:
+        task = asyncio.ensure_future(aio.relay(fa, fb))  # no idle timeout
+        client.sendall(b"hello")
+        assert await in_thread(lambda: recv_exactly(server, 5)) == b"hello"
+        os.close(fa)  # another task's close; no byte moves after it
+        with pytest.raises(OSError) as info:
+            await asyncio.wait_for(task, DEADLINE)
+        assert info.value.errno == errno.EBADF
+        assert info.value.bytes_relayed == (5, 0)  # type: ignore[attr-defined]
+
+    try:
+        run(loop_kind, main)
+    finally:
+        os.close(fb)
+
+
 def test_relay_refuses_tls(loop_kind: str, tls: Any, make_pair: Any) -> None:
     server, _ = tls
     s, _ = make_pair("tcp4")

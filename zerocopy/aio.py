@@ -925,6 +925,9 @@ async def relay(a: socket.socket | int, b: socket.socket | int, *,
     watch = tuple(fd for s, fd in ((a, fa), (b, fb)) if not isinstance(s, socket.socket))
     loop = asyncio.get_running_loop()
     step = _c.LoopRelay(fa, fb, default_pool(), idle_ms, owners, watch)
+    # a close elsewhere is noticed by a step: of a socket object (its close() is
+    # deferred), or of an int fd's number (the C loop holds a duplicate of it)
+    checked = bool(owners or watch)
     fut: asyncio.Future[None] = loop.create_future()
     timer: list[asyncio.Handle | None] = [None]
 
@@ -946,9 +949,9 @@ async def relay(a: socket.socket | int, b: socket.socket | int, *,
         due = step.next_ms()
         if due == 0:
             timer[0] = loop.call_soon(pump)
-        elif due > 0 or owners:
+        elif due > 0 or checked:
             wait = due / 1000 if due > 0 else _RELAY_CHECK
-            timer[0] = loop.call_later(min(wait, _RELAY_CHECK) if owners else wait, pump)
+            timer[0] = loop.call_later(min(wait, _RELAY_CHECK) if checked else wait, pump)
 
     fd = step.fileno()
     try:
