@@ -205,6 +205,50 @@ def test_writes_from_another_task_are_refused(loop_kind: str, via: str, big_file
     run(loop_kind, main)
 
 
+@pytest.mark.parametrize("via", ["writer", "transport"])
+def test_second_sendfile_during_a_transfer_is_refused(loop_kind: str, via: str, big_file: str,
+                                                      big_data: bytes) -> None:
+    """A second aio.sendfile on a transport whose transfer waits for the peer sent
+    its bytes straight to the socket (no guard on write() sees that), in the middle
+    of the first file, on both loops; it raises RuntimeError, as loop.sendfile does."""
+
+    async def main() -> None:
+        served = Served()
+        outcome: list[BaseException | int] = []
+
+        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> int:
+            target = w if via == "writer" else w.transport
+
+            async def other() -> None:
+                await asyncio.sleep(0.005)  # the transfer waits for the slow reader
+                try:
+                    outcome.append(await aio.sendfile(target, None, headers=b"<<in the middle>>"))
+                except RuntimeError as exc:
+                    outcome.append(exc)
+
+            task = asyncio.ensure_future(other())
+            with open(big_file, "rb") as f:
+                n = await aio.sendfile(target, f)
+            await task
+            n += await aio.sendfile(target, None, headers=AFTER)  # allowed again
+            w.close()
+            return n
+
+        server, port = await served.start(handler)
+        client = small_client(port)
+        col = Collector(client, delay=0.0005)
+        n = await served.result
+        got = await in_thread(col.result)
+        client.close()
+        server.close()
+        assert len(outcome) == 1 and isinstance(outcome[0], RuntimeError), outcome
+        assert "sendfile is in progress" in str(outcome[0])
+        assert n == len(big_data) + len(AFTER)
+        assert got == big_data + AFTER
+
+    run(loop_kind, main)
+
+
 def test_range_and_int_fd(loop_kind: str, big_file: str, big_data: bytes) -> None:
     """An int fd with an explicit range: the fd's own position is left alone."""
     import os
@@ -1024,6 +1068,32 @@ def test_relay_of_int_fds_stops_when_a_number_is_reused(loop_kind: str, make_pai
         run(loop_kind, main)
     finally:
         os.close(fa)
+        os.close(fb)
+
+
+def test_relay_of_int_fds_notices_a_close_without_traffic(loop_kind: str,
+                                                         make_pair: Any) -> None:
+    """Regression: the C loop relays duplicates of int fds, so closing a number no
+    longer closes the connection under it, and only a socket object's close was
+    looked for between events: an idle relay whose number was closed elsewhere
+    waited for ever, holding the connection open.  It ends with EBADF."""
+    client, a = make_pair("tcp4")
+    b, server = make_pair("tcp4")
+    fa, fb = os.dup(a.fileno()), os.dup(b.fileno())  # a and b keep the originals open
+
+    async def main() -> None:
+        task = asyncio.ensure_future(aio.relay(fa, fb))  # no idle timeout
+        client.sendall(b"hello")
+        assert await in_thread(lambda: recv_exactly(server, 5)) == b"hello"
+        os.close(fa)  # another task's close; no byte moves after it
+        with pytest.raises(OSError) as info:
+            await asyncio.wait_for(task, DEADLINE)
+        assert info.value.errno == errno.EBADF
+        assert info.value.bytes_relayed == (5, 0)  # type: ignore[attr-defined]
+
+    try:
+        run(loop_kind, main)
+    finally:
         os.close(fb)
 
 

@@ -583,6 +583,46 @@ def test_relay_of_int_fds_stops_when_a_number_is_reused(chain, make_pair) -> Non
         os.close(fb)
 
 
+@pytest.mark.timeout(30, method="thread")
+def test_relay_of_int_fds_never_moves_a_reused_numbers_bytes(chain, make_pair) -> None:
+    """Regression: the C loop spliced from the numbers, so between two checks (a slice)
+    a number another thread closed and got back from accept() (dup2 does both) had its
+    new connection's bytes relayed at once.  The loop works on duplicates now: the
+    original connection's bytes still move, the new one's never, and EBADF ends it."""
+    (x, a), (b, y) = chain()
+    new_a, new_b = make_pair("unix")
+    fa, fb = os.dup(a.fileno()), os.dup(b.fileno())  # a and b keep the originals open
+    out: list[BaseException | tuple[int, int]] = []
+
+    def run() -> None:
+        try:
+            out.append(relay(fa, fb, timeout=DEADLINE))
+        except BaseException as exc:  # checked below
+            out.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        x.sendall(b"hello")
+        assert recv_exactly(y, 5) == b"hello"  # the relay runs
+        os.dup2(new_a.fileno(), fa)  # another thread's close() and accept()
+        new_b.sendall(b"EVIL")
+        x.sendall(b"late")  # wakes the relay on the original connection
+        t.join(DEADLINE)
+        assert not t.is_alive()
+        exc = out[0]
+        assert isinstance(exc, OSError) and exc.errno == errno.EBADF
+        moved = exc.bytes_relayed  # type: ignore[attr-defined]
+        assert moved[1] == 0 and moved[0] in (5, 9)
+        got = recv_exactly(y, moved[0] - 5)
+        assert got == b"late"[: len(got)]  # never a byte of the new connection
+        assert recv_exactly(new_a, 4) == b"EVIL"  # still there for its owner
+    finally:
+        t.join(DEADLINE)
+        os.close(fa)
+        os.close(fb)
+
+
 def test_einval_from_c_says_what_was_wrong(chain) -> None:
     """Regression: every -EINVAL of zc_proxy_init/zc_proxy_set_timeouts was reported as a
     bad listener, and relay(a, a) raised a bare "Invalid argument"."""

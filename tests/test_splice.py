@@ -8,6 +8,8 @@ import io
 import os
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -845,3 +847,30 @@ def test_splice_all_refuses_tls_sockets(tls, small_file: str, tmp_path) -> None:
     assert recv_exactly(server, 14) == b"hello over tls"
     server.sendall(b"still fine")
     assert recv_exactly(client, 10) == b"still fine"
+
+
+def test_recvfile_int_fd_through_python_without_a_spare_descriptor() -> None:
+    """Regression: recvfile of an int fd into a BytesIO reads through a duplicate,
+    and without a descriptor to spare (EMFILE) it raised instead of reading from the
+    number, as it did before and as the C paths do."""
+    code = """
+import io, os, resource, socket
+from zerocopy import recvfile
+a, b = socket.socketpair()
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+fill = []
+try:
+    while True:
+        fill.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+b.sendall(b"x" * 100000)
+b.shutdown(socket.SHUT_WR)
+sink = io.BytesIO()
+n = recvfile(a.fileno(), sink)
+assert (n, sink.getvalue()) == (100000, b"x" * 100000), n
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import _socket
 import errno
+import fcntl
 import math
 import os
 import socket
@@ -1137,6 +1138,38 @@ def _relay_add_error(rc: int) -> BaseException:
     return os_error(rc)
 
 
+def _pin_watched(a: int, b: int, ids: list[tuple[int, Any]]) -> tuple[int, int, list[int]]:
+    """(a, b, duplicates to close): each watched int fd replaced by a duplicate of it.
+
+    The C loop then reads and writes the sockets the numbers named at the
+    start, whatever another thread does with the numbers meanwhile (a close
+    and an accept() that gets one back would otherwise receive bytes until
+    the next check); the checks stay on the numbers.  Without a descriptor
+    to spare (EMFILE) the number itself is used, checked as before.
+    """
+    if a == b:  # the duplicates would be two numbers: say it as zc_relay_add does
+        raise _relay_add_error(-errno.EINVAL)
+    dups: list[int] = []
+    fds = {a: a, b: b}
+    try:
+        for fd, ident in ids:
+            try:
+                d = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    continue
+                raise
+            dups.append(d)
+            if not same_fd(d, ident):  # the number changed hands since its id was taken
+                raise error(EBADF, (0, 0), "bytes_relayed")
+            fds[fd] = d
+    except BaseException:
+        for d in dups:
+            os.close(d)
+        raise
+    return fds[a], fds[b], dups
+
+
 def relay(a: int, b: int, pool: PipePool, idle_ms: int,
           owners: tuple[socket.socket, ...] = (), watch: tuple[int, ...] = ()) -> tuple[int, int]:
     """Relay two stream sockets both ways to the end; return (a->b, b->a) bytes.
@@ -1144,15 +1177,19 @@ def relay(a: int, b: int, pool: PipePool, idle_ms: int,
     ``idle_ms``: the relay's idle timeout in C (WAIT_FOREVER: none).
     ``owners`` are held while it runs; closing one from another thread ends
     the relay with ``EBADF`` within a slice.  ``watch``: the int fds among
-    ``a`` and ``b`` (nothing holds them): their identity is taken now and
-    checked each time the C loop returns (a slice, a signal), so a number
-    closed and reused by another connection ends the relay with ``EBADF``.
-    Raises with ``bytes_relayed``.
+    ``a`` and ``b`` (nothing holds them): the C loop works on duplicates
+    (:func:`_pin_watched`), and the numbers' identity, taken now, is checked
+    each time it returns (a slice, a signal), so a number closed and reused
+    by another connection ends the relay with ``EBADF``, no byte of the new
+    connection moved.  Raises with ``bytes_relayed``.
     """
     ids = [(fd, fd_id(fd)) for fd in watch]
+    a, b, dups = _pin_watched(a, b, ids)
     loop = ffi.new("struct zc_relay_loop *")
     rc = lib.zc_relay_loop_init(loop, pool.cdata)
     if rc < 0:
+        for d in dups:
+            os.close(d)
         raise os_error(rc)
     r = ffi.new("struct zc_relay *")
     done = ffi.new("struct zc_relay *[1]")
@@ -1191,6 +1228,8 @@ def relay(a: int, b: int, pool: PipePool, idle_ms: int,
     finally:
         lib.zc_relay_remove(r)  # a no-op once it ended; restores the sockets' flags
         lib.zc_relay_loop_close(loop)
+        for d in dups:
+            os.close(d)
         for owner in owners:
             release(owner)
 
@@ -1205,14 +1244,19 @@ class LoopRelay:
     elsewhere takes effect then, and the next step raises ``EBADF``.
     """
 
-    __slots__ = ("_done", "_idle_ms", "_ids", "_loop", "_next", "_owners", "_r", "closed")
+    __slots__ = ("_done", "_dups", "_idle_ms", "_ids", "_loop", "_next", "_owners", "_r",
+                 "closed")
 
     def __init__(self, a: int, b: int, pool: PipePool, idle_ms: int,
                  owners: tuple[socket.socket, ...] = (), watch: tuple[int, ...] = ()) -> None:
         self._ids = [(fd, fd_id(fd)) for fd in watch]  # int fds: checked before each step
+        self._dups: list[int] = []
+        self.closed = True
+        a, b, self._dups = _pin_watched(a, b, self._ids)  # C works on duplicates of those
         self._loop = ffi.new("struct zc_relay_loop *")
         rc = lib.zc_relay_loop_init(self._loop, pool.cdata)
         if rc < 0:
+            self._close_dups()
             raise os_error(rc)
         self.closed = False
         self._r = r = ffi.new("struct zc_relay *")
@@ -1226,6 +1270,7 @@ class LoopRelay:
             lib.zc_relay_remove(r)
             lib.zc_relay_loop_close(self._loop)
             self.closed = True
+            self._close_dups()
             raise _relay_add_error(rc)
         self._owners = owners
         for owner in owners:
@@ -1273,8 +1318,14 @@ class LoopRelay:
         self.closed = True
         lib.zc_relay_remove(self._r)  # a no-op once it ended
         lib.zc_relay_loop_close(self._loop)
+        self._close_dups()
         for owner in self._owners:
             release(owner)
+
+    def _close_dups(self) -> None:
+        dups, self._dups = self._dups, []
+        for d in dups:
+            os.close(d)
 
 
 class ProxyLoop:

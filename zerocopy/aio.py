@@ -102,7 +102,8 @@ async def sendfile(
     another task raises ``RuntimeError`` (as ``loop.sendfile`` makes it)
     on the ``StreamWriter`` given and on the default loop's transports;
     uvloop's transports cannot refuse it, and such a write would land in the
-    middle of the file.
+    middle of the file.  A second ``sendfile`` on the same transport raises
+    ``RuntimeError`` on both loops.
     """
     if isinstance(target, asyncio.StreamWriter):
         with _refusing_writes(target):
@@ -188,6 +189,11 @@ async def _send_transport(transport: asyncio.Transport, file: Any, offset: int |
                           progress: Progress | None) -> int:
     if transport.is_closing():
         raise ConnectionResetError(errno.ECONNRESET, "the transport is closed")
+    lessee = transport.get_protocol()
+    if isinstance(lessee, _Lease) and lessee.sending:
+        # another sendfile owns the socket (it writes past the transport, where
+        # no guard on write() sees it): ours would land in the middle of its file
+        _refuse_write()
     fd = _socket_fd(transport)
     if fd is None:
         return await _send_through(transport, Chunks(file, offset, count, headers, trailers),
@@ -207,6 +213,7 @@ async def _send_transport(transport: asyncio.Transport, file: Any, offset: int |
             progress.bytes_sent = sender.sent
         loop = asyncio.get_running_loop()
         lease = _Lease(transport, loop)
+        lease.sending = True
         await lease.flush()
         lease.refuse_writes()
         pump = _Pump(loop, fd, transport, sender, progress)
@@ -234,6 +241,7 @@ async def _send_through(transport: asyncio.Transport, body: Chunks,
     # tickets, that only a write or a read pushes out).
     loop = asyncio.get_running_loop()
     lease = _Lease(transport, loop)
+    lease.sending = True
     try:
         lease.set_limits(2 * _CHUNK_TLS, _CHUNK_TLS // 2)
         while True:
@@ -341,6 +349,7 @@ class _Lease(asyncio.Protocol):
         self.transport = transport
         self.loop = loop
         self.proto = transport.get_protocol()
+        self.sending = False  # a sendfile's: another one on the transport is refused
         self.waiter: asyncio.Future[None] | None = None
         self.lost: tuple[Exception | None] | None = None
         self._kept: list[bytes] = []
@@ -916,6 +925,9 @@ async def relay(a: socket.socket | int, b: socket.socket | int, *,
     watch = tuple(fd for s, fd in ((a, fa), (b, fb)) if not isinstance(s, socket.socket))
     loop = asyncio.get_running_loop()
     step = _c.LoopRelay(fa, fb, default_pool(), idle_ms, owners, watch)
+    # a close elsewhere is noticed by a step: of a socket object (its close() is
+    # deferred), or of an int fd's number (the C loop holds a duplicate of it)
+    checked = bool(owners or watch)
     fut: asyncio.Future[None] = loop.create_future()
     timer: list[asyncio.Handle | None] = [None]
 
@@ -937,9 +949,9 @@ async def relay(a: socket.socket | int, b: socket.socket | int, *,
         due = step.next_ms()
         if due == 0:
             timer[0] = loop.call_soon(pump)
-        elif due > 0 or owners:
+        elif due > 0 or checked:
             wait = due / 1000 if due > 0 else _RELAY_CHECK
-            timer[0] = loop.call_later(min(wait, _RELAY_CHECK) if owners else wait, pump)
+            timer[0] = loop.call_later(min(wait, _RELAY_CHECK) if checked else wait, pump)
 
     fd = step.fileno()
     try:

@@ -63,9 +63,10 @@ def relay(
     the relay, which resumes unless it raises.  The socket objects are held
     while the relay runs: a ``close()`` from another thread ends it with
     ``EBADF`` (within a quarter of a second) and takes effect then.  Nothing
-    holds an int fd: its identity is taken at the start and checked each
-    time the relay resumes, so a number that another thread closed and a new
-    connection reused ends the relay with ``EBADF``.  The sockets stay open
+    holds an int fd: the relay works on a duplicate of it, and the number's
+    identity is taken at the start and checked each time the relay resumes,
+    so a number that another thread closed and a new connection reused ends
+    the relay with ``EBADF``, no byte of the new connection moved.  The sockets stay open
     (close them) and keep their blocking mode.
 
     An ``ssl.SSLSocket`` raises ``ValueError``: splicing its fd would move

@@ -227,7 +227,11 @@ def _recv_through_python(
     view = memoryview(buf)
     dup = -1
     if not isinstance(sock, socket.socket):
-        dup = sock_fd = os.dup(sock_fd)
+        try:
+            dup = sock_fd = os.dup(sock_fd)
+        except OSError as exc:  # EMFILE: read from the number, as C sends to it then
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
     try:
         while count == TO_EOF or done[0] < count:
             want = _CHUNK if count == TO_EOF else min(_CHUNK, count - done[0])
