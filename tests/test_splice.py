@@ -810,6 +810,56 @@ def test_int_fd_reused_before_a_resume_is_never_read(tmp_path, make_pair, call: 
         os.close(fd)
 
 
+@pytest.mark.timeout(30, method="thread")
+@pytest.mark.parametrize("call", ["recvfile", "splice_all"])
+def test_int_fd_reused_between_the_check_and_the_resume_is_never_read(
+        tmp_path, make_pair, monkeypatch, call: str) -> None:
+    """Regression: the resume after a signal checked the number's identity and then gave
+    C the number; another thread that closed it and got it back from accept() between the
+    two had its new connection's bytes read.  The resume now reads through a duplicate
+    checked against the identity: EBADF, and the new connection's bytes stay unread."""
+    from zerocopy import _lowlevel
+
+    s, r = make_pair("tcp4")
+    new_a, new_b = make_pair("unix")
+    fd = os.dup(r.fileno())
+    out = tmp_path / "out.bin"
+    fired: list[bool] = []
+    swapped: list[bool] = []
+    real_same_fd = _lowlevel.same_fd
+
+    def same_fd_then_swap(number: int, ident: Any) -> bool:
+        result = real_same_fd(number, ident)
+        if fired and not swapped:  # the check passed; the number changes hands right after
+            swapped.append(True)
+            os.dup2(new_a.fileno(), fd)
+            new_b.sendall(b"EVIL")
+            new_b.shutdown(socket.SHUT_WR)
+            s.sendall(b"late")
+            s.shutdown(socket.SHUT_WR)
+        return result
+
+    monkeypatch.setattr(_lowlevel, "same_fd", same_fd_then_swap)
+    s.sendall(b"original")
+    out_fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        with itimer(lambda signum, frame: fired.append(True), 0.2), \
+                pytest.raises(OSError) as info:
+            if call == "recvfile":
+                recvfile(fd, out_fd)
+            else:
+                splice_all(fd, out_fd)
+        assert swapped
+        assert info.value.errno == errno.EBADF
+        attr = "bytes_received" if call == "recvfile" else "bytes_sent"
+        assert getattr(info.value, attr) == len(b"original")
+        assert out.read_bytes() == b"original"
+        assert recv_exactly(new_a, 4) == b"EVIL"  # still there for its owner
+    finally:
+        os.close(out_fd)
+        os.close(fd)
+
+
 # TLS: a socket with a TLS session carries records, never our bytes.
 
 

@@ -1106,9 +1106,27 @@ class Splice:
                 via.buffered = os.write(via.wfd, preload)  # the pipe is empty: no wait
                 count = int(moved[0]) + int(via.buffered)
 
+            fresh = [not later]  # the first call uses the numbers whose identity it just took
+
             def call() -> int:
                 left = count if count == TO_EOF else count - int(moved[0])
-                rc: int = lib.zc_splice(src, src_off, dst, dst_off, left, via, timeout_ms, moved)
+                if fresh[0] or not ids:
+                    fresh[0] = False
+                    rc: int = lib.zc_splice(src, src_off, dst, dst_off, left, via, timeout_ms,
+                                            moved)
+                    return rc
+                # later calls go to the files whose identity was taken, through checked
+                # duplicates: a number checked and then used could change hands between
+                pinned = _dup_checked(ids)
+                if pinned is None:
+                    return EBADF
+                fds, dups = pinned
+                try:
+                    rc = lib.zc_splice(fds.get(src, src), src_off, fds.get(dst, dst), dst_off,
+                                       left, via, timeout_ms, moved)
+                finally:
+                    for d in dups:
+                        os.close(d)
                 return rc
 
             run(call, lambda: int(moved[0]), attr=attr, what=what,
@@ -1138,36 +1156,54 @@ def _relay_add_error(rc: int) -> BaseException:
     return os_error(rc)
 
 
-def _pin_watched(a: int, b: int, ids: list[tuple[int, Any]]) -> tuple[int, int, list[int]]:
-    """(a, b, duplicates to close): each watched int fd replaced by a duplicate of it.
+def _dup_checked(ids: list[tuple[int, Any]]) -> tuple[dict[int, int], list[int]] | None:
+    """({number: its duplicate}, duplicates to close) for the watched fds, each duplicate
+    checked against the identity taken before; None when one names another file now.
 
-    The C loop then reads and writes the sockets the numbers named at the
-    start, whatever another thread does with the numbers meanwhile (a close
-    and an accept() that gets one back would otherwise receive bytes until
-    the next check); the checks stay on the numbers.  Without a descriptor
-    to spare (EMFILE) the number itself is used, checked as before.
+    A call given the duplicates reads and writes the files the numbers named
+    when their identity was taken, whatever another thread does with the
+    numbers meanwhile (checking a number and then using it leaves a window
+    for a close and an accept() that gets the number back).  Without a
+    descriptor to spare (EMFILE) the number itself is used, checked.
     """
-    if a == b:  # the duplicates would be two numbers: say it as zc_relay_add does
-        raise _relay_add_error(-errno.EINVAL)
     dups: list[int] = []
-    fds = {a: a, b: b}
+    fds: dict[int, int] = {}
     try:
         for fd, ident in ids:
             try:
                 d = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0)
             except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                if exc.errno in (errno.EMFILE, errno.ENFILE) and same_fd(fd, ident):
                     continue
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.EBADF):
+                    break
                 raise
             dups.append(d)
-            if not same_fd(d, ident):  # the number changed hands since its id was taken
-                raise error(EBADF, (0, 0), "bytes_relayed")
+            if not same_fd(d, ident):
+                break
             fds[fd] = d
+        else:
+            return fds, dups
     except BaseException:
         for d in dups:
             os.close(d)
         raise
-    return fds[a], fds[b], dups
+    for d in dups:
+        os.close(d)
+    return None
+
+
+def _pin_watched(a: int, b: int, ids: list[tuple[int, Any]]) -> tuple[int, int, list[int]]:
+    """(a, b, duplicates to close): each watched int fd replaced by a duplicate of it
+    (:func:`_dup_checked`), so the C loop works on the sockets the numbers named at the
+    start; the checks between slices stay on the numbers."""
+    if a == b:  # the duplicates would be two numbers: say it as zc_relay_add does
+        raise _relay_add_error(-errno.EINVAL)
+    pinned = _dup_checked(ids)
+    if pinned is None:  # the number changed hands since its id was taken
+        raise error(EBADF, (0, 0), "bytes_relayed")
+    fds, dups = pinned
+    return fds.get(a, a), fds.get(b, b), dups
 
 
 def relay(a: int, b: int, pool: PipePool, idle_ms: int,
