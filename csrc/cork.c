@@ -13,6 +13,11 @@ struct priv {
 };
 ZC__PRIV_FITS(struct priv, struct zc_cork_state);
 
+void zc__cork_forget(struct zc_cork_state *st)
+{
+	ZC__PRIV(struct priv, st)->changed = 0;
+}
+
 int zc_cork_begin(int sock, struct zc_cork_state *st)
 {
 	struct priv *p = ZC__PRIV(struct priv, st);

@@ -937,6 +937,7 @@ int zc_proxy_init(struct zc_proxy *px, struct zc_relay_loop *loop,
 	};
 	int fl, rc;
 
+	memset(px, 0, sizeof(*px)); /* a failed init leaves zc_proxy_close() a no-op */
 	if (!target || target_len < sizeof(sa_family_t) ||
 	    target_len > sizeof(x->target) || !slots || !nslots ||
 	    listen_fd < 0 || lp(loop)->epfd < 0)
@@ -947,7 +948,6 @@ int zc_proxy_init(struct zc_proxy *px, struct zc_relay_loop *loop,
 	rc = check_listener(listen_fd);
 	if (rc < 0)
 		return rc;
-	memset(px, 0, sizeof(*px));
 	memcpy(&x->target, target, target_len);
 	x->target_len = target_len;
 	x->listen_fd = listen_fd;

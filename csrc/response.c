@@ -207,6 +207,9 @@ static int send_steps(struct zc_response *r, int timeout_ms, uint64_t budget,
 	if (p->id && p->state != ST_NEW) {
 		rc = zc__hold_pin_id(&h, p->id);
 		if (rc < 0) {
+			/* our socket is gone; its number is another's, whose
+			 * cork is not ours to touch */
+			zc__cork_forget(&p->cork);
 			zc__hold_release(&h);
 			return rc;
 		}
@@ -268,5 +271,18 @@ int zc_response_bind_id(struct zc_response *r, const struct zc_fd_id *id)
 
 int zc_response_end(struct zc_response *r)
 {
-	return zc_cork_end(r->sock, &priv_of(r)->cork);
+	struct priv *p = priv_of(r);
+	struct zc__hold h;
+	int rc;
+
+	if (!p->id)
+		return zc_cork_end(r->sock, &p->cork);
+	zc__hold_init(&h, r->sock);
+	rc = zc__hold_pin_id(&h, p->id);
+	if (rc == 0)
+		rc = zc_cork_end(h.fd, &p->cork);
+	else
+		zc__cork_forget(&p->cork); /* the number is another socket's now */
+	zc__hold_release(&h);
+	return rc == -EBADF ? 0 : rc;
 }

@@ -548,6 +548,33 @@ int zc_splice(int src, int64_t *src_off, int dst, int64_t *dst_off,
 	      uint64_t count, struct zc_pipe *via, int timeout_ms,
 	      uint64_t *moved)
 {
+	return zc_splice_id(src, src_off, dst, dst_off, count, via, timeout_ms,
+			    moved, NULL, NULL);
+}
+
+/* Look at an end whose identity the caller gave: pin it to that file first
+ * (a checked duplicate that every syscall uses), then look at the duplicate. */
+static int probe_id(struct end *e, struct zc__hold *h, int fd,
+		    const struct zc_fd_id *id)
+{
+	int rc;
+
+	if (!id)
+		return probe(e, h, fd, 1);
+	zc__hold_init(h, fd);
+	rc = zc__hold_pin_id(h, id);
+	if (rc == 0)
+		rc = probe(e, h, h->fd, 0);
+	if (rc < 0)
+		zc__hold_release(h);
+	return rc;
+}
+
+int zc_splice_id(int src, int64_t *src_off, int dst, int64_t *dst_off,
+		 uint64_t count, struct zc_pipe *via, int timeout_ms,
+		 uint64_t *moved, const struct zc_fd_id *src_id,
+		 const struct zc_fd_id *dst_id)
+{
 	off_t so = src_off ? (off_t)*src_off : 0;
 	off_t d_o = dst_off ? (off_t)*dst_off : 0;
 	struct zc__hold hs, hd;
@@ -569,12 +596,14 @@ int zc_splice(int src, int64_t *src_off, int dst, int64_t *dst_off,
 	/* bytes already in the pipe belong to this count */
 	if (via && !m.to_eof && via->buffered > count)
 		return -EINVAL;
-	rc = probe(&m.src, &hs, src, 1);
+	rc = probe_id(&m.src, &hs, src, src_id);
 	if (rc < 0)
 		return rc;
-	rc = probe(&m.dst, &hd, dst, 1);
-	if (rc < 0)
+	rc = probe_id(&m.dst, &hd, dst, dst_id);
+	if (rc < 0) {
+		zc__hold_release(&hs);
 		return rc;
+	}
 	if (via) {
 		rc = through_pipe(&m, via);
 		if (rc < 0)

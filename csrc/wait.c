@@ -223,6 +223,30 @@ int zc__hold_pin(struct zc__hold *h)
 	return 0;
 }
 
+int zc_fd_dup_checked(int fd, const struct zc_fd_id *id, int *dup)
+{
+	const struct fd_id *p = (const struct fd_id *)(const void *)id->_private.bytes;
+
+	*dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	if (*dup < 0)
+		return errno == EBADF ? -EBADF : -errno;
+	if (!same_file(*dup, p->dev, p->ino)) {
+		close(*dup);
+		*dup = -1;
+		return -EBADF;
+	}
+	return 0;
+}
+
+void zc_fd_close_each(int *fds, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++) {
+		if (fds[i] >= 0)
+			close(fds[i]);
+		fds[i] = -1;
+	}
+}
+
 int zc__hold_pin_id(struct zc__hold *h, const struct zc_fd_id *id)
 {
 	const struct fd_id *p = (const struct fd_id *)(const void *)id->_private.bytes;

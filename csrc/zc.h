@@ -87,6 +87,32 @@ int zc_fd_id_get(int fd, struct zc_fd_id *id);
 int zc_fd_id_check(int fd, const struct zc_fd_id *id);
 
 /**
+ * zc_fd_dup_checked() - a duplicate of @fd, if it still names @id's file
+ * @fd: the descriptor given to zc_fd_id_get()
+ * @id: its identity from zc_fd_id_get()
+ * @dup: out: the duplicate (O_CLOEXEC), or -1; written before the call
+ *       returns, so a caller whose own code may be interrupted as the call
+ *       returns (a signal handler that raises) can still close it
+ *
+ * Syscalls on the duplicate reach the file @id names even if another thread
+ * closes @fd and the number is reused: the duplicate is checked, not the
+ * number, so nothing can change hands between the check and the use.
+ *
+ * Return: 0; -EBADF when @fd is closed or names another file (*@dup is -1);
+ * -EMFILE or another -errno from fcntl(F_DUPFD_CLOEXEC).
+ */
+int zc_fd_dup_checked(int fd, const struct zc_fd_id *id, int *dup);
+
+/**
+ * zc_fd_close_each() - close every descriptor >= 0 in @fds and set it to -1
+ * @fds: descriptors from zc_fd_dup_checked(), or -1
+ * @n: how many
+ *
+ * One call, so a caller interrupted as it returns has closed all or none.
+ */
+void zc_fd_close_each(int *fds, unsigned n);
+
+/**
  * zc_wait_writable() - wait until a socket can take more bytes
  * @sock: the socket
  * @timeout_ms: ZC_WAIT_FOREVER, 0 (just look) or a bound in milliseconds
@@ -307,6 +333,10 @@ int zc_response_bind_id(struct zc_response *r, const struct zc_fd_id *id);
 /**
  * zc_response_end() - restore the socket options a response changed
  * @r: the response, complete or abandoned; safe to call more than once
+ *
+ * With an identity bound (zc_response_bind_id()) the cork is undone through
+ * a checked duplicate, and a socket that @r->sock no longer names is left
+ * alone (its cork is not ours).
  *
  * Return: 0, or -errno from setsockopt.
  */
@@ -951,6 +981,26 @@ void zc_pipe_pool_destroy(struct zc_pipe_pool *pool);
 int zc_splice(int src, int64_t *src_off, int dst, int64_t *dst_off,
 	      uint64_t count, struct zc_pipe *via, int timeout_ms,
 	      uint64_t *moved);
+
+/**
+ * zc_splice_id() - zc_splice() on the files the ends named when their identity was taken
+ * @src, @src_off, @dst, @dst_off, @count, @via, @timeout_ms, @moved: as for zc_splice()
+ * @src_id: NULL, or @src's identity from zc_fd_id_get()
+ * @dst_id: NULL, or @dst's identity from zc_fd_id_get()
+ *
+ * For a caller that resumes a transfer on descriptor numbers nothing holds:
+ * an end with an identity is used through a duplicate checked against it
+ * (zc_fd_dup_checked()), so a number that another thread closed and that
+ * was reused meanwhile is never read from or written to; after each wait
+ * the number itself is looked at again, and a close ends the call.
+ *
+ * Return: as zc_splice(); -EBADF (nothing moved by this call) when an end
+ * names another file or none.
+ */
+int zc_splice_id(int src, int64_t *src_off, int dst, int64_t *dst_off,
+		 uint64_t count, struct zc_pipe *via, int timeout_ms,
+		 uint64_t *moved, const struct zc_fd_id *src_id,
+		 const struct zc_fd_id *dst_id);
 
 /* ---- relays: socket pairs pumped both ways by one epoll loop ---------- */
 

@@ -126,6 +126,9 @@ static inline void zc__hold_init(struct zc__hold *h, int fd)
 	h->ino = 0;
 }
 
+/* Forget a cork zc_cork_begin() set: the socket is no longer ours to undo. */
+void zc__cork_forget(struct zc_cork_state *st);
+
 /* Pin the socket before a wait (once); -errno (-EBADF when it is gone). */
 int zc__hold_pin(struct zc__hold *h);
 

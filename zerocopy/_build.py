@@ -25,6 +25,8 @@ int zc_check_stream(int sock);
 struct zc_fd_id { ...; };
 int zc_fd_id_get(int fd, struct zc_fd_id *id);
 int zc_fd_id_check(int fd, const struct zc_fd_id *id);
+int zc_fd_dup_checked(int fd, const struct zc_fd_id *id, int *dup);
+void zc_fd_close_each(int *fds, unsigned n);
 int zc_tls_tx_offloaded(int sock);
 int zc_wait_writable(int sock, int timeout_ms);
 int zc_sendfile(int sock, int file, int64_t offset, uint64_t count,
@@ -78,6 +80,10 @@ void zc_pipe_pool_destroy(struct zc_pipe_pool *pool);
 int zc_splice(int src, int64_t *src_off, int dst, int64_t *dst_off,
               uint64_t count, struct zc_pipe *via, int timeout_ms,
               uint64_t *moved);
+int zc_splice_id(int src, int64_t *src_off, int dst, int64_t *dst_off,
+                 uint64_t count, struct zc_pipe *via, int timeout_ms,
+                 uint64_t *moved, const struct zc_fd_id *src_id,
+                 const struct zc_fd_id *dst_id);
 """
 
 CDEF_RELAY = """

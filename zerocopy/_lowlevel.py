@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import _socket
 import errno
-import fcntl
 import math
 import os
 import socket
@@ -1107,6 +1106,9 @@ class Splice:
                 count = int(moved[0]) + int(via.buffered)
 
             fresh = [not later]  # the first call uses the numbers whose identity it just took
+            by_fd = dict(ids)
+            src_id = by_fd.get(src, ffi.NULL)
+            dst_id = by_fd.get(dst, ffi.NULL)
 
             def call() -> int:
                 left = count if count == TO_EOF else count - int(moved[0])
@@ -1116,17 +1118,9 @@ class Splice:
                                             moved)
                     return rc
                 # later calls go to the files whose identity was taken, through checked
-                # duplicates: a number checked and then used could change hands between
-                pinned = _dup_checked(ids)
-                if pinned is None:
-                    return EBADF
-                fds, dups = pinned
-                try:
-                    rc = lib.zc_splice(fds.get(src, src), src_off, fds.get(dst, dst), dst_off,
-                                       left, via, timeout_ms, moved)
-                finally:
-                    for d in dups:
-                        os.close(d)
+                # duplicates in C: a number checked and then used could change hands between
+                rc = lib.zc_splice_id(src, src_off, dst, dst_off, left, via, timeout_ms, moved,
+                                      src_id, dst_id)
                 return rc
 
             run(call, lambda: int(moved[0]), attr=attr, what=what,
@@ -1156,54 +1150,53 @@ def _relay_add_error(rc: int) -> BaseException:
     return os_error(rc)
 
 
-def _dup_checked(ids: list[tuple[int, Any]]) -> tuple[dict[int, int], list[int]] | None:
-    """({number: its duplicate}, duplicates to close) for the watched fds, each duplicate
-    checked against the identity taken before; None when one names another file now.
+class Pins:
+    """Checked duplicates of int fds nothing holds (:func:`fd_id` taken earlier).
 
-    A call given the duplicates reads and writes the files the numbers named
-    when their identity was taken, whatever another thread does with the
-    numbers meanwhile (checking a number and then using it leaves a window
-    for a close and an accept() that gets the number back).  Without a
-    descriptor to spare (EMFILE) the number itself is used, checked.
+    Calls given the duplicates reach the files the numbers named when their
+    identity was taken, whatever another thread does with the numbers
+    meanwhile (checking a number and then using it leaves a window for a
+    close and an accept() that gets the number back).  C writes each
+    duplicate into memory this object owns before returning, and closes them
+    all in one call, so a signal handler that raises as a call returns
+    cannot lose one: make it before the ``try`` whose ``finally`` closes it.
     """
-    dups: list[int] = []
-    fds: dict[int, int] = {}
-    try:
-        for fd, ident in ids:
-            try:
-                d = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0)
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE) and same_fd(fd, ident):
-                    continue
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.EBADF):
-                    break
-                raise
-            dups.append(d)
-            if not same_fd(d, ident):
-                break
-            fds[fd] = d
-        else:
-            return fds, dups
-    except BaseException:
-        for d in dups:
-            os.close(d)
-        raise
-    for d in dups:
-        os.close(d)
-    return None
+
+    __slots__ = ("_fds", "_n")
+
+    def __init__(self, n: int) -> None:
+        self._n = n
+        self._fds = ffi.new("int[]", [-1] * max(n, 1))
+
+    def pin(self, ids: list[tuple[int, Any]]) -> dict[int, int] | None:
+        """{number: its duplicate}, or None when a number names another file (or none) now.
+
+        Without a descriptor to spare (EMFILE) a number is used itself, checked.
+        """
+        fds: dict[int, int] = {}
+        for i, (fd, ident) in enumerate(ids):
+            rc = lib.zc_fd_dup_checked(fd, ident, self._fds + i)
+            if rc == 0:
+                fds[fd] = int(self._fds[i])
+            elif not ((rc == -errno.EMFILE or rc == -errno.ENFILE) and same_fd(fd, ident)):
+                self.close()
+                return None
+        return fds
+
+    def close(self) -> None:
+        lib.zc_fd_close_each(self._fds, self._n)
 
 
-def _pin_watched(a: int, b: int, ids: list[tuple[int, Any]]) -> tuple[int, int, list[int]]:
-    """(a, b, duplicates to close): each watched int fd replaced by a duplicate of it
-    (:func:`_dup_checked`), so the C loop works on the sockets the numbers named at the
-    start; the checks between slices stay on the numbers."""
+def _relay_fds(a: int, b: int, ids: list[tuple[int, Any]], pins: Pins) -> tuple[int, int]:
+    """(a, b) with each watched int fd replaced by a checked duplicate (:class:`Pins`), so
+    the C loop works on the sockets the numbers named at the start; the checks between
+    slices stay on the numbers."""
     if a == b:  # the duplicates would be two numbers: say it as zc_relay_add does
         raise _relay_add_error(-errno.EINVAL)
-    pinned = _dup_checked(ids)
-    if pinned is None:  # the number changed hands since its id was taken
+    fds = pins.pin(ids)
+    if fds is None:  # a number changed hands since its id was taken
         raise error(EBADF, (0, 0), "bytes_relayed")
-    fds, dups = pinned
-    return fds.get(a, a), fds.get(b, b), dups
+    return fds.get(a, a), fds.get(b, b)
 
 
 def relay(a: int, b: int, pool: PipePool, idle_ms: int,
@@ -1214,29 +1207,34 @@ def relay(a: int, b: int, pool: PipePool, idle_ms: int,
     ``owners`` are held while it runs; closing one from another thread ends
     the relay with ``EBADF`` within a slice.  ``watch``: the int fds among
     ``a`` and ``b`` (nothing holds them): the C loop works on duplicates
-    (:func:`_pin_watched`), and the numbers' identity, taken now, is checked
+    (:class:`Pins`), and the numbers' identity, taken now, is checked
     each time it returns (a slice, a signal), so a number closed and reused
     by another connection ends the relay with ``EBADF``, no byte of the new
     connection moved.  Raises with ``bytes_relayed``.
     """
     ids = [(fd, fd_id(fd)) for fd in watch]
-    a, b, dups = _pin_watched(a, b, ids)
+    pins = Pins(len(ids))
     loop = ffi.new("struct zc_relay_loop *")
-    rc = lib.zc_relay_loop_init(loop, pool.cdata)
-    if rc < 0:
-        for d in dups:
-            os.close(d)
-        raise os_error(rc)
     r = ffi.new("struct zc_relay *")
     done = ffi.new("struct zc_relay *[1]")
-    for owner in owners:
-        hold(owner)
+    inited = False
+    held: list[socket.socket] = []
     try:
+        a, b = _relay_fds(a, b, ids, pins)
+        rc = lib.zc_relay_loop_init(loop, pool.cdata)
+        if rc < 0:
+            raise os_error(rc)
+        inited = True
+        for owner in owners:
+            hold(owner)
+            held.append(owner)
         rc = lib.zc_relay_add(loop, r, a, b)
-        if rc == 0 and idle_ms != WAIT_FOREVER:
-            rc = lib.zc_relay_set_timeout(r, idle_ms)
         if rc < 0:
             raise _relay_add_error(rc)
+        if idle_ms != WAIT_FOREVER:
+            rc = lib.zc_relay_set_timeout(r, idle_ms)
+            if rc < 0:
+                raise os_error(rc)
 
         def progress() -> tuple[int, int]:
             return int(r.bytes[0]), int(r.bytes[1])
@@ -1262,11 +1260,11 @@ def relay(a: int, b: int, pool: PipePool, idle_ms: int,
             raise error(r.error, progress(), "bytes_relayed")
         return progress()
     finally:
-        lib.zc_relay_remove(r)  # a no-op once it ended; restores the sockets' flags
-        lib.zc_relay_loop_close(loop)
-        for d in dups:
-            os.close(d)
-        for owner in owners:
+        if inited:
+            lib.zc_relay_remove(r)  # a no-op once it ended; restores the sockets' flags
+            lib.zc_relay_loop_close(loop)
+        pins.close()
+        for owner in held:
             release(owner)
 
 
@@ -1280,34 +1278,41 @@ class LoopRelay:
     elsewhere takes effect then, and the next step raises ``EBADF``.
     """
 
-    __slots__ = ("_done", "_dups", "_idle_ms", "_ids", "_loop", "_next", "_owners", "_r",
+    __slots__ = ("_done", "_idle_ms", "_ids", "_loop", "_next", "_owners", "_pins", "_r",
                  "closed")
 
     def __init__(self, a: int, b: int, pool: PipePool, idle_ms: int,
                  owners: tuple[socket.socket, ...] = (), watch: tuple[int, ...] = ()) -> None:
         self._ids = [(fd, fd_id(fd)) for fd in watch]  # int fds: checked before each step
-        self._dups: list[int] = []
+        self._pins = pins = Pins(len(self._ids))  # C works on duplicates of those
+        self._owners: tuple[socket.socket, ...] = ()
         self.closed = True
-        a, b, self._dups = _pin_watched(a, b, self._ids)  # C works on duplicates of those
         self._loop = ffi.new("struct zc_relay_loop *")
-        rc = lib.zc_relay_loop_init(self._loop, pool.cdata)
-        if rc < 0:
-            self._close_dups()
-            raise os_error(rc)
-        self.closed = False
         self._r = r = ffi.new("struct zc_relay *")
         self._done = ffi.new("struct zc_relay *[1]")
         self._next = ffi.new("int[1]")
         self._idle_ms = idle_ms
-        rc = lib.zc_relay_add(self._loop, r, a, b)
-        if rc == 0 and idle_ms != WAIT_FOREVER:
-            rc = lib.zc_relay_set_timeout(r, idle_ms)
-        if rc < 0:
-            lib.zc_relay_remove(r)
-            lib.zc_relay_loop_close(self._loop)
-            self.closed = True
-            self._close_dups()
-            raise _relay_add_error(rc)
+        inited = False
+        try:
+            a, b = _relay_fds(a, b, self._ids, pins)
+            rc = lib.zc_relay_loop_init(self._loop, pool.cdata)
+            if rc < 0:
+                raise os_error(rc)
+            inited = True
+            rc = lib.zc_relay_add(self._loop, r, a, b)
+            if rc < 0:
+                raise _relay_add_error(rc)
+            if idle_ms != WAIT_FOREVER:
+                rc = lib.zc_relay_set_timeout(r, idle_ms)
+                if rc < 0:
+                    raise os_error(rc)
+        except BaseException:
+            if inited:
+                lib.zc_relay_remove(r)
+                lib.zc_relay_loop_close(self._loop)
+            pins.close()
+            raise
+        self.closed = False
         self._owners = owners
         for owner in owners:
             hold(owner)
@@ -1354,14 +1359,9 @@ class LoopRelay:
         self.closed = True
         lib.zc_relay_remove(self._r)  # a no-op once it ended
         lib.zc_relay_loop_close(self._loop)
-        self._close_dups()
+        self._pins.close()
         for owner in self._owners:
             release(owner)
-
-    def _close_dups(self) -> None:
-        dups, self._dups = self._dups, []
-        for d in dups:
-            os.close(d)
 
 
 class ProxyLoop:

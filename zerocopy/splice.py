@@ -225,14 +225,14 @@ def _recv_through_python(
     want_read: Any = ssl.SSLWantReadError if ssl is not None else ()
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
-    dup = -1
-    if not isinstance(sock, socket.socket):
-        try:
-            dup = sock_fd = os.dup(sock_fd)
-        except OSError as exc:  # EMFILE: read from the number, as C sends to it then
-            if exc.errno not in (errno.EMFILE, errno.ENFILE):
-                raise
+    # (made before the try whose finally closes the duplicate: see _c.Pins)
+    pins = None if isinstance(sock, socket.socket) else _c.Pins(1)
     try:
+        if pins is not None:
+            fds = pins.pin([(sock_fd, _c.fd_id(sock_fd))])
+            if fds is None:  # closed meanwhile
+                raise _c.error(_c.EBADF, done[0], attr="bytes_received")
+            sock_fd = fds.get(sock_fd, sock_fd)  # EMFILE: the number, as C uses it then
         while count == TO_EOF or done[0] < count:
             want = _CHUNK if count == TO_EOF else min(_CHUNK, count - done[0])
             try:
@@ -252,8 +252,8 @@ def _recv_through_python(
     except BaseException as exc:
         raise _c.attach(exc, done[0], "bytes_received") from None
     finally:
-        if dup >= 0:
-            os.close(dup)
+        if pins is not None:
+            pins.close()
 
 
 # --------------------------------------------------------------------------- splice_all

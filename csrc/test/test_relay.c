@@ -1208,6 +1208,15 @@ static void test_proxy_bad_listener(void)
 					       (struct sockaddr *)&t, sizeof(t),
 					       slots, 1), -EINVAL);
 	}
+	/* an early refusal leaves a struct that zc_proxy_close() ignores,
+	 * whatever the caller's memory held before */
+	memset(&px, 0xAA, sizeof(px));
+	CHECK_RC(zc_proxy_init(&px, &loop, u, (struct sockaddr *)&t, sizeof(t),
+			       slots, 1), -EINVAL);
+	zc_proxy_close(&px);
+	memset(&px, 0xAA, sizeof(px));
+	CHECK_RC(zc_proxy_init(&px, &loop, l, NULL, sizeof(t), slots, 1), -EINVAL);
+	zc_proxy_close(&px);
 	close(pp[0]);
 	CHECK_RC(zc_proxy_init(&px, &loop, pp[0], (struct sockaddr *)&t,
 			       sizeof(t), slots, 1), -EINVAL); /* closed */

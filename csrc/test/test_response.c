@@ -636,6 +636,44 @@ static void bound_id(void)
 	h_ran++;
 }
 
+/* A bound response whose number changed hands never touches the new
+ * socket's cork: not when a step finds it, not at zc_response_end(). */
+static void bound_id_cork(void)
+{
+	const size_t size = 4 << 20;
+	unsigned char head[64] = "H", tail[16] = "T";
+	struct zc_response resp;
+	struct zc_fd_id id;
+	uint64_t now = 0;
+	int s, r, b0, b1, f, on = 1;
+
+	REQUIRE(h_tcp_pair(&s, &r) == 0);
+	REQUIRE(h_tcp_pair(&b0, &b1) == 0);
+	h_small_buffers(s, r);
+	REQUIRE(h_set_nonblock(s, 1) == 0);
+	REQUIRE((f = h_temp_file(size, SEED)) >= 0);
+	REQUIRE(zc_fd_id_get(s, &id) == 0);
+	REQUIRE(zc_response_init(&resp, s, f, 0, size, head, sizeof(head),
+				 tail, sizeof(tail)) == 0);
+	zc_response_bind_id(&resp, &id);
+	CHECK_RC(zc_response_send(&resp, 0, &now), -EAGAIN); /* corked */
+	CHECK_EQ(cork(s), 1);
+	/* another thread closes the number; its new owner corks */
+	REQUIRE(setsockopt(b0, IPPROTO_TCP, TCP_CORK, &on, sizeof(on)) == 0);
+	REQUIRE(dup2(b0, s) == s);
+	CHECK_RC(zc_response_send(&resp, 0, &now), -EBADF);
+	CHECK_EQ(cork(s), 1);
+	CHECK_EQ(zc_response_end(&resp), 0);
+	CHECK_EQ(cork(s), 1);
+	CHECK_EQ(cork(b0), 1);
+	close(s);
+	close(r);
+	close(b0);
+	close(b1);
+	close(f);
+	h_ran++;
+}
+
 int main(void)
 {
 	h_init(60);
@@ -651,6 +689,7 @@ int main(void)
 	one_segment(30);
 	budget_pipe();
 	bound_id();
+	bound_id_cork();
 	for (int kind = 0; kind < 2; kind++) {
 		budget(kind, 1 << 20);
 		budget(kind, 100000);

@@ -1082,6 +1082,56 @@ static void test_errqueue_wait(void)
 	h_ran++;
 }
 
+/* zc_splice_id(): an end whose number names another file now is never
+ * read; one that still names its file is read through a duplicate; and
+ * zc_fd_dup_checked() says the same. */
+static void test_splice_id(void)
+{
+	struct zc_fd_id sid;
+	uint64_t moved = 0;
+	char buf[16];
+	int s, r, n0, n1, p[2], d = 7;
+
+	REQUIRE(h_tcp_pair(&s, &r) == 0);
+	REQUIRE(h_tcp_pair(&n0, &n1) == 0);
+	REQUIRE(pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0);
+	REQUIRE(zc_fd_id_get(r, &sid) == 0);
+	REQUIRE(send(s, "original", 8, 0) == 8);
+	CHECK_EQ(zc_splice_id(r, NULL, p[1], NULL, 8, NULL, 1000, &moved, &sid,
+			      NULL), 0);
+	CHECK_EQ(moved, 8);
+	CHECK_EQ(read(p[0], buf, sizeof(buf)), 8);
+	CHECK_MEM(buf, 8, "original", 8);
+	CHECK_EQ(zc_fd_dup_checked(r, &sid, &d), 0);
+	CHECK(d >= 0 && d != r);
+	{
+		int both[2] = { d, -1 };
+
+		zc_fd_close_each(both, 2);
+		CHECK(both[0] == -1 && both[1] == -1);
+		CHECK_EQ(fcntl(d, F_GETFD), -1); /* closed */
+	}
+	/* the number is another connection's now */
+	REQUIRE(send(n1, "EVIL", 4, 0) == 4);
+	REQUIRE(dup2(n0, r) == r);
+	moved = 0;
+	CHECK_RC(zc_splice_id(r, NULL, p[1], NULL, 4, NULL, 1000, &moved, &sid,
+			      NULL), -EBADF);
+	CHECK_EQ(moved, 0);
+	CHECK_EQ(read(p[0], buf, sizeof(buf)), -1); /* nothing read */
+	CHECK_RC(zc_fd_dup_checked(r, &sid, &d), -EBADF);
+	CHECK_EQ(d, -1);
+	CHECK_EQ(recv(n0, buf, sizeof(buf), MSG_DONTWAIT), 4); /* still there */
+	close(r);
+	CHECK_RC(zc_fd_dup_checked(r, &sid, &d), -EBADF);
+	close(s);
+	close(n0);
+	close(n1);
+	close(p[0]);
+	close(p[1]);
+	h_ran++;
+}
+
 int main(void)
 {
 	h_init(120);
@@ -1099,5 +1149,6 @@ int main(void)
 	test_stalled_source_bounded();
 	test_errqueue_wait();
 	test_no_fd_leak();
+	test_splice_id();
 	return h_result("test_splice");
 }
