@@ -229,7 +229,7 @@ int zc_fd_dup_checked(int fd, const struct zc_fd_id *id, int *dup)
 
 	*dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
 	if (*dup < 0)
-		return errno == EBADF ? -EBADF : -errno;
+		return -errno;
 	if (!same_file(*dup, p->dev, p->ino)) {
 		close(*dup);
 		*dup = -1;
