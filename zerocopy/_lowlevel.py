@@ -1212,60 +1212,16 @@ def relay(a: int, b: int, pool: PipePool, idle_ms: int,
     by another connection ends the relay with ``EBADF``, no byte of the new
     connection moved.  Raises with ``bytes_relayed``.
     """
-    ids = [(fd, fd_id(fd)) for fd in watch]
-    pins = Pins(len(ids))
-    loop = ffi.new("struct zc_relay_loop *")
-    r = ffi.new("struct zc_relay *")
-    done = ffi.new("struct zc_relay *[1]")
-    inited = False
-    held: list[socket.socket] = []
+    job = LoopRelay(a, b, pool, idle_ms, owners, watch)
     try:
-        a, b = _relay_fds(a, b, ids, pins)
-        rc = lib.zc_relay_loop_init(loop, pool.cdata)
-        if rc < 0:
-            raise os_error(rc)
-        inited = True
-        for owner in owners:
-            hold(owner)
-            held.append(owner)
-        rc = lib.zc_relay_add(loop, r, a, b)
-        if rc < 0:
-            raise _relay_add_error(rc)
-        if idle_ms != WAIT_FOREVER:
-            rc = lib.zc_relay_set_timeout(r, idle_ms)
-            if rc < 0:
-                raise os_error(rc)
-
-        def progress() -> tuple[int, int]:
-            return int(r.bytes[0]), int(r.bytes[1])
-
         try:
-            while True:
-                rc = lib.zc_relay_run(loop, _SLICE_MS, done, 1)
-                if rc > 0:
-                    break
-                if rc < 0 and rc != EINTR:
-                    raise error(rc, progress(), "bytes_relayed")
-                # after -EINTR the signal's handler has run (it would have raised)
-                if not (all(map(is_open, owners)) and all(same_fd(fd, i) for fd, i in ids)):
-                    raise error(EBADF, progress(), "bytes_relayed")
+            while not job.step(_SLICE_MS):
+                pass  # a slice ended, or a signal's handler ran (it would have raised)
         except BaseException as exc:
-            raise attach(exc, progress(), "bytes_relayed") from None
-        if r.error == ETIMEDOUT:
-            timed_out = _errors.typed_class(TimeoutError, "bytes_relayed")(
-                errno.ETIMEDOUT, f"relay timed out: no byte moved for {idle_ms / 1000:g} s")
-            setattr(timed_out, "bytes_relayed", progress())  # noqa: B010
-            raise timed_out
-        if r.error:
-            raise error(r.error, progress(), "bytes_relayed")
-        return progress()
+            raise attach(exc, job.moved, "bytes_relayed") from None
+        return job.result()
     finally:
-        if inited:
-            lib.zc_relay_remove(r)  # a no-op once it ended; restores the sockets' flags
-            lib.zc_relay_loop_close(loop)
-        pins.close()
-        for owner in held:
-            release(owner)
+        job.close()
 
 
 class LoopRelay:
@@ -1273,9 +1229,10 @@ class LoopRelay:
 
     The caller watches :meth:`fileno` (the C loop's epoll descriptor) for
     reading and calls :meth:`step` when it is readable or when
-    :meth:`next_ms` has passed (``zc_relay_loop_fd``); :meth:`step` never
-    blocks.  ``owners`` are held until :meth:`close`: a ``close()`` from
-    elsewhere takes effect then, and the next step raises ``EBADF``.
+    :meth:`next_ms` has passed (``zc_relay_loop_fd``); :meth:`step` does not
+    block unless given a timeout (as :func:`relay` does).  ``owners`` are
+    held until :meth:`close`: a ``close()`` from elsewhere takes effect then,
+    and the next step raises ``EBADF``.
     """
 
     __slots__ = ("_done", "_idle_ms", "_ids", "_loop", "_next", "_owners", "_pins", "_r",
@@ -1329,12 +1286,13 @@ class LoopRelay:
     def moved(self) -> tuple[int, int]:
         return int(self._r.bytes[0]), int(self._r.bytes[1])
 
-    def step(self) -> bool:
-        """Move what can move now; True once the relay ended (then :meth:`result`)."""
+    def step(self, timeout_ms: int = 0) -> bool:
+        """Move what can move now (waiting up to ``timeout_ms`` for it); True once the
+        relay ended (then :meth:`result`)."""
         if not (all(map(is_open, self._owners))
                 and all(same_fd(fd, i) for fd, i in self._ids)):
             raise error(EBADF, self.moved, "bytes_relayed")
-        rc = lib.zc_relay_run(self._loop, 0, self._done, 1)
+        rc = lib.zc_relay_run(self._loop, timeout_ms, self._done, 1)
         if rc < 0 and rc != EINTR:  # after -EINTR a handler ran: the caller steps again
             raise error(rc, self.moved, "bytes_relayed")
         return bool(self._r.done)
