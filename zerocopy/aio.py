@@ -41,7 +41,7 @@ import errno
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Union
 
 from . import _errors
@@ -419,22 +419,19 @@ class _Lease(asyncio.Protocol):
         if transport.get_write_buffer_size() == 0:
             return
         self.set_limits(0, 0)
-        while transport.get_write_buffer_size() > 0:
-            self._check()
-            self.waiter = self.loop.create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
-        self._check()
+        await self._wait_while(lambda: transport.get_write_buffer_size() > 0)
 
     async def writable(self) -> None:
         """Wait while the transport's buffer is above the high-water mark :meth:`set_limits` set."""
         transport, high = self.transport, self._high
         # Before any flow-control call, a buffer above the mark means the
         # transport was paused before the lease: resume_writing will come.
-        while self._paused or (self._first_flow is None
-                               and transport.get_write_buffer_size() > high):
+        await self._wait_while(lambda: self._paused or (
+            self._first_flow is None and transport.get_write_buffer_size() > high))
+
+    async def _wait_while(self, blocked: Callable[[], bool]) -> None:
+        """Wake on each flow-control or connection event until ``blocked()`` is false."""
+        while blocked():
             self._check()
             self.waiter = self.loop.create_future()
             try:
