@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import errno
+import gc
 import io
 import os
 import random
@@ -211,6 +212,38 @@ def test_abandoned_response_restores_cork(make_pair, big_file: str) -> None:
         fs.close()
         fs.close()  # idempotent
     assert cork_of(sender) == 0
+
+
+@pytest.mark.parametrize("reused", [False, True])
+def test_collected_int_fd_response_uncorks_only_its_own_socket(
+        make_pair, big_file: str, reused: bool) -> None:
+    """Regression: a FileSender on an int fd collected without close() left its cork set
+    (its finalizer could not tell whether the number was still that socket).  C now
+    uncorks through the bound identity: the socket itself, never the number's next
+    owner."""
+    sender, _ = make_pair("tcp4", small=True)
+    sender.setblocking(False)
+    other, _other_peer = make_pair("tcp4")
+    fd = sender.fileno()
+    with open(big_file, "rb") as f:
+        fs = zerocopy.FileSender(fd, f.fileno(), 0, 4 << 20, headers=HEAD, trailers=TAIL)
+        for _ in range(50):
+            if fs.send() == 0:
+                break
+        assert not fs.done and cork_of(sender) == 1
+        if reused:  # another thread closed the number and its new owner corks
+            keep = socket.socket(fileno=os.dup(fd))
+            other.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+            os.dup2(other.fileno(), fd)
+        with pytest.warns(ResourceWarning):
+            del fs
+            gc.collect()
+    if reused:
+        assert cork_of(other) == 1
+        assert cork_of(keep) == 1  # not ours to reach any more: left alone
+        keep.close()
+    else:
+        assert cork_of(sender) == 0
 
 
 # -- socket options ----------------------------------------------------------------

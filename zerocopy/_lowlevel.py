@@ -467,7 +467,8 @@ class Response:
         if exports or len(trailer) or count == TO_EOF:
             # it may cork, or it pins buffers: undo that if close() never comes
             finalizer = weakref.finalize(self, _abandon_response, c, owner, sock, exports,
-                                         type(self).__name__)
+                                         type(self).__name__, self._ident if owner is None
+                                         else None)
             self._extra = (exports, finalizer)
 
     @property
@@ -528,16 +529,18 @@ class Response:
                     owner.close()  # a close() from another thread came meanwhile
 
     def _ours(self) -> bool:
-        """The socket is still the one the response was made for (not closed, number not reused)."""
+        """The socket object is still open and owns the fd (a close() deferred by the hold
+        counts as closed).  A bare fd's identity is C's to check: every step after the
+        first and the end go through a duplicate checked against it (zc_response_bind_id)."""
         owner = self._owner
-        if owner is not None:  # a close() deferred by the hold counts as closed
-            return not owner._closed and owner.fileno() == self._fd  # type: ignore[attr-defined]
-        return lib.zc_fd_id_check(self._fd, self._ident) == 0  # type: ignore[no-any-return]
+        return owner is None or (not owner._closed  # type: ignore[attr-defined]
+                                 and owner.fileno() == self._fd)
 
     def _c_end(self) -> None:
         """Restore what the response changed on the socket (the cork); idempotent.
 
-        A socket closed meanwhile is left alone: its number may be another's now.
+        A socket closed meanwhile is left alone: its number may be another's now
+        (a bare fd's is checked in C).
         """
         if not self._ours():
             return
@@ -568,12 +571,14 @@ def _release_exports(exports: list[Any] | None) -> None:
 
 
 def _abandon_response(c: Any, owner: socket.socket | None, fd: int, exports: list[Any] | None,
-                      name: str) -> None:
-    """A response collected without ``close()``: restore its socket, warn."""
+                      name: str, ident: Any) -> None:
+    """A response collected without ``close()``: restore its socket, warn.
+
+    ``ident``: a bare fd's identity, bound to ``c`` (kept alive here): C
+    uncorks only the socket it names, never the next owner of the number.
+    """
     warnings.warn(f"unclosed {name}", ResourceWarning, stacklevel=2)
-    # only while the socket object still owns the fd: a bare fd may have
-    # been closed and reused by now
-    if owner is not None and owner.fileno() == fd:
+    if owner is None or owner.fileno() == fd:
         lib.zc_response_end(c)
     _release_exports(exports)
 
