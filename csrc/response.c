@@ -204,7 +204,13 @@ static int send_steps(struct zc_response *r, int timeout_ms, uint64_t budget,
 	if (p->state == ST_DONE)
 		return 0;
 	zc__hold_init(&h, r->sock);
-	if (p->id && p->state != ST_NEW) {
+	if (p->id && p->state == ST_NEW) {
+		/* nothing is corked yet: the number is looked at (one fstat),
+		 * as the caller made the response for what it named */
+		rc = zc_fd_id_check(r->sock, p->id);
+		if (rc < 0)
+			return rc;
+	} else if (p->id) {
 		rc = zc__hold_pin_id(&h, p->id);
 		if (rc < 0) {
 			/* our socket is gone; its number is another's, whose

@@ -322,9 +322,10 @@ int zc_response_send(struct zc_response *r, int timeout_ms, uint64_t *sent_now);
  * For a caller that holds only the descriptor number: if another thread
  * closes it between two calls and accept() hands the number to a new
  * client, the next call would send that client the rest of the response.
- * Once bound, each call after the one that began the response sends through
- * a duplicate of @r->sock checked against @id, and returns -EBADF (sending
- * nothing) when the number names another file or none.
+ * Once bound, the call that begins the response first checks that @r->sock
+ * still names @id's file, and each later call sends through a duplicate of
+ * @r->sock checked against @id; either returns -EBADF (sending nothing)
+ * when the number names another file or none.
  *
  * Return: 0.
  */
