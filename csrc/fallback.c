@@ -79,15 +79,13 @@ static int from_pipe(const struct route *r, const struct stat *st)
 
 	if (r->pos)
 		return -ESPIPE;
-	if (timeout_ms == 0) {
-		int pipe_nb = 0, sock_nb = 0;
-		int rc = zc__is_nonblocking(r->file, &pipe_nb);
+	if (timeout_ms == 0 && r->file_blocks) {
+		int sock_nb = 0;
+		int rc = zc__is_nonblocking(r->h->caller, &sock_nb);
 
-		if (rc == 0)
-			rc = zc__is_nonblocking(r->h->caller, &sock_nb);
 		if (rc < 0)
 			return rc;
-		if (!pipe_nb && !sock_nb)
+		if (!sock_nb)
 			timeout_ms = ZC_WAIT_FOREVER;
 	}
 	zc__hold_init_plain(&pipe, r->file, st->st_dev, st->st_ino);

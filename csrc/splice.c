@@ -240,14 +240,9 @@ static size_t pipe_holds(int pipe_fd)
  */
 static int pin(struct end *e)
 {
-	int rc;
-
 	if (e->h->known)
 		return 0;
-	rc = zc__hold_pin(e->h);
-	if (rc == 0 && (e->h->dev != e->dev || e->h->ino != e->ino))
-		rc = -EBADF;
-	return rc;
+	return zc__hold_pin_file(e->h, e->dev, e->ino);
 }
 
 /* The fd for the next syscall on an end; -errno. */

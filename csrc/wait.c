@@ -182,6 +182,11 @@ struct fd_id {
 };
 ZC__PRIV_FITS(struct fd_id, struct zc_fd_id);
 
+static const struct fd_id *id_of(const struct zc_fd_id *id)
+{
+	return (const struct fd_id *)(const void *)id->_private.bytes;
+}
+
 int zc_fd_id_get(int fd, struct zc_fd_id *id)
 {
 	struct fd_id *p = ZC__PRIV(struct fd_id, id);
@@ -196,9 +201,39 @@ int zc_fd_id_get(int fd, struct zc_fd_id *id)
 
 int zc_fd_id_check(int fd, const struct zc_fd_id *id)
 {
-	const struct fd_id *p = (const struct fd_id *)(const void *)id->_private.bytes;
+	const struct fd_id *p = id_of(id);
 
 	return same_file(fd, p->dev, p->ino) ? 0 : -EBADF;
+}
+
+/* A CLOEXEC duplicate of fd, checked to name dev/ino: 0 and *dup; -EBADF
+ * when it names another file; -errno of fcntl(2).  *dup is -1 on failure. */
+static int dup_same(int fd, dev_t dev, ino_t ino, int *dup)
+{
+	*dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	if (*dup < 0)
+		return -errno;
+	if (!same_file(*dup, dev, ino)) {
+		close(*dup); /* the number changed hands before the dup */
+		*dup = -1;
+		return -EBADF;
+	}
+	return 0;
+}
+
+int zc__hold_pin_file(struct zc__hold *h, dev_t dev, ino_t ino)
+{
+	int rc;
+
+	h->dev = dev;
+	h->ino = ino;
+	h->known = 1;
+	rc = dup_same(h->caller, dev, ino, &h->dup);
+	if (rc == 0)
+		h->fd = h->dup;
+	else if (rc != -EBADF) /* EMFILE: go on with the number, checked once */
+		rc = same_file(h->caller, dev, ino) ? 0 : -EBADF;
+	return rc;
 }
 
 int zc__hold_pin(struct zc__hold *h)
@@ -209,33 +244,14 @@ int zc__hold_pin(struct zc__hold *h)
 		return 0;
 	if (fstat(h->caller, &st) < 0)
 		return -errno;
-	h->dev = st.st_dev;
-	h->ino = st.st_ino;
-	h->known = 1;
-	h->dup = fcntl(h->caller, F_DUPFD_CLOEXEC, 0);
-	if (h->dup >= 0 && !same_file(h->dup, h->dev, h->ino)) {
-		close(h->dup); /* replaced between the two calls above */
-		h->dup = -1;
-		return -EBADF;
-	}
-	if (h->dup >= 0)
-		h->fd = h->dup;
-	return 0;
+	return zc__hold_pin_file(h, st.st_dev, st.st_ino);
 }
 
 int zc_fd_dup_checked(int fd, const struct zc_fd_id *id, int *dup)
 {
-	const struct fd_id *p = (const struct fd_id *)(const void *)id->_private.bytes;
+	const struct fd_id *p = id_of(id);
 
-	*dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-	if (*dup < 0)
-		return -errno;
-	if (!same_file(*dup, p->dev, p->ino)) {
-		close(*dup);
-		*dup = -1;
-		return -EBADF;
-	}
-	return 0;
+	return dup_same(fd, p->dev, p->ino, dup);
 }
 
 void zc_fd_close_each(int *fds, unsigned n)
@@ -249,21 +265,9 @@ void zc_fd_close_each(int *fds, unsigned n)
 
 int zc__hold_pin_id(struct zc__hold *h, const struct zc_fd_id *id)
 {
-	const struct fd_id *p = (const struct fd_id *)(const void *)id->_private.bytes;
+	const struct fd_id *p = id_of(id);
 
-	h->dev = p->dev;
-	h->ino = p->ino;
-	h->known = 1;
-	h->dup = fcntl(h->caller, F_DUPFD_CLOEXEC, 0);
-	if (h->dup < 0) /* EMFILE: go on with the number, checked once */
-		return same_file(h->caller, h->dev, h->ino) ? 0 : -EBADF;
-	if (!same_file(h->dup, h->dev, h->ino)) {
-		close(h->dup);
-		h->dup = -1;
-		return -EBADF;
-	}
-	h->fd = h->dup;
-	return 0;
+	return zc__hold_pin_file(h, p->dev, p->ino);
 }
 
 int zc__hold_check(struct zc__hold *h)

@@ -132,6 +132,11 @@ void zc__cork_forget(struct zc_cork_state *st);
 /* Pin the socket before a wait (once); -errno (-EBADF when it is gone). */
 int zc__hold_pin(struct zc__hold *h);
 
+/* Pin the socket now, to the file dev/ino name (known already, so no
+ * fstat(2) of the number): every later syscall uses a duplicate checked
+ * against them.  -EBADF when the caller's fd names another file (or none). */
+int zc__hold_pin_file(struct zc__hold *h, dev_t dev, ino_t ino);
+
 /* Pin the socket now, to the file @id names: the duplicate is checked, not
  * the number, so no close and reuse between check and send can slip in.
  * -EBADF when the caller's fd names another file (or none) now. */
