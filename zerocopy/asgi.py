@@ -235,11 +235,15 @@ async def _send_file(cycle: Any, message: dict[str, Any], frame: Any, finish: An
     await finish(cycle, more_body)
 
 
-def _adopt(cycle: Any, make_frame: Any, finish: Any) -> None:
-    """Offer the extensions in the cycle's scope and handle them in its ``send``.
+def _adopt(before: Any, cycle: Any, make_frame: Any, finish: Any) -> None:
+    """Offer the extensions in a new cycle's scope and handle them in its ``send``.
 
-    Called before the cycle's task first runs, so the application sees both.
+    Called with the protocol's cycle from ``before`` and after the parser
+    step that may make one, so before the new cycle's task first runs: the
+    application sees both.  Nothing to do when no new cycle was made.
     """
+    if cycle is before or cycle is None:
+        return
     _check_cycle(cycle)
     extensions = cycle.scope.setdefault("extensions", {})
     for name in EXTENSIONS:
@@ -270,9 +274,7 @@ class H11Protocol(h11_impl.H11Protocol):
     def handle_events(self) -> None:
         before = self.cycle
         super().handle_events()
-        cycle = self.cycle
-        if cycle is not before and cycle is not None:
-            _adopt(cycle, _h11_frame, _h11_finish)
+        _adopt(before, self.cycle, _h11_frame, _h11_finish)
 
 
 HttpToolsProtocol: Any
@@ -289,9 +291,7 @@ else:
         def on_headers_complete(self) -> None:
             before = self.cycle
             super().on_headers_complete()
-            cycle = self.cycle
-            if cycle is not before and cycle is not None:
-                _adopt(cycle, _httptools_frame, _finish)
+            _adopt(before, self.cycle, _httptools_frame, _finish)
 
     HTTPProtocol = HttpToolsProtocol
 
