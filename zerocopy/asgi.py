@@ -103,13 +103,14 @@ def _open(message: dict[str, Any]) -> tuple[Any, int | None, int | None, bool, i
         # writer; only a regular file is sent (a directory opens too)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise RuntimeError(
                     f"http.response.pathsend: {path!r} is not a regular file")
         except BaseException:
             os.close(fd)
             raise
-        return fd, 0, None, False, fd
+        return fd, 0, st.st_size, False, fd  # the whole file: its size is the count
     file = message.get("file")
     if file is None:
         raise RuntimeError("http.response.zerocopysend needs a 'file'")
