@@ -278,7 +278,7 @@ def test_unknown_cycle_refused() -> None:
             self.scope: dict[str, Any] = {}
 
     with pytest.raises(RuntimeError, match="does not support uvicorn"):
-        asgi._adopt(Cycle(), asgi._h11_frame, asgi._h11_finish)
+        asgi._adopt(None, Cycle(), asgi._h11_frame, asgi._h11_finish)
 
 
 # --------------------------------------------------------------------------- ranges

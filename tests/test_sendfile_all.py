@@ -12,9 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 from _zcutil import (
+    DEADLINE,
     Call,
     KeyboardInterruptOnce,
     eof,
+    feed,
     itimer,
     make_file,
     recv_exactly,
@@ -451,6 +453,32 @@ def test_tls_keyboard_interrupt_carries_the_bytes_the_client_got(
         assert f.tell() == 5 + sent
     eof_tls(server)
     assert tls_read_to_eof(client) == big_data[5 : 5 + sent]
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_tls_pipe_source_wait_ends_when_another_thread_closes_the_socket(
+    tls, big_data: bytes
+) -> None:
+    """Regression: from a pipe (what was read cannot go back) a non-blocking TLS socket
+    that filled was waited on for ever while held: a close() from another thread waited
+    for the peer to read.  The wait ends with EBADF (and bytes_sent) now, and the close
+    takes effect."""
+    server, client = tls
+    stall_tls_pair(server, client)
+    server.setblocking(False)
+    r, w = os.pipe()
+    feeder = feed(w, big_data)
+    try:
+        with open(r, "rb", buffering=0) as f:
+            call = Call(lambda: zerocopy.sendfile_all(server, f))
+            time.sleep(0.3)  # stalled by now: the client reads nothing
+            server.close()
+            assert call.join(DEADLINE), "sendfile_all kept waiting on the closed socket"
+            assert isinstance(call.error, OSError) and call.error.errno == errno.EBADF
+            assert 0 < call.error.bytes_sent < len(big_data)  # type: ignore[attr-defined]
+    finally:
+        feeder.join(DEADLINE)
+    assert server.fileno() == -1  # the close() deferred by the hold came
 
 
 def eof_tls(sock) -> None:

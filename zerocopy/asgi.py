@@ -103,13 +103,14 @@ def _open(message: dict[str, Any]) -> tuple[Any, int | None, int | None, bool, i
         # writer; only a regular file is sent (a directory opens too)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise RuntimeError(
                     f"http.response.pathsend: {path!r} is not a regular file")
         except BaseException:
             os.close(fd)
             raise
-        return fd, 0, None, False, fd
+        return fd, 0, st.st_size, False, fd  # the whole file: its size is the count
     file = message.get("file")
     if file is None:
         raise RuntimeError("http.response.zerocopysend needs a 'file'")
@@ -235,11 +236,15 @@ async def _send_file(cycle: Any, message: dict[str, Any], frame: Any, finish: An
     await finish(cycle, more_body)
 
 
-def _adopt(cycle: Any, make_frame: Any, finish: Any) -> None:
-    """Offer the extensions in the cycle's scope and handle them in its ``send``.
+def _adopt(before: Any, cycle: Any, make_frame: Any, finish: Any) -> None:
+    """Offer the extensions in a new cycle's scope and handle them in its ``send``.
 
-    Called before the cycle's task first runs, so the application sees both.
+    Called with the protocol's cycle from ``before`` and after the parser
+    step that may make one, so before the new cycle's task first runs: the
+    application sees both.  Nothing to do when no new cycle was made.
     """
+    if cycle is before or cycle is None:
+        return
     _check_cycle(cycle)
     extensions = cycle.scope.setdefault("extensions", {})
     for name in EXTENSIONS:
@@ -270,9 +275,7 @@ class H11Protocol(h11_impl.H11Protocol):
     def handle_events(self) -> None:
         before = self.cycle
         super().handle_events()
-        cycle = self.cycle
-        if cycle is not before and cycle is not None:
-            _adopt(cycle, _h11_frame, _h11_finish)
+        _adopt(before, self.cycle, _h11_frame, _h11_finish)
 
 
 HttpToolsProtocol: Any
@@ -289,9 +292,7 @@ else:
         def on_headers_complete(self) -> None:
             before = self.cycle
             super().on_headers_complete()
-            cycle = self.cycle
-            if cycle is not before and cycle is not None:
-                _adopt(cycle, _httptools_frame, _finish)
+            _adopt(before, self.cycle, _httptools_frame, _finish)
 
     HTTPProtocol = HttpToolsProtocol
 

@@ -413,11 +413,8 @@ def _sigterm_interrupts(seen: list[int]) -> Iterator[None]:
         seen.append(signum)
         raise KeyboardInterrupt
 
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
+    with signal_handlers(handler, (signal.SIGTERM,)):
         yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def _run_passthrough(name: str, argv: list[str], err: IO[str]) -> int:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import errno
-import math
 import os
 import select
 import socket
-import time
 from typing import Any
 
 from . import _lowlevel as _c
@@ -16,8 +14,6 @@ from ._args import SocketLike, check_range, check_stream, file_source, socket_ta
 from ._lowlevel import FD_POSITION, TO_EOF
 
 _TLS_CHUNK = 64 * 1024
-# The longest a TLS response's wait for room holds its socket (a close() waits that long).
-_WAIT_SLICE_MS = 100
 
 
 class FileSender(_c.Response):
@@ -296,7 +292,7 @@ class _TlsResponse:
                 if n is None:  # the socket is full
                     if stop_on_again:
                         return _c.EAGAIN
-                    self._wait(timeout_ms)
+                    _tls.wait_for_room(self._sock, timeout_ms, self.sent)
                     continue
                 in_file = self.header_len <= self.sent < self.header_len + self._file_len
                 self.sent += n
@@ -306,40 +302,6 @@ class _TlsResponse:
                         self._at += n
         except BaseException as exc:
             raise _c.attach(exc, self.sent) from None
-
-    def _wait(self, timeout_ms: int) -> None:
-        """Wait until the socket takes bytes again, for up to ``timeout_ms`` (WAIT_FOREVER).
-
-        The socket is held for each slice of the wait, so its number cannot
-        go to another file under the wait, and the wait ends with ``EBADF``
-        within a slice when another thread closes it (a close() waits for
-        the slice, never for the peer to read).
-        """
-        sock = self._sock
-        deadline = None if timeout_ms == _c.WAIT_FOREVER else (
-            time.monotonic() + timeout_ms / 1000)
-        while True:
-            if not _c.is_open(sock):  # closed, perhaps while a hold deferred it
-                raise _c.error(_c.EBADF, self.sent)
-            if deadline is None:
-                wait = _WAIT_SLICE_MS
-            else:
-                left = max(math.ceil((deadline - time.monotonic()) * 1000), 0)
-                if left == 0 and timeout_ms > 0:  # 0 would mean "just look": -EAGAIN
-                    raise _c.error(_c.ETIMEDOUT, self.sent)
-                wait = min(left, _WAIT_SLICE_MS)
-            _c.hold(sock)
-            try:
-                rc = _c.wait_writable(sock.fileno(), wait)
-            finally:
-                _c.release(sock)
-            if rc == 0:
-                return
-            if rc == _c.ETIMEDOUT and wait == _WAIT_SLICE_MS and (
-                    deadline is None or time.monotonic() < deadline):
-                continue  # a slice ended, not the wait
-            if rc != _c.EINTR:  # after -EINTR the signal's handler ran: wait on
-                raise _c.error(rc, self.sent) from None
 
     def close(self) -> None:
         if self._at == FD_POSITION and self._pending:

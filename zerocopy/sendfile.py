@@ -145,7 +145,8 @@ def _send_through_python(target: Target, src: Source, file: Any, count: int) -> 
                         raise BlockingIOError(
                             errno.EAGAIN, "the socket would block; call again to continue", sent
                         )
-                    _wait_for_room(target, wfd, sent)  # a timeout, or what was read cannot go back
+                    # a timeout, or what was read cannot go back
+                    _wait_for_room(target, wfd, sent)
                     continue
                 view = view[n:]
                 sent += n
@@ -206,7 +207,11 @@ def _tls_writer(sock: socket.socket) -> Any:
 
 
 def _wait_for_room(target: Target, fd: int, sent: int) -> None:
-    timeout = target[1]
-    rc = _c.wait_writable(fd, WAIT_FOREVER if timeout == 0 else timeout)
+    timeout = WAIT_FOREVER if target[1] == 0 else target[1]
+    sock = target[3]
+    if sock is not None:  # held: wait in slices, so a close() from another thread ends it
+        _tls.wait_for_room(sock, timeout, sent)
+        return
+    rc = _c.wait_writable(fd, timeout)
     if rc < 0 and rc != _c.EINTR:
         raise _c.error(rc, sent)
