@@ -1973,6 +1973,16 @@ def tree_rss(pid: int) -> int:
     return sum(int(fields[21]) for fields in _tree_stats(pid)) * resource.getpagesize()
 
 
+@contextlib.contextmanager
+def sigpipe_ignored() -> Iterator[None]:
+    """Ignore SIGPIPE in the block (a write to a closed peer raises EPIPE), then restore it."""
+    old = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGPIPE, old)
+
+
 def stop_process(relay: Running) -> float:
     """Read the process's CPU seconds (its forked helpers included), then stop and reap it."""
     pid = relay.pid

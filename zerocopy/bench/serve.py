@@ -61,6 +61,7 @@ from ._harness import (
     paired_ratio,
     plural,
     positive_int,
+    sigpipe_ignored,
     size_list,
     stop_process,
     tree_cpu,
@@ -600,11 +601,11 @@ def _run(ctx: Context) -> Report:
         QUICK_IDLE if ctx.quick else DEFAULT_IDLE)
     names = [name for name in ctx.methods if _SERVERS[name][2]()]
     skipped = [name for name in ctx.methods if name not in names]
-    old_pipe = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     servers: dict[str, Server] = {}
     idle_notes: list[str] = []
     try:
-        with ctx.tempdir() as workdir, _no_receive_steering(ctx) as steering_off:
+        with sigpipe_ignored(), ctx.tempdir() as workdir, \
+                _no_receive_steering(ctx) as steering_off:
             loader, downgrade = choose_loader(ctx.options.load, workdir)
             describe_load = loader.describe.format(conns=conns)
             heading = (
@@ -664,7 +665,6 @@ def _run(ctx: Context) -> Report:
         for server in servers.values():
             with contextlib.suppress(OSError):
                 stop_process(server.running)
-        signal.signal(signal.SIGPIPE, old_pipe)
     notes = [
         "Notes:",
         "- A call is one request: CPU us/call is the server process tree's user+system CPU"
