@@ -10,6 +10,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -312,6 +313,32 @@ def test_parse_size(text: str, size: int) -> None:
 def test_parse_size_refuses(text: str) -> None:
     with pytest.raises(Exception, match="size"):
         harness.parse_size(text)
+
+
+def test_sigpipe_ignored_restores_the_handler_even_on_error() -> None:
+    before = signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # CPython starts with SIG_IGN
+    try:
+        with pytest.raises(KeyError), harness.sigpipe_ignored():
+            assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN
+            raise KeyError("x")
+        assert signal.getsignal(signal.SIGPIPE) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGPIPE, before)
+
+
+def test_tree_rss_and_cpu_count_descendants() -> None:
+    # a shell whose child holds 64 MiB resident: the shell alone is far smaller
+    code = ("b = bytearray(64 << 20); b[::4096] = b'x' * (len(b) // 4096);"
+            " print(1, flush=True); input()")
+    shell = subprocess.Popen(["sh", "-c", f'"{sys.executable}" -c "{code}"; :'],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert shell.stdout is not None and shell.stdout.readline() == "1\n"
+        assert harness.tree_rss(shell.pid) >= 64 << 20
+        assert harness.tree_cpu(shell.pid) >= 0
+        assert harness.tree_rss(2**22 + 1) == 0  # above pid_max's default: no such process
+    finally:
+        shell.communicate("\n", timeout=10)
 
 
 def test_cpu_mask_and_cpu_list() -> None:

@@ -80,6 +80,7 @@ import pickle
 import pkgutil
 import platform
 import re
+import resource
 import selectors
 import shutil
 import signal
@@ -1934,27 +1935,52 @@ def wait_listening(relay: Running) -> None:
     raise RuntimeError("the relay did not start listening")
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of pid and its descendants, reaped children included (/proc stat)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    stats: dict[int, tuple[int, int]] = {}  # pid -> (ppid, ticks)
+def _tree_stats(pid: int) -> list[list[str]]:
+    """/proc/<pid>/stat fields after the name (state first) of pid and its descendants."""
+    stats: dict[int, list[str]] = {}
+    children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
                 fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # after the name: state ppid ... utime(12) stime(13) cutime(14) cstime(15)
-        stats[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
-    total, todo = 0, [pid]
+            parent = int(fields[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone since the listing
+        stats[int(entry)] = fields
+        children.setdefault(parent, []).append(int(entry))
+    tree: list[list[str]] = []
+    todo = [pid]
     while todo:
         current = todo.pop()
         if current in stats:
-            total += stats[current][1]
-            todo += [child for child, (parent, _) in stats.items() if parent == current]
-    return total / tick
+            tree.append(stats[current])
+            todo += children.get(current, [])
+    return tree
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of pid and its descendants, reaped children included (/proc stat)."""
+    # after the name: state ppid ... utime(12) stime(13) cutime(14) cstime(15)
+    ticks = sum(int(x) for fields in _tree_stats(pid) for x in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of pid and its descendants (nginx: master and worker)."""
+    # after the name: ... rss(24), in pages
+    return sum(int(fields[21]) for fields in _tree_stats(pid)) * resource.getpagesize()
+
+
+@contextlib.contextmanager
+def sigpipe_ignored() -> Iterator[None]:
+    """Ignore SIGPIPE in the block (a write to a closed peer raises EPIPE), then restore it."""
+    old = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGPIPE, old)
 
 
 def stop_process(relay: Running) -> float:

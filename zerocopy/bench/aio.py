@@ -53,6 +53,7 @@ from ._harness import (
     http_header,
     plural,
     positive_int,
+    sigpipe_ignored,
     size_list,
     stop_helper,
     time_limit,
@@ -442,10 +443,9 @@ def _run(ctx: Context) -> Report:
     ctx.progress.show(heading)
     if skipped:
         ctx.progress.show(f"(not installed, skipped: {', '.join(skipped)})")
-    old_pipe = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     servers: list[Server] = []
     try:
-        with ctx.tempdir() as directory:
+        with sigpipe_ignored(), ctx.tempdir() as directory:
             files = Files({})
             expected: dict[str, bytes] = {}
             for size in sizes:
@@ -470,7 +470,6 @@ def _run(ctx: Context) -> Report:
     finally:
         for server in servers:
             stop_helper(server.pid)
-        signal.signal(signal.SIGPIPE, old_pipe)
     big = format_size(max(sizes))
     targets = [
         Target("zerocopy.aio vs loop.sendfile, throughput", "asyncio zerocopy.aio",

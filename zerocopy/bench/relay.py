@@ -46,6 +46,7 @@ from ._harness import (
     parse_size,
     plural,
     positive_int,
+    sigpipe_ignored,
     stop_process,
     tree_cpu,
     wait_listening,
@@ -362,22 +363,18 @@ def _run(ctx: Context) -> Report:
     ctx.progress.show(heading)
     if skipped:
         ctx.progress.show(f"(not on PATH, skipped: {', '.join(skipped)})")
-    old_pipe = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    try:
-        with ctx.tempdir() as directory, ctx.receiver(concurrent=True) as target:
-            path = os.path.join(directory, "data.bin")
-            write_test_file(path, size)
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                runners = {
-                    (title, name): _runner(ctx, name, count, fd, size, target, limit)
-                    for title, count in scenarios for name in names
-                }
-                runs = ctx.interleave(runners, describe_bytes)
-            finally:
-                os.close(fd)
-    finally:
-        signal.signal(signal.SIGPIPE, old_pipe)
+    with sigpipe_ignored(), ctx.tempdir() as directory, ctx.receiver(concurrent=True) as target:
+        path = os.path.join(directory, "data.bin")
+        write_test_file(path, size)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            runners = {
+                (title, name): _runner(ctx, name, count, fd, size, target, limit)
+                for title, count in scenarios for name in names
+            }
+            runs = ctx.interleave(runners, describe_bytes)
+        finally:
+            os.close(fd)
     notes = list(NOTES)
     if ctx.quick:
         notes.append(f"- --quick: CPU time is counted in 10 ms ticks, coarse for"

@@ -61,9 +61,11 @@ from ._harness import (
     paired_ratio,
     plural,
     positive_int,
+    sigpipe_ignored,
     size_list,
     stop_process,
     tree_cpu,
+    tree_rss,
     wait_listening,
     write_test_file,
 )
@@ -446,41 +448,10 @@ def _columns(samples: Sequence[Sample]) -> dict[str, str]:
     }
 
 
-def _rss(pid: int) -> int:
-    """Resident bytes of pid and its descendants (nginx: master and worker)."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            tree = int(entry) == pid or _descends(int(entry), pid)
-            if tree:
-                total += int(fields[21]) * resource.getpagesize()  # rss, in pages
-        except (OSError, ValueError, IndexError):
-            continue
-    return total
-
-
-def _descends(pid: int, ancestor: int) -> bool:
-    for _ in range(16):
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-                pid = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            return False
-        if pid == ancestor:
-            return True
-        if pid <= 1:
-            return False
-    return False
-
-
 def _idle_rss(running: Running, count: int, path: str) -> int:
     """RSS growth of the server once ``count`` connections each made one request and idle."""
     request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode("ascii")
-    base = _rss(running.pid)
+    base = tree_rss(running.pid)
     socks: list[socket.socket] = []
     try:
         for _ in range(count):
@@ -501,7 +472,7 @@ def _idle_rss(running: Running, count: int, path: str) -> int:
                     raise RuntimeError("closed in a body")
                 left -= len(chunk)
         time.sleep(0.2)  # let the server settle (it answered; nothing else is pending)
-        return _rss(running.pid) - base
+        return tree_rss(running.pid) - base
     finally:
         for sock in socks:
             sock.close()
@@ -630,11 +601,11 @@ def _run(ctx: Context) -> Report:
         QUICK_IDLE if ctx.quick else DEFAULT_IDLE)
     names = [name for name in ctx.methods if _SERVERS[name][2]()]
     skipped = [name for name in ctx.methods if name not in names]
-    old_pipe = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     servers: dict[str, Server] = {}
     idle_notes: list[str] = []
     try:
-        with ctx.tempdir() as workdir, _no_receive_steering(ctx) as steering_off:
+        with sigpipe_ignored(), ctx.tempdir() as workdir, \
+                _no_receive_steering(ctx) as steering_off:
             loader, downgrade = choose_loader(ctx.options.load, workdir)
             describe_load = loader.describe.format(conns=conns)
             heading = (
@@ -694,7 +665,6 @@ def _run(ctx: Context) -> Report:
         for server in servers.values():
             with contextlib.suppress(OSError):
                 stop_process(server.running)
-        signal.signal(signal.SIGPIPE, old_pipe)
     notes = [
         "Notes:",
         "- A call is one request: CPU us/call is the server process tree's user+system CPU"
